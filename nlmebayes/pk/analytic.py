@@ -1,0 +1,302 @@
+"""Closed-form linear compartment models written in PyTensor, vectorised over all subjects.
+
+Every dose response of a linear system is a sum of exponentials. After a unit bolus into the
+central compartment the central amount is ``sum_m c_m exp(-lambda_m t)`` (:func:`disposition`).
+Each input type is then one function ``u(lambda)`` of the decay rate, evaluated for every
+(dose, observation) pair:
+
+====================  =====================================================================
+bolus                 ``exp(-lambda x)``
+infusion (length D)   ``integral over the infusion window of exp(-lambda s) ds``
+steady state (SS)     the same summed over all past doses ``x + k II``: a geometric series
+====================  =====================================================================
+
+A dose into the absorption (depot) compartment enters the central compartment at rate
+``KA * depot``, so its response is ``KA * sum_m c_m * (u(lambda_m) - u(KA)) / (KA - lambda_m)``,
+a divided difference of ``u``. Divided differences are computed without 0/0 when KA ~ lambda:
+exactly for the single oral bolus (``log sinhc`` form) and with a Taylor fallback otherwise.
+
+Superposition over doses happens on flat arrays: the dose-observation pairs of
+:class:`nlmebayes.data.EventData` carry the per-pair parameters, and the pair contributions
+are summed per observation. Parameters are named as pharmacometricians do: CL, V (central),
+Q, V2 (first peripheral), Q3, V3 (second peripheral), KA, plus optional TLAG (absorption lag),
+F (bioavailability) and D (modelled infusion duration, for RATE = -2 records).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+
+from nlmebayes.data import EventData, check_compartments
+
+__all__ = ["Compartmental", "MODELS", "get_model", "disposition", "log_sinhc"]
+
+_TAYLOR = 1e-3  # |y| below which log(sinh y / y) uses its series (error < 1e-21)
+_DD_TOL = 1e-4  # dimensionless |b - a| * time scale below which divided differences use -u'(mid)
+
+
+def log_sinhc(y):
+    """``log(sinh(y) / y)``, even in y, finite for all y and with a finite gradient at 0."""
+    ya = pt.abs(y)
+    small = ya < _TAYLOR
+    ys = pt.switch(small, 1.0, ya)  # the "double where": no 0/0 in the unused branch
+    big = ys + pt.log1p(-pt.exp(-2.0 * ys)) - np.log(2.0) - pt.log(ys)
+    y2 = y * y
+    return pt.switch(small, y2 / 6.0 - y2 * y2 / 180.0, big)
+
+
+def phi(z):
+    """``(1 - exp(-z)) / z`` for z >= 0, equal to 1 at z = 0, without cancellation."""
+    return pt.exp(-0.5 * z + log_sinhc(0.5 * z))
+
+
+def exp_diff(a, b, x):
+    """``(exp(-a x) - exp(-b x)) / (b - a)``, exact and smooth through a = b (then ``x e^{-ax}``)."""
+    return x * pt.exp(-0.5 * (a + b) * x + log_sinhc(0.5 * (b - a) * x))
+
+
+def disposition(n_cpt: int, CL, V, Q=None, V2=None, Q3=None, V3=None):
+    """Exponents and coefficients of the central amount after a unit bolus into the central
+    compartment: ``A(t) = sum_m coef[..., m] * exp(-lam[..., m] * t)``.
+
+    Parameters
+    ----------
+    n_cpt : {1, 2, 3}
+    CL, V, Q, V2, Q3, V3 : tensors (broadcastable)
+        Clearance, central volume, inter-compartmental clearances and peripheral volumes.
+
+    Returns
+    -------
+    lam, coef : tensors with a trailing axis of length ``n_cpt``
+    """
+    k10 = CL / V
+    if n_cpt == 1:
+        return pt.stack([k10], axis=-1), pt.stack([pt.ones_like(k10)], axis=-1)
+    k12, k21 = Q / V, Q / V2
+    if n_cpt == 2:
+        s = k10 + k12 + k21
+        # s^2 - 4 k10 k21 rewritten as a sum of non-negative terms: no cancellation.
+        disc = pt.sqrt((k10 + k12 - k21) ** 2 + 4.0 * k12 * k21)
+        l1 = 0.5 * (s + disc)
+        l2 = k10 * k21 / l1  # the small root from the product: stable when l2 << l1
+        c1 = (k21 - l1) / (l2 - l1)
+        c2 = (k21 - l2) / (l1 - l2)
+        return pt.stack([l1, l2], axis=-1), pt.stack([c1, c2], axis=-1)
+    if n_cpt == 3:
+        k13, k31 = Q3 / V, Q3 / V3
+        a2 = k10 + k12 + k13 + k21 + k31
+        a1 = k10 * k21 + k10 * k31 + k21 * k31 + k12 * k31 + k13 * k21
+        a0 = k10 * k21 * k31
+        # lambda^3 - a2 lambda^2 + a1 lambda - a0 = 0; with lambda = y + a2/3: y^3 + p y + q = 0
+        p = a1 - a2**2 / 3.0
+        q = -2.0 * a2**3 / 27.0 + a1 * a2 / 3.0 - a0
+        r = pt.sqrt(-p / 3.0)
+        arg = pt.clip(1.5 * q / (p * r), -1.0 + 1e-15, 1.0 - 1e-15)
+        th = pt.arccos(arg) / 3.0
+        lams = [2.0 * r * pt.cos(th - 2.0 * np.pi * k / 3.0) + a2 / 3.0 for k in range(3)]
+        coefs = []
+        for m in range(3):
+            j, l = [i for i in range(3) if i != m]
+            lm = lams[m]
+            coefs.append((k21 - lm) * (k31 - lm) / ((lams[j] - lm) * (lams[l] - lm)))
+        return pt.stack(lams, axis=-1), pt.stack(coefs, axis=-1)
+    raise ValueError(f"n_cpt must be 1, 2 or 3, got {n_cpt}")
+
+
+# --------------------------------------------------------------------------- input responses
+def _u_bolus(lam, x, D, tau):
+    return pt.exp(-lam * x)
+
+
+def _u_infusion(lam, x, D, tau):
+    w = pt.minimum(x, D)
+    return pt.exp(-lam * pt.maximum(x - D, 0.0)) * w * phi(lam * w)
+
+
+def _u_bolus_ss(lam, x, D, tau):
+    return pt.exp(-lam * x) / -pt.expm1(-lam * tau)
+
+
+def _u_infusion_ss(lam, x, D, tau):
+    # The current infusion (k = 0) plus all earlier ones, which have ended (D <= II).
+    return _u_infusion(lam, x, D, tau) + pt.exp(-lam * (x + tau - D)) * D * phi(lam * D) / -pt.expm1(
+        -lam * tau)
+
+
+def _divided_difference(u, a, b, x, D, tau):
+    """``(u(a) - u(b)) / (b - a)``; when ``|b - a| * (x + D + II)`` is tiny, ``-u'((a+b)/2)``
+    (error O((b-a)^2)), so neither branch ever divides 0 by 0."""
+    scale = x + D + tau + 1e-300
+    close = pt.abs(b - a) * scale < _DD_TOL
+    b_far = pt.switch(close, a + 1.0 / scale, b)
+    far = (u(a, x, D, tau) - u(b_far, x, D, tau)) / (b_far - a)
+    mid = 0.5 * (a + b)
+    du = pytensor.grad(pt.sum(u(mid, x, D, tau)), mid)
+    return pt.switch(close, -du, far)
+
+
+@dataclass(frozen=True)
+class Compartmental:
+    """A linear 1-, 2- or 3-compartment model with IV and/or first-order absorption input.
+
+    Compartments are numbered as in NONMEM: with absorption (ADVAN2/4/12) 1 = depot,
+    2 = central, 3/4 = peripheral; without (ADVAN1/3/11) 1 = central. Observations are
+    concentrations in the central compartment. TLAG and F apply to doses into the dosing
+    compartment (depot when there is one); IV doses into central in an oral model get neither.
+    """
+
+    name: str
+    n_cpt: int
+    oral: bool
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Required structural parameters."""
+        p = ("CL", "V", "Q", "V2", "Q3", "V3")[: 2 * self.n_cpt]
+        return p + (("KA",) if self.oral else ())
+
+    optional_parameters: tuple[str, ...] = ("TLAG", "F", "D")
+
+    @property
+    def dose_compartments(self) -> dict[int, str]:
+        return {1: "depot", 2: "central"} if self.oral else {1: "central"}
+
+    @property
+    def obs_compartments(self) -> dict[int, str]:
+        return {2: "central"} if self.oral else {1: "central"}
+
+    def check(self, data: EventData) -> None:
+        """Check the data suit the model (compartments, infusion lengths), naming the row."""
+        check_compartments(data, self.dose_compartments, self.obs_compartments, self.name)
+
+    def concentration(self, data: EventData, params: dict, index=None):
+        """Central concentration at every observation of ``data``.
+
+        Parameters
+        ----------
+        data : EventData
+        params : dict of str -> tensor
+            Structural parameters, each of shape ``(n_rows,)`` (typically one row per subject)
+            or a scalar. Missing optional parameters default to TLAG = 0, F = 1.
+        index : int array, optional
+            Row of ``params`` for each dose event; defaults to the dose's subject.
+
+        Returns
+        -------
+        tensor of shape ``(n_obs,)``
+        """
+        missing = [p for p in self.parameters if p not in params]
+        if missing:
+            raise ValueError(f"model {self.name} needs parameters {missing}")
+        self.check(data)
+        index = data.dose_subject if index is None else np.asarray(index)
+        pd_idx = index[data.pair_dose]
+        d = data.pair_dose
+        n_obs = data.n_obs
+
+        def per_pair(name, default=None):
+            v = params.get(name)
+            if v is None:
+                return default
+            v = pt.as_tensor_variable(v)
+            return v * pt.ones(len(pd_idx)) if v.ndim == 0 else v[pd_idx]
+
+        P = {k: per_pair(k) for k in self.parameters}
+        lam, coef = disposition(self.n_cpt, P["CL"], P["V"], P.get("Q"), P.get("V2"),
+                                P.get("Q3"), P.get("V3"))
+        V = P["V"]
+
+        cmt = data.dose_cmt[d]
+        into_depot = (cmt == 1) | (cmt == 0) if self.oral else np.zeros(len(d), bool)
+        # TLAG and F act on the dosing compartment: the depot in oral models, else central.
+        target = into_depot if self.oral else np.ones(len(d), bool)
+        tlag = pt.switch(target, per_pair("TLAG", 0.0), 0.0)
+        F = pt.switch(target, per_pair("F", 1.0), 1.0)
+
+        x_raw = data.obs_time[data.pair_obs] - data.dose_time[d] - tlag
+        amt = data.dose_amt[d]
+        rate = data.dose_rate[d]
+        ss = data.dose_ss[d] > 0
+        tau = data.dose_ii[d]
+        infusion = rate != 0
+        if (rate == -2).any() and "D" not in params:
+            raise ValueError("the data have RATE = -2 (modelled duration): the model needs D")
+        Dmod = per_pair("D", 1.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate_safe = np.where(rate > 0, rate, 1.0)
+        # NONMEM keeps RATE and scales the duration with F; RATE=-2 keeps the duration.
+        D = pt.switch(rate == -2, Dmod, F * amt / rate_safe)
+        D = pt.switch(infusion, D, 0.0)
+        R = pt.switch(rate == -2, F * amt / pt.switch(rate == -2, Dmod, 1.0), rate_safe)
+        if (infusion & ss).any():
+            self._check_ss_infusion(data, d[infusion & ss], amt, rate)
+        # Before an SS dose's lag has passed, the previous implied dose is the latest one.
+        x_ss = pt.switch(x_raw < 0, x_raw + tau, x_raw)
+        x = pt.switch(ss, x_ss, pt.maximum(x_raw, 0.0))
+        started = pt.or_(ss, x_raw >= 0)
+
+        contrib = pt.zeros(len(d))
+        ka = per_pair("KA") if self.oral else None
+        for depot in (False, True):
+            for inf in (False, True):
+                for is_ss in (False, True):
+                    sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss))
+                    if not len(sel):
+                        continue
+                    u = {(False, False): _u_bolus, (True, False): _u_infusion,
+                         (False, True): _u_bolus_ss, (True, True): _u_infusion_ss}[(inf, is_ss)]
+                    xs = pt.shape_padright(x[sel], 1)
+                    Ds = pt.shape_padright(D[sel], 1)
+                    taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
+                    ls = lam[sel]
+                    if not depot:
+                        resp = u(ls, xs, Ds, taus)
+                    else:
+                        kas = pt.shape_padright(ka[sel], 1)
+                        if not inf and not is_ss:
+                            dd = exp_diff(ls, kas, xs)
+                        else:
+                            dd = _divided_difference(u, ls, kas, xs, Ds, taus)
+                        resp = kas * dd
+                    amount = pt.sum(coef[sel] * resp, axis=-1)
+                    scale = R[sel] if inf else F[sel] * amt[sel]
+                    contrib = pt.set_subtensor(contrib[sel], scale * amount)
+        contrib = pt.switch(started, contrib, 0.0) / V
+        return pt.inc_subtensor(pt.zeros(n_obs)[data.pair_obs], contrib)
+
+    @staticmethod
+    def _check_ss_infusion(data: EventData, doses, amt, rate):
+        from nlmebayes.data import DataError
+
+        for j in np.unique(doses):
+            r = data.dose_rate[j]
+            if r > 0 and data.dose_amt[j] / r > data.dose_ii[j]:
+                raise DataError(
+                    f"steady-state infusion lasts AMT/RATE = {data.dose_amt[j] / r:g}, longer than "
+                    f"II = {data.dose_ii[j]:g}; overlapping steady-state infusions are not supported",
+                    source=data.source, row=int(data.dose_row[j]), column="RATE")
+
+
+MODELS: dict[str, Compartmental] = {
+    m.name: m
+    for m in (
+        Compartmental("1cpt_iv", 1, False),
+        Compartmental("1cpt_oral", 1, True),
+        Compartmental("2cpt_iv", 2, False),
+        Compartmental("2cpt_oral", 2, True),
+        Compartmental("3cpt_iv", 3, False),
+        Compartmental("3cpt_oral", 3, True),
+    )
+}
+
+
+def get_model(name: str) -> Compartmental:
+    """The analytic model called ``name`` (one of :data:`MODELS`)."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown structural model {name!r}; choose one of {list(MODELS)}") from None
