@@ -183,6 +183,30 @@ class EventData:
         rec = self.records.set_index("_ROW")
         return rec.loc[rows, names].reset_index(drop=True)
 
+    def input_frame(self) -> pd.DataFrame:
+        """The records as a data table that :func:`read_nonmem` reads back to the same data."""
+        cols = [c for c in self.records.columns if not c.startswith("_") and c != "DUR"]
+        return self.records[cols].copy()
+
+    def select_dvid(self, dvid) -> EventData:
+        """Keep only observations of type ``dvid``; the others are reported as excluded."""
+        if "DVID" not in self.records.columns:
+            raise DataError("the data have no DVID column to select observations by",
+                            source=self.source, column="DVID")
+        known = set(pd.unique(self.obs_dvid))
+        if dvid not in known:
+            raise DataError(f"no observations with DVID {dvid!r}; DVID values are {sorted(known, key=str)}",
+                            source=self.source, column="DVID")
+        df = self.input_frame()
+        other = self.records["_IS_OBS"].to_numpy() & (self.records["DVID"].to_numpy() != dvid)
+        df.loc[other, "MDV"] = 1.0
+        new = _build(df, self.records["_LINE"].to_numpy(), self.source, {}, ())
+        rows = set(self.records["_ROW"].to_numpy()[other])
+        reason = new.excluded["reason"].where(~new.excluded["row"].isin(rows),
+                                              f"observation of another DVID (not {dvid})")
+        object.__setattr__(new, "excluded", new.excluded.assign(reason=reason))
+        return new
+
     # ----------------------------------------------------------------- summary
     def summary(self) -> str:
         """A short text summary: subjects, records, observations, doses and what was excluded."""
@@ -269,6 +293,8 @@ def read_nonmem(
 
 
 def _build(df: pd.DataFrame, lines, src: str, rename: dict, drop: tuple) -> EventData:
+    if lines is not None and np.isnan(np.asarray(lines, dtype=float)).all():
+        lines = None
     upper = {c: c.upper() for c in df.columns}
     for old, new in rename.items():
         hit = [c for c in df.columns if c.upper() == old.upper()]

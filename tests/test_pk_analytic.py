@@ -7,7 +7,7 @@ import pandas as pd
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from nlmebayes import read_nonmem
@@ -19,9 +19,15 @@ PARAM_ORDER = ("CL", "V", "Q", "V2", "Q3", "V3", "KA", "TLAG", "F")
 
 # Relative agreement asked of the analytic solutions. The ODE reference is integrated at
 # rtol 1e-11, and the Taylor fallback of divided differences is accurate to ~1e-8, so 1e-6 has
-# two orders of margin. Values below 1e-9 of the profile's peak (e.g. the first instants after
-# a lag) carry no relative information and are compared absolutely at that level.
+# two orders of margin. Values below 1e-9 of the concentration scale (total dose / V), e.g.
+# long after elimination, are below what the ODE's absolute tolerance resolves and are
+# compared absolutely at that level.
 REL, FLOOR = 1e-6, 1e-9
+# Every example is a new graph: compile it without the numba JIT (the default linker), whose
+# per-graph compile time and retained memory would dominate the run.
+MODE = "FAST_COMPILE"
+# Each example costs a compile; shrinking would take minutes. A failure prints its example.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
 def _event_table(regimens) -> pd.DataFrame:
@@ -103,24 +109,27 @@ def _population_graph(model, subjects):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=NO_SHRINK)
 @given(data=st.data())
 def test_analytic_matches_ode(name, data):
     """Each example is a population of 12 random regimens (one compiled graph per example)."""
     model = get_model(name)
     subjects = data.draw(st.lists(subject(model.oral), min_size=12, max_size=12))
     ev, names, syms, conc, values = _population_graph(model, subjects)
-    got = pytensor.function(list(syms.values()), conc, on_unused_input="ignore")(*values)
+    got = pytensor.function(list(syms.values()), conc, on_unused_input="ignore", mode=MODE)(*values)
     assert np.all(np.isfinite(got))
     for i, (p, reg) in enumerate(subjects):
         ref = reference(model, p, reg)
-        tol = REL * np.abs(ref) + FLOOR * np.abs(ref).max() + 1e-300
+        dose_scale = sum(d["amt"] * (d["addl"] + 1) for d in reg["doses"]) / p["V"]
+        tol = REL * np.abs(ref) + FLOOR * dose_scale
         mine = got[ev.obs_subject == i]
         np.testing.assert_array_less(np.abs(mine - ref), tol, err_msg=f"{name} {p} {reg}")
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=NO_SHRINK)
 @given(data=st.data())
 def test_gradient_matches_finite_differences(name, data):
     """Directional derivative (random projection of the outputs) vs central differences."""
@@ -129,23 +138,28 @@ def test_gradient_matches_finite_differences(name, data):
     ev, names, syms, conc, values = _population_graph(model, subjects)
     w = np.random.default_rng(0).normal(size=ev.n_obs)
     inputs = list(syms.values())
-    f = pytensor.function(inputs, (conc * w).sum(), on_unused_input="ignore")
+    f = pytensor.function(inputs, (conc * w).sum(), on_unused_input="ignore", mode=MODE)
     g = pytensor.function(inputs, pytensor.grad((conc * w).sum(), inputs,
                                                 disconnected_inputs="ignore"),
-                          on_unused_input="ignore")
+                          on_unused_input="ignore", mode=MODE)
     grads = g(*values)
+    f0 = abs(f(*values))
+    # f's own precision: the 3-compartment roots (trigonometric cubic formula) are accurate to
+    # ~1e-13 relative, the others to a few eps.
+    f_rel = 1e-13 if model.n_cpt == 3 else 10 * np.finfo(float).eps
     for j, gj in enumerate(grads):
         for i in range(len(subjects)):
-            # Central differences with a relative step of 1e-6: truncation ~1e-12 and
-            # round-off ~1e-10 relative, so 1e-5 relative agreement is a fair requirement.
-            h = 1e-6 * values[j][i]
+            # Central differences with a relative step of 1e-6: truncation ~1e-12 relative, and
+            # a round-off of about f_rel*|f|/h, which is added to the 1e-5 relative tolerance.
+            h = 1e-6 * max(values[j][i], 1e-2)  # TLAG may be exactly 0
             vp = [v.copy() for v in values]
             vm = [v.copy() for v in values]
             vp[j][i] += h
             vm[j][i] -= h
             fd = (f(*vp) - f(*vm)) / (2 * h)
             scale = abs(fd) + abs(gj[i]) + 1e-12
-            assert abs(gj[i] - fd) <= 1e-5 * scale + 1e-9, (name, names[j], i, gj[i], fd)
+            roundoff = f_rel * (f0 + 1.0) / h
+            assert abs(gj[i] - fd) <= 1e-5 * scale + roundoff, (name, names[j], i, gj[i], fd)
 
 
 def test_disposition_eigenvalues_match_numpy():
@@ -157,7 +171,7 @@ def test_disposition_eigenvalues_match_numpy():
                      V2=rng.uniform(1, 300), Q3=rng.uniform(0.1, 30), V3=rng.uniform(1, 300))
             lam, coef = disposition(n_cpt, *[pt.as_tensor(p[k]) for k in
                                              ("CL", "V", "Q", "V2", "Q3", "V3")])
-            lam, coef = lam.eval(), coef.eval()
+            lam, coef = pytensor.function([], [lam, coef], mode=MODE)()
             M = system_matrix(n_cpt, False, p)
             ev = np.sort(-np.linalg.eigvals(M).real)
             np.testing.assert_allclose(np.sort(lam), ev, rtol=1e-9)
@@ -203,14 +217,15 @@ def test_no_nan_at_extreme_legal_values(name):
     data = read_nonmem(df)
     syms = {k: pt.dscalar(k) for k in m.parameters + ("TLAG",)}
     c = m.concentration(data, syms)
-    grads = pytensor.grad(pt.log(c + 1e-300).sum(), list(syms.values()))
-    f = pytensor.function(list(syms.values()), [c, *grads])
+    # A residual objective, as in the Normal likelihood: (DV - C)^2. (log C would be -inf
+    # where C underflows to 0 long after the dose, which is the right answer there.)
+    grads = pytensor.grad(((1.0 - c) ** 2).sum(), list(syms.values()))
+    f = pytensor.function(list(syms.values()), [c, *grads], mode=MODE)
     for scale in (1e-4, 1.0, 1e4):
         for ka in (1e-4, 1.0, 1e3):
             vals = {k: scale * 1.0 for k in syms}
-            vals.update(V=10.0, V2=50.0, V3=100.0, TLAG=0.0)
-            if "KA" in vals:
-                vals["KA"] = ka
+            vals.update({k: v for k, v in dict(V=10.0, V2=50.0, V3=100.0, TLAG=0.0, KA=ka).items()
+                         if k in syms})
             out = f(*vals.values())
             for o in out:
                 assert np.all(np.isfinite(o)), (name, scale, ka, out)

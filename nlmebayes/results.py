@@ -1,0 +1,123 @@
+"""Results of a fit: the ArviZ DataTree together with the spec and the data, saved and loaded
+without loss (NetCDF via h5netcdf, or zarr)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nlmebayes.data import EventData, read_nonmem
+from nlmebayes.spec import ModelSpec
+
+__all__ = ["FitResult", "MapResult"]
+
+
+def _constant_data(data: EventData) -> xr.Dataset:
+    obs = {"obs": np.arange(data.n_obs)}
+    return xr.Dataset(
+        {
+            "time": ("obs", data.obs_time),
+            "subject_index": ("obs", data.obs_subject),
+            "record": ("obs", data.obs_row),
+        },
+        coords=obs,
+    )
+
+
+def _records(data: EventData) -> xr.Dataset:
+    df = data.input_frame().reset_index(drop=True)
+    ds = xr.Dataset({c: ("record", df[c].to_numpy()) for c in df.columns})
+    ds.attrs["source"] = data.source
+    ds.attrs["columns"] = list(df.columns)
+    return ds
+
+
+@dataclass
+class FitResult:
+    """A posterior sample with everything needed to report on it without rebuilding the graph.
+
+    Attributes
+    ----------
+    idata : xarray.DataTree
+        Groups posterior, sample_stats, log_likelihood, observed_data, constant_data
+        (observation time, subject index, record), posterior_predictive when drawn, and
+        ``records`` (the event records, so that the data travel with the result).
+    spec : ModelSpec
+    data : EventData
+        The data the model was fitted to (after observation selection).
+    """
+
+    idata: xr.DataTree
+    spec: ModelSpec
+    data: EventData
+
+    @classmethod
+    def from_sampling(cls, idata: xr.DataTree, spec: ModelSpec, data: EventData) -> FitResult:
+        idata["constant_data"] = xr.DataTree(_constant_data(data))
+        idata["records"] = xr.DataTree(_records(data))
+        idata.attrs["nlmebayes_spec"] = spec.to_toml()
+        return cls(idata, spec, data)
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.idata["posterior"].to_dataset()
+
+    def report(self, **kwargs) -> str:
+        """Text report: run, parameter table and diagnostics warnings (:mod:`nlmebayes.report`)."""
+        from nlmebayes.report import report
+
+        return report(self, **kwargs)
+
+    def parameter_table(self, **kwargs) -> pd.DataFrame:
+        from nlmebayes.report import parameter_table
+
+        return parameter_table(self, **kwargs)
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``*.nc`` (NetCDF4) or ``*.zarr``; :meth:`load` reads it back unchanged."""
+        path = Path(path)
+        idata = self.idata.copy()
+        # netCDF attributes cannot hold dicts: PyMC/nutpie settings are stored as text.
+        for node in idata.subtree:
+            node.attrs = {k: (v if isinstance(v, str | int | float | np.ndarray) else repr(v))
+                          for k, v in node.attrs.items()}
+        if path.suffix == ".zarr":
+            idata.to_zarr(path, mode="w")
+        else:
+            idata.to_netcdf(path, engine="h5netcdf", auto_complex=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FitResult:
+        path = Path(path)
+        if path.suffix == ".zarr":
+            idata = xr.open_datatree(path, engine="zarr").load()
+        else:
+            idata = xr.open_datatree(path, engine="h5netcdf").load()
+        spec = ModelSpec.from_toml(idata.attrs["nlmebayes_spec"])
+        rec = idata["records"].to_dataset()
+        df = pd.DataFrame({c: rec[c].values for c in rec.attrs["columns"]})
+        from nlmebayes.builder import select_observations
+
+        data = select_observations(spec, read_nonmem(df, source=rec.attrs["source"]))
+        return cls(idata, spec, data)
+
+
+@dataclass
+class MapResult:
+    """Posterior mode (all free variables, etas included) of a model."""
+
+    point: dict
+    spec: ModelSpec
+    data: EventData
+
+    def typical_values(self) -> dict[str, float]:
+        """Typical values on the natural scale, by parameter name."""
+        out = {}
+        for p in self.spec.parameters:
+            out[p.name] = float(self.point[f"{p.name}_pop"]) if not p.fixed else p.initial
+        return out

@@ -1,0 +1,385 @@
+"""Declarative NLME model specification: what the model is, not how it is sampled.
+
+This module never imports PyMC or PyTensor. A :class:`ModelSpec` names a structural model,
+its parameters' typical values and priors, covariate relations, inter-individual variability
+(IIV) and the residual error. It reads naturally in Python and round-trips through TOML::
+
+    spec = ModelSpec(
+        name="theophylline_1cpt_oral",
+        structural="1cpt_oral",
+        parameters={"KA": 1.5, "CL": 2.7, "V": 31.5},
+        iiv=IIV(["KA", "CL", "V"], sd=[0.6, 0.3, 0.1]),
+        error=ResidualError("additive", add=0.7),
+    )
+    spec.to_toml("theo.toml"); ModelSpec.from_toml("theo.toml") == spec
+
+Conventions (NONMEM's and nlmixr2's):
+
+* Typical values are on the natural scale; by default the log typical value has a
+  Normal(log(initial), 2) prior (a factor of ~50 either way at 95%): weakly informative.
+* IIV is log-normal, ``P_i = TV_i * exp(eta_i)``, eta ~ N(0, Omega); ``kind="additive"`` gives
+  ``P_i = TV_i + eta_i``. ``sd`` are initial values / prior scales of omega's square roots.
+* Covariate relations multiply the typical value: power ``(COV/ref)^theta``, exponential
+  ``exp(theta (COV - ref))``, linear ``1 + theta (COV - ref)``, indicator ``1 + theta`` where
+  a condition holds (e.g. pheno's ``APGR < 5``), categorical ``exp(theta_level)``.
+* Residual error sigma are standard deviations: additive ``a``, proportional ``b``; combined
+  as a variance sum ``sqrt(a^2 + b^2 f^2)`` or an SD sum ``a + b f`` (NONMEM ``W = ADD + PROP*F``);
+  exponential is additive on log(DV).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Prior", "Parameter", "Covariate", "IIV", "ResidualError", "ModelSpec"]
+
+_DISTS = {"Normal": ("mu", "sigma"), "HalfNormal": ("sigma",), "LogNormal": ("mu", "sigma"),
+          "TruncatedNormal": ("mu", "sigma", "lower", "upper"), "HalfCauchy": ("beta",),
+          "Exponential": ("lam",), "Uniform": ("lower", "upper"), "StudentT": ("nu", "mu", "sigma"),
+          "HalfStudentT": ("nu", "sigma")}
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A prior distribution by name and keyword arguments (PyMC's names and parameters)."""
+
+    dist: str
+    args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.dist not in _DISTS:
+            raise ValueError(f"unknown prior distribution {self.dist!r}; choose from {sorted(_DISTS)}")
+        unknown = set(self.args) - set(_DISTS[self.dist])
+        if unknown:
+            raise ValueError(f"prior {self.dist} takes {_DISTS[self.dist]}, not {sorted(unknown)}")
+
+    def to_dict(self) -> dict:
+        return {"dist": self.dist, **self.args}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Prior:
+        d = dict(d)
+        return cls(d.pop("dist"), d)
+
+    def __str__(self) -> str:
+        return f"{self.dist}(" + ", ".join(f"{k}={v:g}" for k, v in self.args.items()) + ")"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A structural parameter's typical value (natural scale) and the prior of its logarithm."""
+
+    name: str
+    initial: float
+    prior: Prior | None = None
+    fixed: bool = False
+
+    def __post_init__(self):
+        if not self.initial > 0:
+            raise ValueError(f"parameter {self.name}: the typical value must be > 0 (it is "
+                             f"estimated on the log scale), got {self.initial}")
+
+    @property
+    def log_prior(self) -> Prior:
+        """Prior of log(typical value); default Normal(log(initial), 2)."""
+        return self.prior or Prior("Normal", {"mu": math.log(self.initial), "sigma": 2.0})
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Covariate:
+    """A covariate relation on a parameter's typical value.
+
+    Parameters
+    ----------
+    parameter : str
+        Structural parameter it acts on (e.g. "CL").
+    covariate : str
+        Data column (e.g. "WT"). For ``kind="indicator"`` give ``condition`` instead or as well.
+    kind : {"power", "exponential", "linear", "indicator", "categorical"}
+    reference : float
+        Centring value (70 kg in ``(WT/70)^theta``); unused for indicator/categorical.
+    theta : float
+        Initial value of the effect, or its value when ``fixed``.
+    fixed : bool
+        Fix theta (e.g. allometric exponent 0.75) instead of estimating it.
+    condition : str
+        For indicators: e.g. ``"APGR < 5"``.
+    prior : Prior, optional
+        Default Normal(0, 1); indicators TruncatedNormal(0, 1, lower=-1) so that 1 + theta > 0.
+    """
+
+    parameter: str
+    covariate: str
+    kind: str = "power"
+    reference: float = 1.0
+    theta: float = 0.0
+    fixed: bool = False
+    condition: str | None = None
+    prior: Prior | None = None
+
+    def __post_init__(self):
+        kinds = ("power", "exponential", "linear", "indicator", "categorical")
+        if self.kind not in kinds:
+            raise ValueError(f"covariate kind must be one of {kinds}, got {self.kind!r}")
+        if self.kind == "indicator":
+            if not self.condition or not _CONDITION.match(self.condition):
+                raise ValueError(f"indicator covariate on {self.parameter} needs a condition like "
+                                 f"'APGR < 5', got {self.condition!r}")
+            if _CONDITION.match(self.condition).group(1) != self.covariate:
+                raise ValueError(f"condition {self.condition!r} must test covariate {self.covariate}")
+        if self.kind == "power" and not self.reference > 0:
+            raise ValueError("a power covariate needs a reference value > 0")
+
+    @property
+    def name(self) -> str:
+        """Name of the effect parameter, e.g. ``theta_CL_WT``."""
+        return f"theta_{self.parameter}_{self.covariate}"
+
+    @property
+    def effect_prior(self) -> Prior:
+        if self.prior is not None:
+            return self.prior
+        if self.kind == "indicator":
+            return Prior("TruncatedNormal", {"mu": 0.0, "sigma": 1.0, "lower": -1.0})
+        return Prior("Normal", {"mu": 0.0, "sigma": 1.0})
+
+    def parsed_condition(self) -> tuple[str, str, float | str]:
+        col, op, val = _CONDITION.match(self.condition).groups()
+        try:
+            return col, op, float(val)
+        except ValueError:
+            return col, op, val.strip("'\"")
+
+
+@dataclass(frozen=True)
+class IIV:
+    """Inter-individual variability on a set of parameters.
+
+    Parameters
+    ----------
+    parameters : list of str
+    sd : list of float
+        Initial omega SDs (square roots of the diagonal of Omega); also the scale of the default
+        HalfNormal prior on each SD, which is ``HalfNormal(max(2 * sd, 0.5))``.
+    block : bool
+        Full (block) Omega with an LKJ(eta=2) prior on the correlations, else diagonal.
+    kind : {"exponential", "additive"}
+        ``TV * exp(eta)`` (log-normal, default) or ``TV + eta``.
+    sd_prior : Prior, optional
+        Overrides the default prior of every SD in the block.
+    """
+
+    parameters: list[str]
+    sd: list[float] | None = None
+    block: bool = False
+    kind: str = "exponential"
+    sd_prior: Prior | None = None
+    lkj_eta: float = 2.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "parameters", list(self.parameters))
+        sd = [0.3] * len(self.parameters) if self.sd is None else [float(s) for s in self.sd]
+        if len(sd) != len(self.parameters):
+            raise ValueError("IIV: give one initial sd per parameter")
+        if any(s <= 0 for s in sd):
+            raise ValueError("IIV: initial sd must be > 0")
+        object.__setattr__(self, "sd", sd)
+        if self.kind not in ("exponential", "additive"):
+            raise ValueError(f"IIV kind must be 'exponential' or 'additive', got {self.kind!r}")
+        if self.block and len(self.parameters) < 2:
+            raise ValueError("a block Omega needs at least two parameters")
+
+    def priors(self) -> list[Prior]:
+        if self.sd_prior is not None:
+            return [self.sd_prior] * len(self.sd)
+        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
+
+
+_ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
+           "combined_sd": ("add", "prop"), "exponential": ("exp",)}
+
+
+@dataclass(frozen=True)
+class ResidualError:
+    """Residual error model. Sigma are SDs: ``add`` (DV units), ``prop`` (fraction), ``exp``
+    (log scale). Priors default to HalfNormal with twice the initial value as scale."""
+
+    kind: str = "additive"
+    add: float | None = None
+    prop: float | None = None
+    exp: float | None = None
+    priors: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in _ERRORS:
+            raise ValueError(f"residual error must be one of {sorted(_ERRORS)}, got {self.kind!r}")
+        defaults = {"add": 1.0, "prop": 0.2, "exp": 0.2}
+        for k in _ERRORS[self.kind]:
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, defaults[k])
+        object.__setattr__(self, "priors", {k: (v if isinstance(v, Prior) else Prior.from_dict(v))
+                                            for k, v in self.priors.items()})
+
+    @property
+    def sigma_names(self) -> tuple[str, ...]:
+        return _ERRORS[self.kind]
+
+    def prior(self, which: str) -> Prior:
+        return self.priors.get(which) or Prior("HalfNormal", {"sigma": 2.0 * getattr(self, which)})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A complete NLME model: structural model, parameters, covariates, IIV, residual error.
+
+    Parameters
+    ----------
+    name : str
+    structural : str
+        Analytic model name, e.g. ``"1cpt_oral"`` (see :data:`nlmebayes.pk.MODELS`).
+    parameters : dict or list
+        ``{"CL": 2.7, ...}`` (initial typical values) or a list of :class:`Parameter`.
+    covariates : list of Covariate
+    iiv : IIV or list of IIV
+    error : ResidualError
+    observations : dict
+        Which observations the model describes, e.g. ``{"dvid": "cp"}``.
+    description : str
+    """
+
+    name: str
+    structural: str
+    parameters: dict | list
+    covariates: list = field(default_factory=list)
+    iiv: IIV | list | None = None
+    error: ResidualError = field(default_factory=ResidualError)
+    observations: dict = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self):
+        params = self.parameters
+        if isinstance(params, dict):
+            params = [v if isinstance(v, Parameter) else Parameter(k, float(v)) for k, v in params.items()]
+        object.__setattr__(self, "parameters", list(params))
+        iiv = [] if self.iiv is None else ([self.iiv] if isinstance(self.iiv, IIV) else list(self.iiv))
+        object.__setattr__(self, "iiv", iiv)
+        object.__setattr__(self, "covariates", list(self.covariates))
+        names = self.parameter_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicated parameter names in {names}")
+        for c in self.covariates:
+            if c.parameter not in names:
+                raise ValueError(f"covariate {c.covariate} acts on unknown parameter {c.parameter}")
+        seen = []
+        for block in iiv:
+            for p in block.parameters:
+                if p not in names:
+                    raise ValueError(f"IIV on unknown parameter {p}; parameters are {names}")
+                if p in seen:
+                    raise ValueError(f"parameter {p} has IIV in two blocks")
+                seen.append(p)
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def parameter_names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    @property
+    def iiv_parameters(self) -> list[str]:
+        return [p for b in self.iiv for p in b.parameters]
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    # ---------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> dict:
+        """Plain dict (TOML-ready: no None values)."""
+        out: dict = {"name": self.name, "structural": self.structural}
+        if self.description:
+            out["description"] = self.description
+        out["parameters"] = {}
+        for p in self.parameters:
+            d = {"initial": p.initial}
+            if p.prior is not None:
+                d["prior"] = p.prior.to_dict()
+            if p.fixed:
+                d["fixed"] = True
+            out["parameters"][p.name] = d
+        if self.covariates:
+            out["covariates"] = [_drop_none({**asdict(c), "prior": c.prior and c.prior.to_dict()})
+                                 for c in self.covariates]
+        if self.iiv:
+            out["iiv"] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
+                          for b in self.iiv]
+        err = _drop_none({"kind": self.error.kind,
+                          **{k: getattr(self.error, k) for k in self.error.sigma_names}})
+        if self.error.priors:
+            err["priors"] = {k: v.to_dict() for k, v in self.error.priors.items()}
+        out["error"] = err
+        if self.observations:
+            out["observations"] = dict(self.observations)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelSpec:
+        d = dict(d)
+        known = {"name", "structural", "description", "parameters", "covariates", "iiv", "error",
+                 "observations"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model keys {sorted(unknown)}; expected {sorted(known)}")
+        params = []
+        for name, p in d.get("parameters", {}).items():
+            if not isinstance(p, dict):
+                p = {"initial": p}
+            prior = Prior.from_dict(p["prior"]) if "prior" in p else None
+            params.append(Parameter(name, float(p["initial"]), prior, bool(p.get("fixed", False))))
+        covs = []
+        for c in d.get("covariates", []):
+            c = dict(c)
+            if "prior" in c:
+                c["prior"] = Prior.from_dict(c["prior"])
+            covs.append(Covariate(**c))
+        iiv = []
+        for b in d.get("iiv", []):
+            b = dict(b)
+            if "sd_prior" in b:
+                b["sd_prior"] = Prior.from_dict(b["sd_prior"])
+            iiv.append(IIV(**b))
+        err = dict(d.get("error", {"kind": "additive"}))
+        return cls(name=d["name"], structural=d["structural"], parameters=params, covariates=covs,
+                   iiv=iiv, error=ResidualError(**err), observations=d.get("observations", {}),
+                   description=d.get("description", ""))
+
+    def to_toml(self, path: str | Path | None = None) -> str:
+        """TOML text of the spec; also written to ``path`` if given."""
+        import tomli_w
+
+        text = tomli_w.dumps(self.to_dict())
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_toml(cls, source: str | Path) -> ModelSpec:
+        """Read a spec from a TOML file path or TOML text."""
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                        and source.endswith(".toml")):
+            text = Path(source).read_text()
+        else:
+            text = source
+        return cls.from_dict(tomllib.loads(text))
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None and v != {}}
