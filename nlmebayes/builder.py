@@ -9,10 +9,10 @@ name              dims                            meaning
 ``log_P_pop``     ()                              free: log typical value of parameter P
 ``P_pop``         ()                              typical value on the natural scale
 ``theta_P_COV``   () or (level)                   covariate effect
-``omega_sd``      (eta)                           SD of each eta (sqrt of Omega's diagonal)
-``omega_corr``    (eta, eta_)                     correlations (block Omega only)
-``z_<k>``         (subject, eta_<k>)              free: standard-normal etas of block k
-``eta``           (subject, eta)                  random effects (non-centred: omega x z)
+``omega_sd``      (iiv)                           SD of each eta (sqrt of Omega's diagonal)
+``omega_corr_<k>`` (iiv_k, iiv_k_)                   correlations (block Omega only)
+``z_<k>``         (subject, iiv_<k>)              free: standard-normal etas of block k
+``eta``           (subject, iiv)                  random effects (non-centred: omega x z)
 ``P``             (subject)                       individual parameter P_i
 ``ipred``         (obs)                           individual prediction (concentration)
 ``sigma_add``...  ()                              residual SDs
@@ -26,7 +26,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-from nlmebayes.data import DataError, EventData
+from nlmebayes.data import _OPS, DataError, EventData
 from nlmebayes.pk import get_model
 from nlmebayes.spec import ModelSpec, Prior
 
@@ -38,9 +38,14 @@ def _rv(name: str, prior: Prior, **kwargs):
 
 
 def select_observations(spec: ModelSpec, data: EventData) -> EventData:
-    """The observations the spec describes (``spec.observations``, e.g. ``{"dvid": "cp"}``)."""
+    """The observations the spec describes: ``spec.observations`` may hold ``dvid`` (keep one
+    observation type) and ``ignore`` (conditions such as ``"DV == 0"``, NONMEM's IGNORE)."""
     dvid = spec.observations.get("dvid")
-    return data if dvid is None else data.select_dvid(dvid)
+    if dvid is not None:
+        data = data.select_dvid(dvid)
+    for cond in spec.observations.get("ignore", []):
+        data = data.ignore(cond)
+    return data
 
 
 def _effect(cov, values, theta):
@@ -53,9 +58,7 @@ def _effect(cov, values, theta):
         return 1.0 + theta * (values - cov.reference)
     if cov.kind == "indicator":
         _, op, val = cov.parsed_condition()
-        ops = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-               "==": np.equal, "!=": np.not_equal}
-        flag = ops[op](values, val).astype(float)
+        flag = _OPS[op](values, val).astype(float)
         return 1.0 + theta * flag
     raise AssertionError(cov.kind)
 
@@ -79,9 +82,9 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
 
     eta_names = spec.iiv_parameters
     coords = {"subject": [str(_id_label(i)) for i in data.ids], "obs": np.arange(data.n_obs),
-              "eta": eta_names, "eta_": eta_names}
+              "iiv": eta_names}
     for k, block in enumerate(spec.iiv):
-        coords[f"eta_{k}"] = block.parameters
+        coords[f"iiv_{k}"] = block.parameters
     cat_levels = {}
     cov_table = data.subject_covariates(sorted({c.covariate for c in spec.covariates}))
     for c in spec.covariates:
@@ -105,7 +108,8 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
             if p.fixed:
                 tv[p.name] = pt.as_tensor_variable(p.initial)
                 continue
-            log_tv = _rv(f"log_{p.name}_pop", p.log_prior, initval=np.log(p.initial))
+            # The default prior is centred on log(initial), so sampling starts there.
+            log_tv = _rv(f"log_{p.name}_pop", p.log_prior)
             tv[p.name] = pm.Deterministic(f"{p.name}_pop", pt.exp(log_tv))
 
         # Typical value per subject: TV * product of covariate effects.
@@ -120,14 +124,14 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                 eff = pt.exp(pt.switch(lvl >= 0, pt.concatenate([theta, [0.0]])[lvl], 0.0))
             else:
                 theta = (pt.as_tensor_variable(c.theta) if c.fixed else
-                         _rv(c.name, c.effect_prior, initval=c.theta))
+                         _rv(c.name, c.effect_prior))
                 eff = _effect(c, values.astype(float), theta)
             tv_i[c.parameter] = tv_i[c.parameter] * eff
 
         # Random effects, non-centred.
         etas, sds = [], []
         for k, block in enumerate(spec.iiv):
-            z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"eta_{k}"))
+            z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
             priors = block.priors()
             if block.block:
                 sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
@@ -136,17 +140,17 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                                                    compute_corr=True)
                 etas.append(z @ chol.T)
                 sds.append(sd)
-                pm.Deterministic(f"omega_corr_{k}", corr, dims=(f"eta_{k}", f"eta_{k}_"))
-                model.add_coord(f"eta_{k}_", block.parameters)
+                model.add_coord(f"iiv_{k}_", block.parameters)
+                pm.Deterministic(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
             else:
-                sd = pt.stack([_rv(f"omega_sd_{k}_{p}", pr, initval=s) for p, pr, s in
-                               zip(block.parameters, priors, block.sd, strict=True)])
+                sd = pt.stack([_rv(f"omega_sd_{k}_{p}", pr) for p, pr in
+                               zip(block.parameters, priors, strict=True)])
                 etas.append(z * sd)
                 sds.append(sd)
         params = dict(tv_i)
         if etas:
-            eta = pm.Deterministic("eta", pt.concatenate(etas, axis=1), dims=("subject", "eta"))
-            pm.Deterministic("omega_sd", pt.concatenate(sds), dims="eta")
+            eta = pm.Deterministic("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
+            pm.Deterministic("omega_sd", pt.concatenate(sds), dims="iiv")
             j = 0
             for block in spec.iiv:
                 for p in block.parameters:
@@ -159,7 +163,7 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
         ipred = pm.Deterministic("ipred", struct.concentration(data, params), dims="obs")
 
         err = spec.error
-        sig = {k: _rv(f"sigma_{k}", err.prior(k), initval=getattr(err, k)) for k in err.sigma_names}
+        sig = {k: _rv(f"sigma_{k}", err.prior(k)) for k in err.sigma_names}
         dv = data.obs_dv
         if err.kind == "exponential":
             # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
@@ -167,7 +171,11 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                       dims="obs")
         else:
             f = pt.abs(ipred)
-            sd = {"additive": lambda: sig["add"] * pt.ones_like(f),
+            if err.kind == "additive":  # a scalar SD: no per-observation work
+                pm.Normal("DV", ipred, sig["add"], observed=dv, dims="obs")
+                model.nlme_data = data
+                return model
+            sd = {
                   "proportional": lambda: sig["prop"] * f,
                   "combined": lambda: pt.sqrt(sig["add"] ** 2 + (sig["prop"] * f) ** 2),
                   "combined_sd": lambda: sig["add"] + sig["prop"] * f}[err.kind]()

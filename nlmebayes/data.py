@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,11 @@ RESERVED_COLUMNS = (
 )
 _NUMERIC = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS",
             "OCC")
+
+
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
+_OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
+        "==": np.equal, "!=": np.not_equal}
 
 
 class DataError(ValueError):
@@ -197,14 +203,37 @@ class EventData:
         if dvid not in known:
             raise DataError(f"no observations with DVID {dvid!r}; DVID values are {sorted(known, key=str)}",
                             source=self.source, column="DVID")
-        df = self.input_frame()
         other = self.records["_IS_OBS"].to_numpy() & (self.records["DVID"].to_numpy() != dvid)
-        df.loc[other, "MDV"] = 1.0
+        return self._without(other, f"observation of another DVID (not {dvid})")
+
+    def ignore(self, condition: str) -> EventData:
+        """Take observations matching ``condition`` (e.g. ``"DV == 0"``) out of the likelihood,
+        like NONMEM's ``IGNORE=(DV.EQ.0)``; they are reported as excluded with the condition."""
+        m = _CONDITION.match(condition)
+        if not m:
+            raise ValueError(f"cannot read condition {condition!r}; write e.g. 'DV == 0'")
+        col, op, val = m.groups()
+        col = col.upper()
+        if col not in self.records.columns:
+            raise DataError(f"IGNORE condition {condition!r} names no column", source=self.source,
+                            column=col)
+        try:
+            val = float(val)
+        except ValueError:
+            val = val.strip("'\"")
+        hit = _OPS[op](self.records[col].to_numpy(), val) & self.records["_IS_OBS"].to_numpy()
+        return self._without(hit, f"IGNORE ({condition})")
+
+    def _without(self, rows: np.ndarray, reason: str) -> EventData:
+        """The same data with the observation records ``rows`` (mask) set to MDV=1, reported."""
+        df = self.input_frame()
+        df.loc[rows, "MDV"] = 1.0
         new = _build(df, self.records["_LINE"].to_numpy(), self.source, {}, ())
-        rows = set(self.records["_ROW"].to_numpy()[other])
-        reason = new.excluded["reason"].where(~new.excluded["row"].isin(rows),
-                                              f"observation of another DVID (not {dvid})")
-        object.__setattr__(new, "excluded", new.excluded.assign(reason=reason))
+        gone = set(self.records["_ROW"].to_numpy()[rows])
+        old = self.excluded.set_index("row")["reason"]
+        new_reason = [reason if r in gone else old.get(r, why)
+                      for r, why in zip(new.excluded["row"], new.excluded["reason"], strict=True)]
+        object.__setattr__(new, "excluded", new.excluded.assign(reason=new_reason))
         return new
 
     # ----------------------------------------------------------------- summary

@@ -68,8 +68,8 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
             rows.append(_row(c.name, "theta", f"{c.parameter} effect {desc}", da, ci))
     if "omega_sd" in post:
         lognormal = {p for b in spec.iiv if b.kind == "exponential" for p in b.parameters}
-        for e in post["omega_sd"]["eta"].values:
-            sd = post["omega_sd"].sel(eta=e, drop=True)
+        for e in post["omega_sd"]["iiv"].values:
+            sd = post["omega_sd"].sel(iiv=e, drop=True)
             rows.append(_row(f"omega2({e})", "omega", "IIV variance", sd**2, ci))
             rows.append(_row(f"omega({e})", "omega", "IIV SD", sd, ci))
             if e in lognormal:
@@ -118,8 +118,8 @@ def diagnostics(result) -> dict:
     if worst_rhat > RHAT_MAX:
         warnings.append(f"R-hat up to {worst_rhat:.3f} (in {worst_var}) > {RHAT_MAX}: chains disagree")
     if min_ess < ESS_MIN_PER_CHAIN * n_chains:
-        warnings.append(f"bulk ESS as low as {min_ess:.0f} < {ESS_MIN_PER_CHAIN} per chain: "
-                        f"draw more")
+        warnings.append(f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
+                        f"({ESS_MIN_PER_CHAIN * n_chains}): draw more")
     if depth:
         warnings.append(f"{depth} draws hit the maximum tree depth")
     return {"divergences": div, "max_treedepth_hits": depth, "max_rhat": worst_rhat,

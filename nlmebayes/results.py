@@ -32,7 +32,6 @@ def _records(data: EventData) -> xr.Dataset:
     df = data.input_frame().reset_index(drop=True)
     ds = xr.Dataset({c: ("record", df[c].to_numpy()) for c in df.columns})
     ds.attrs["source"] = data.source
-    ds.attrs["columns"] = list(df.columns)
     return ds
 
 
@@ -88,7 +87,7 @@ class FitResult:
         if path.suffix == ".zarr":
             idata.to_zarr(path, mode="w")
         else:
-            idata.to_netcdf(path, engine="h5netcdf", auto_complex=True)
+            idata.to_netcdf(path, engine="h5netcdf")
         return path
 
     @classmethod
@@ -100,7 +99,7 @@ class FitResult:
             idata = xr.open_datatree(path, engine="h5netcdf").load()
         spec = ModelSpec.from_toml(idata.attrs["nlmebayes_spec"])
         rec = idata["records"].to_dataset()
-        df = pd.DataFrame({c: rec[c].values for c in rec.attrs["columns"]})
+        df = pd.DataFrame({c: rec[c].values for c in rec.data_vars})
         from nlmebayes.builder import select_observations
 
         data = select_observations(spec, read_nonmem(df, source=rec.attrs["source"]))

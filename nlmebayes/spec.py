@@ -30,10 +30,11 @@ Conventions (NONMEM's and nlmixr2's):
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from nlmebayes.data import _CONDITION
 
 __all__ = ["Prior", "Parameter", "Covariate", "IIV", "ResidualError", "ModelSpec"]
 
@@ -87,9 +88,6 @@ class Parameter:
     def log_prior(self) -> Prior:
         """Prior of log(typical value); default Normal(log(initial), 2)."""
         return self.prior or Prior("Normal", {"mu": math.log(self.initial), "sigma": 2.0})
-
-
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
 
 
 @dataclass(frozen=True)
