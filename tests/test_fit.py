@@ -13,8 +13,17 @@ import pandas as pd
 import pymc as pm
 import pytest
 
-from nlmebayes import (IIV, Covariate, FitResult, ModelSpec, ResidualError, build_model, datasets, fit,
-                       read_nonmem)
+from nlmebayes import (
+    IIV,
+    Covariate,
+    FitResult,
+    ModelSpec,
+    ResidualError,
+    build_model,
+    datasets,
+    fit,
+    read_nonmem,
+)
 from nlmebayes import map as map_estimate
 from nlmebayes.simulation import simulate
 from tests.test_spec import MODELS

@@ -26,7 +26,8 @@ def _rich_spec() -> ModelSpec:
                       prior=Prior("Normal", {"mu": 0.0, "sigma": 0.5})),
         ],
         iiv=[IIV(["CL", "V"], sd=[0.3, 0.2], block=True), IIV(["KA"], sd=[0.6], kind="additive")],
-        error=ResidualError("combined", add=0.1, prop=0.15, priors={"add": Prior("HalfNormal", {"sigma": 1.0})}),
+        error=ResidualError("combined", add=0.1, prop=0.15,
+                            priors={"add": Prior("HalfNormal", {"sigma": 1.0})}),
         observations={"dvid": "cp", "ignore": ["DV == 0"]},
         description="every feature once",
     )
