@@ -145,8 +145,8 @@ def test_gradient_matches_finite_differences(name, data):
     grads = g(*values)
     f0 = abs(f(*values))
     # f's own precision: the 3-compartment roots (trigonometric cubic formula) are accurate to
-    # ~1e-13 relative, the others to a few eps.
-    f_rel = 1e-13 if model.n_cpt == 3 else 10 * np.finfo(float).eps
+    # 4e-13 relative (measured against 40-digit mpmath eigenvalues), the others to a few eps.
+    f_rel = 1e-12 if model.n_cpt == 3 else 10 * np.finfo(float).eps
     for j, gj in enumerate(grads):
         for i in range(len(subjects)):
             # Central differences with a relative step of 1e-6: truncation ~1e-12 relative, and

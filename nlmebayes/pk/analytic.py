@@ -57,16 +57,17 @@ def phi(z):
 def exp_diff(a, b, x):
     """``(exp(-a x) - exp(-b x)) / (b - a)`` for x >= 0, smooth through a = b (``x e^{-ax}``).
 
-    The plain difference where ``|b - a| x >= 1e-3`` (cancellation costs at most ~2e-13
-    relative), else ``x exp(-(a+b)x/2) sinhc((b-a)x/2)`` by its series (truncation < 5e-16).
-    Two exponentials per term: this is the hot path of every oral model.
+    Equal to ``x exp(-a x) phi((b - a) x)`` with ``phi(z) = (1 - exp(-z)) / z``. Where
+    ``|b - a| x >= 1e-3`` the plain difference is used (cancellation costs at most ~2e-13
+    relative), else phi's series to z^3 (truncation z^4/120 < 1e-14). Both branches share
+    ``exp(-a x)``: two exponentials per term, as this is the hot path of every oral model.
     """
-    dx = (b - a) * x
-    close = pt.abs(dx) < 1e-3
+    z = (b - a) * x
+    close = pt.abs(z) < 1e-3
     b_far = pt.switch(close, a + 1.0, b)  # keeps the unused branch free of 0/0 (and its gradient)
-    far = (pt.exp(-a * x) - pt.exp(-b_far * x)) / (b_far - a)
-    y2 = 0.25 * dx * dx
-    near = x * pt.exp(-0.5 * (a + b) * x) * (1.0 + y2 / 6.0)
+    ea = pt.exp(-a * x)
+    far = (ea - pt.exp(-b_far * x)) / (b_far - a)
+    near = x * ea * (1.0 + z * (-0.5 + z * (1.0 / 6.0 - z / 24.0)))
     return pt.switch(close, near, far)
 
 
@@ -108,7 +109,10 @@ def disposition(n_cpt: int, CL, V, Q=None, V2=None, Q3=None, V3=None):
         r = pt.sqrt(-p / 3.0)
         arg = pt.clip(1.5 * q / (p * r), -1.0 + 1e-15, 1.0 - 1e-15)
         th = pt.arccos(arg) / 3.0
-        lams = [2.0 * r * pt.cos(th - 2.0 * np.pi * k / 3.0) + a2 / 3.0 for k in range(3)]
+        lams = [2.0 * r * pt.cos(th - 2.0 * np.pi * k / 3.0) + a2 / 3.0 for k in range(2)]
+        # th is in [0, pi/3], so k = 2 is always the smallest root, and the sum formula loses
+        # digits there (~1e-12); Vieta's product l0 l1 l2 = a0 gives it to full precision.
+        lams.append(a0 / (lams[0] * lams[1]))
         coefs = []
         for m in range(3):
             j, l = [i for i in range(3) if i != m]
