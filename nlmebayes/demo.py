@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
 from pathlib import Path
 
 from nlmebayes import ModelSpec, datasets, fit
@@ -25,5 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    assert files("nlmebayes")  # the package is installed
     main()

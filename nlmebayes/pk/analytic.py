@@ -14,7 +14,8 @@ steady state (SS)     the same summed over all past doses ``x + k II``: a geomet
 A dose into the absorption (depot) compartment enters the central compartment at rate
 ``KA * depot``, so its response is ``KA * sum_m c_m * (u(lambda_m) - u(KA)) / (KA - lambda_m)``,
 a divided difference of ``u``. Divided differences are computed without 0/0 when KA ~ lambda:
-exactly for the single oral bolus (``log sinhc`` form) and with a Taylor fallback otherwise.
+for the single oral bolus by :func:`exp_diff` (plain difference, series near the tie), for the
+other inputs with a derivative fallback near the tie.
 
 Superposition over doses happens on flat arrays: the dose-observation pairs of
 :class:`nlmebayes.data.EventData` carry the per-pair parameters, and the pair contributions
