@@ -169,14 +169,11 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
             # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
             pm.Normal("DV", pt.log(pt.maximum(ipred, 1e-300)), sig["exp"], observed=np.log(dv),
                       dims="obs")
+        elif err.kind == "additive":
+            pm.Normal("DV", ipred, sig["add"], observed=dv, dims="obs")  # scalar SD
         else:
             f = pt.abs(ipred)
-            if err.kind == "additive":  # a scalar SD: no per-observation work
-                pm.Normal("DV", ipred, sig["add"], observed=dv, dims="obs")
-                model.nlme_data = data
-                return model
-            sd = {
-                  "proportional": lambda: sig["prop"] * f,
+            sd = {"proportional": lambda: sig["prop"] * f,
                   "combined": lambda: pt.sqrt(sig["add"] ** 2 + (sig["prop"] * f) ** 2),
                   "combined_sd": lambda: sig["add"] + sig["prop"] * f}[err.kind]()
             # A zero prediction (before the first dose) with proportional error has no spread:

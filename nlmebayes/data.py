@@ -43,6 +43,19 @@ _OPS = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equ
         "==": np.equal, "!=": np.not_equal}
 
 
+def parse_condition(text: str) -> tuple[str, str, float | str]:
+    """Split a condition such as ``"APGR < 5"`` or ``"SEX == 'male'"`` into (column, operator,
+    value); the value is a number when it reads as one. Raises ValueError otherwise."""
+    m = _CONDITION.match(text or "")
+    if not m:
+        raise ValueError(f"cannot read condition {text!r}; write e.g. 'APGR < 5' or 'DV == 0'")
+    col, op, val = m.groups()
+    try:
+        return col, op, float(val)
+    except ValueError:
+        return col, op, val.strip("'\"")
+
+
 class DataError(ValueError):
     """A dataset record that breaks the NONMEM conventions.
 
@@ -209,18 +222,11 @@ class EventData:
     def ignore(self, condition: str) -> EventData:
         """Take observations matching ``condition`` (e.g. ``"DV == 0"``) out of the likelihood,
         like NONMEM's ``IGNORE=(DV.EQ.0)``; they are reported as excluded with the condition."""
-        m = _CONDITION.match(condition)
-        if not m:
-            raise ValueError(f"cannot read condition {condition!r}; write e.g. 'DV == 0'")
-        col, op, val = m.groups()
+        col, op, val = parse_condition(condition)
         col = col.upper()
         if col not in self.records.columns:
             raise DataError(f"IGNORE condition {condition!r} names no column", source=self.source,
                             column=col)
-        try:
-            val = float(val)
-        except ValueError:
-            val = val.strip("'\"")
         hit = _OPS[op](self.records[col].to_numpy(), val) & self.records["_IS_OBS"].to_numpy()
         return self._without(hit, f"IGNORE ({condition})")
 

@@ -43,7 +43,8 @@ def simulate(
     Returns
     -------
     EventData
-        The same design with simulated DV; the etas drawn are in ``records.attrs["eta"]``.
+        The same design with simulated DV; the etas drawn are in ``records.attrs["eta"]`` and
+        the true individual predictions in ``records.attrs["ipred"]``.
     """
     model = build_model(spec, data)
     data = model.nlme_data
@@ -61,12 +62,13 @@ def simulate(
                if v.name not in values and not v.name.startswith(("z_", "omega_"))]
     if missing:
         raise ValueError(f"give values for {missing}")
-    with pm.do(model, values):
-        dv = pm.draw(pm.modelcontext(None)["DV"], random_seed=rng)
+    with pm.do(model, values) as m:
+        ipred, dv = pm.draw([m["ipred"], m["DV"]], random_seed=rng)
     if spec.error.kind == "exponential":
         dv = np.exp(dv)
     df = data.input_frame()
     df.loc[data.records["_IS_OBS"].to_numpy(), "DV"] = dv
     out = read_nonmem(df, source=f"simulated from {spec.name}")
     out.records.attrs["eta"] = values.get("eta")
+    out.records.attrs["ipred"] = ipred
     return out

@@ -34,7 +34,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nlmebayes.data import _CONDITION
+from nlmebayes.data import parse_condition
 
 __all__ = ["Prior", "Parameter", "Covariate", "IIV", "ResidualError", "ModelSpec"]
 
@@ -127,10 +127,12 @@ class Covariate:
         if self.kind not in kinds:
             raise ValueError(f"covariate kind must be one of {kinds}, got {self.kind!r}")
         if self.kind == "indicator":
-            if not self.condition or not _CONDITION.match(self.condition):
+            try:
+                col = parse_condition(self.condition)[0]
+            except ValueError:
                 raise ValueError(f"indicator covariate on {self.parameter} needs a condition like "
-                                 f"'APGR < 5', got {self.condition!r}")
-            if _CONDITION.match(self.condition).group(1) != self.covariate:
+                                 f"'APGR < 5', got {self.condition!r}") from None
+            if col != self.covariate:
                 raise ValueError(f"condition {self.condition!r} must test covariate {self.covariate}")
         if self.kind == "power" and not self.reference > 0:
             raise ValueError("a power covariate needs a reference value > 0")
@@ -149,11 +151,7 @@ class Covariate:
         return Prior("Normal", {"mu": 0.0, "sigma": 1.0})
 
     def parsed_condition(self) -> tuple[str, str, float | str]:
-        col, op, val = _CONDITION.match(self.condition).groups()
-        try:
-            return col, op, float(val)
-        except ValueError:
-            return col, op, val.strip("'\"")
+        return parse_condition(self.condition)
 
 
 @dataclass(frozen=True)
