@@ -73,12 +73,10 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
     data = select_observations(spec, data)
     struct.check(data)
     names = spec.parameter_names
-    missing = [p for p in struct.parameters if p not in names]
-    extra = [p for p in names if p not in struct.parameters + struct.optional_parameters]
-    if missing or extra:
-        raise ValueError(f"model {spec.name}: structural model {struct.name} needs parameters "
-                         f"{list(struct.parameters)} (optional {list(struct.optional_parameters)}); "
-                         f"missing {missing}, unknown {extra}")
+    try:
+        struct.check_parameters(names)
+    except ValueError as e:
+        raise ValueError(f"model {spec.name}: {e}") from None
 
     eta_names = spec.iiv_parameters
     coords = {"subject": [str(_id_label(i)) for i in data.ids], "obs": np.arange(data.n_obs),

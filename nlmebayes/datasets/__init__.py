@@ -8,7 +8,7 @@ import pandas as pd
 
 from nlmebayes.data import EventData, read_nonmem
 
-__all__ = ["path", "theophylline", "theophylline_nlme", "pheno", "warfarin"]
+__all__ = ["path", "theophylline", "theophylline_nlme", "theophylline_nlme_events", "pheno", "warfarin"]
 
 
 def path(filename: str):
@@ -33,6 +33,23 @@ def theophylline_nlme() -> pd.DataFrame:
     This is the layout Pinheiro & Bates (2000) fit with nlme; every row is an observation.
     """
     return pd.read_csv(path("Theoph.csv"))
+
+
+def theophylline_nlme_events() -> EventData:
+    """``datasets::Theoph`` as event records: dose (mg/kg) into the depot at time 0, then the
+    observations (CMT 2), so that nlme's ``SSfol`` fits (Pinheiro & Bates 2000, 8.2) can be
+    reproduced. The time-0 samples (measured, non-zero) stay observations predicted as 0."""
+    th = theophylline_nlme()
+    first = th.groupby("Subject", sort=False).head(1)
+    doses = pd.DataFrame({"ID": first["Subject"], "TIME": 0.0, "AMT": first["Dose"], "DV": float("nan"),
+                          "EVID": 1, "CMT": 1, "WT": first["Wt"], "_order": 0})
+    obs = pd.DataFrame({"ID": th["Subject"], "TIME": th["Time"], "AMT": 0.0, "DV": th["conc"],
+                        "EVID": 0, "CMT": 2, "WT": th["Wt"], "_order": 1})
+    # Subjects keep the file's order; within a subject the dose comes first.
+    order = {s: i for i, s in enumerate(th["Subject"].unique())}
+    df = pd.concat([doses, obs])
+    df = df.assign(_s=df["ID"].map(order)).sort_values(["_s", "_order", "TIME"], kind="stable")
+    return read_nonmem(df.drop(columns=["_s", "_order"]).reset_index(drop=True), source="Theoph.csv")
 
 
 def pheno() -> EventData:

@@ -176,6 +176,24 @@ class Compartmental:
         return p + (("KA",) if self.oral else ())
 
     optional_parameters: tuple[str, ...] = ("TLAG", "F", "D")
+    #: Alternative parameterisations: K (elimination rate constant CL/V) may stand in for V, as in
+    #: NONMEM's TRANS1 or nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)``; then V = CL / K.
+    alternatives = {"V": "K"}
+
+    def check_parameters(self, names) -> None:
+        """Raise if ``names`` do not form a valid parameter set of this model."""
+        names = list(names)
+        missing = [p for p in self.parameters
+                   if p not in names and self.alternatives.get(p) not in names]
+        allowed = self.parameters + self.optional_parameters + tuple(self.alternatives.values())
+        extra = [p for p in names if p not in allowed]
+        both = [p for p, alt in self.alternatives.items() if p in names and alt in names]
+        if missing or extra or both:
+            raise ValueError(
+                f"structural model {self.name} needs parameters {list(self.parameters)} "
+                f"(optional {list(self.optional_parameters)}; K may replace V); missing {missing}, "
+                f"unknown {extra}" + (f", give either of {both[0]} or {self.alternatives[both[0]]}"
+                                      if both else ""))
 
     @property
     def dose_compartments(self) -> dict[int, str]:
@@ -205,9 +223,9 @@ class Compartmental:
         -------
         tensor of shape ``(n_obs,)``
         """
-        missing = [p for p in self.parameters if p not in params]
-        if missing:
-            raise ValueError(f"model {self.name} needs parameters {missing}")
+        self.check_parameters(params)
+        if "V" not in params:
+            params = dict(params, V=params["CL"] / params["K"])
         self.check(data)
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]
