@@ -27,19 +27,22 @@ builder works here unchanged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+import xarray as xr
 from pytensor.gradient import pushforward
-from pytensor.graph.replace import graph_replace
+from pytensor.graph.replace import graph_replace, vectorize_graph
 
 from nlmebayes.builder import build_model
 from nlmebayes.data import EventData
 from nlmebayes.spec import ModelSpec
 
-__all__ = ["PopulationValues", "ConditionalModel", "Marginal", "marginal_likelihood", "n_parameters"]
+__all__ = ["PopulationValues", "ConditionalModel", "Marginal", "marginal_likelihood", "marginal_loglik_draws",
+           "n_parameters", "omega_draws"]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -195,6 +198,8 @@ class ConditionalModel:
                 gs.append(g)
                 dRs.append(dR)
             outs += [pt.stack(gs, axis=1), pt.stack(dRs, axis=1)]
+        self.mode = mode
+        self._inputs, self._fR, self._batch = [*pop_in, eta_in], [f, R], None
         self._f = pytensor.function([*pop_in, eta_in], [f, R], mode=mode, on_unused_input="ignore")
         self._fg = pytensor.function([*pop_in, eta_in], outs, mode=mode, on_unused_input="ignore")
 
@@ -208,6 +213,20 @@ class ConditionalModel:
     def predict(self, pop: dict, eta=None):
         """``f`` and ``R`` per observation at population values ``pop`` (builder names) and etas."""
         return self._f(*self._args(pop, eta))
+
+    def predict_batch(self, pop: dict, eta):
+        """``f`` and ``R`` for a batch: every value in ``pop`` has a leading batch axis (B,),
+        ``eta`` is (B, n_subjects, q); returns arrays (B, n_obs). One compiled call for the batch
+        (the graph vectorised over the batch axis), for simulation and importance sampling."""
+        if self._batch is None:
+            new = [pt.tensor(name=v.name, dtype=v.dtype, shape=(None,) * (v.ndim + 1))
+                   for v in self._inputs]
+            outs = vectorize_graph(self._fR, replace=dict(zip(self._inputs, new, strict=True)))
+            self._batch = pytensor.function(new, outs, mode=self.mode, on_unused_input="ignore")
+        eta = np.asarray(eta, dtype=float)
+        if eta.ndim != 3:
+            raise ValueError(f"eta must be (batch, subjects, q), got shape {eta.shape}")
+        return self._batch(*[np.asarray(pop[n], dtype=float) for n in self.pop_names], eta)
 
     def predict_with_gradients(self, pop: dict, eta):
         """``f, R, G, dR``; ``G[j, k] = df_j / d eta_{s(j), k}`` and likewise ``dR``."""
@@ -266,6 +285,27 @@ class Marginal:
     @property
     def loglik(self) -> float:
         return -0.5 * self.m2ll
+
+    def to_dataset(self, spec: ModelSpec, subjects=None) -> xr.Dataset:
+        """The EBEs, per-subject -2LL, Omega and the OFV summary as a labelled Dataset (stored by
+        :func:`~nlmebayes.sampling.fit` as the ``marginal`` group)."""
+        n_sub = self.eta.shape[0]
+        subjects = np.arange(n_sub) if subjects is None else np.asarray(subjects)
+        iiv = spec.iiv_parameters
+        ds = xr.Dataset(
+            {"eta_ebe": (("subject", "iiv"), self.eta),
+             "eta_cov": (("subject", "iiv", "iiv_col"), self.eta_cov),
+             "subject_m2ll": ("subject", self.subject_m2ll),
+             "omega": (("iiv", "iiv_col"), self.population.omega_matrix(spec))},
+            coords={"subject": subjects, "iiv": iiv, "iiv_col": iiv})
+        pv = self.population
+        ds.attrs.update(
+            ofv=self.ofv, m2ll=self.m2ll, aic=self.aic, bic=self.bic, n_obs=self.n_obs,
+            k_theta=self.k["theta"], k_omega=self.k["omega"], k_sigma=self.k["sigma"],
+            k=self.k["total"], method=self.method,
+            population=json.dumps({"typical": pv.typical, "sigma": pv.sigma,
+                                   "thetas": {k: np.asarray(v).tolist() for k, v in pv.thetas.items()}}))
+        return ds
 
     @property
     def aic(self) -> float:
@@ -404,3 +444,82 @@ def marginal_likelihood(
         ofv=m2ll - n_obs * LOG_2PI, m2ll=m2ll, n_obs=n_obs, k=n_parameters(spec, cm.data),
         method=method, eta=eta, eta_cov=np.linalg.inv(H) if cm.q else H, subject_m2ll=subject,
         y=cm.y, f=f, R=R, G=G, pred=pred, population=population, iterations=iters)
+
+
+def marginal_loglik_draws(
+    posterior,
+    spec: ModelSpec,
+    conditional: ConditionalModel,
+    *,
+    n_eta: int = 200,
+    max_draws: int = 500,
+    seed: int | None = 0,
+):
+    """Per-draw, per-subject marginal log-likelihood ``log p(y_i | theta_s)``, the etas integrated
+    out by importance sampling; the input to the marginal (leave-one-subject-out) LOO.
+
+    For each subject the proposal is a multivariate Student-t (5 degrees of freedom) centred on
+    the posterior mean of its etas, with 1.2 times their posterior SD; the same ``n_eta`` proposal
+    points serve every posterior draw ``s``, weighted by
+    ``p(y_i | eta, theta_s) N(eta; 0, Omega_s) / q_i(eta)``. Draws are thinned to at most
+    ``max_draws`` (keeping chains). Returns a DataArray (chain, draw, subject) whose attribute
+    ``min_is_ess`` is the smallest importance-sampling effective sample size over draws and subjects.
+    """
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_t
+
+    cm = conditional
+    data = cm.data
+    n_sub, q = data.n_subjects, cm.q
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    step = max(1, int(np.ceil(n_chain * n_draw / max_draws)))
+    post = posterior.isel(draw=slice(None, None, step))
+    S = post.sizes["chain"] * post.sizes["draw"]
+
+    def stacked(name):
+        return post[name].stack(sample=("chain", "draw")).transpose("sample", ...).values
+
+    pop_names = cm.pop_names
+    pop = {n: stacked(n) for n in pop_names}
+    y, s_idx = cm.y, data.obs_subject
+    rng = np.random.default_rng(seed)
+    if q:
+        omegas = omega_draws(post, spec)
+        eta_post = (posterior["eta"].stack(sample=("chain", "draw"))
+                    .transpose("sample", "subject", "iiv").values)
+        means = eta_post.mean(axis=0)
+        log_q = np.empty((n_eta, n_sub))
+        props = np.empty((n_eta, n_sub, q))
+        for i in range(n_sub):
+            cov = np.cov(eta_post[:, i, :], rowvar=False).reshape(q, q) * 1.2**2 + 1e-12 * np.eye(q)
+            dist = multivariate_t(loc=means[i], shape=cov * 3.0 / 5.0, df=5, seed=rng)
+            props[:, i, :] = dist.rvs(size=n_eta).reshape(n_eta, q)
+            log_q[:, i] = dist.logpdf(props[:, i, :]).reshape(n_eta)
+    else:
+        n_eta = 1
+        props, log_q = np.zeros((1, n_sub, 0)), np.zeros((1, n_sub))
+    out = np.empty((S, n_sub))
+    min_ess = np.inf
+    for s in range(S):
+        f, R = cm.predict_batch({n: np.repeat(pop[n][s][None], n_eta, axis=0) for n in pop_names}, props)
+        ll_obs = -0.5 * (LOG_2PI + np.log(R) + (y - f) ** 2 / R)
+        ll = np.zeros((n_eta, n_sub))
+        np.add.at(ll.T, s_idx, ll_obs.T)
+        if q:
+            L = np.linalg.cholesky(omegas[s])
+            z = np.linalg.solve(L, props.reshape(-1, q).T).T.reshape(n_eta, n_sub, q)
+            log_prior = (-0.5 * np.sum(z**2, axis=-1) - np.sum(np.log(np.diag(L)))
+                         - 0.5 * q * LOG_2PI)
+            lw = ll + log_prior - log_q
+            w = np.exp(lw - lw.max(axis=0))
+            min_ess = min(min_ess, float(np.min(w.sum(0) ** 2 / (w**2).sum(0))))
+            out[s] = logsumexp(lw, axis=0) - np.log(n_eta)
+        else:
+            out[s] = ll[0]
+    da = xr.DataArray(out.reshape(post.sizes["chain"], post.sizes["draw"], n_sub),
+                      dims=("chain", "draw", "subject"),
+                      coords={"chain": post["chain"].values, "draw": post["draw"].values,
+                              "subject": posterior["subject"].values if "subject" in posterior.coords
+                              else np.arange(n_sub)})
+    da.attrs.update(n_eta=n_eta, thinning=step, min_is_ess=min_ess if q else float(n_eta))
+    return da

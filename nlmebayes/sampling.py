@@ -7,13 +7,16 @@ import time
 
 import numpy as np
 import pymc as pm
+import xarray as xr
 
 from nlmebayes.builder import build_model
 from nlmebayes.data import EventData
+from nlmebayes.ofv import ConditionalModel, PopulationValues, marginal_likelihood, marginal_loglik_draws
+from nlmebayes.residuals import residuals
 from nlmebayes.results import FitResult, MapResult
 from nlmebayes.spec import ModelSpec
 
-__all__ = ["fit", "map"]
+__all__ = ["fit", "map", "add_marginal"]
 
 
 def _interactive() -> bool:
@@ -34,6 +37,9 @@ def fit(
     posterior_predictive: bool = False,
     progressbar: bool | None = None,
     cores: int | None = None,
+    diagnostics: bool = True,
+    marginal_loo: bool = False,
+    n_sim: int = 1000,
 ) -> FitResult:
     """Sample the posterior of ``spec`` given ``data`` with NUTS.
 
@@ -52,6 +58,15 @@ def fit(
         Also draw replicated data (group ``posterior_predictive``).
     progressbar : bool, optional
         Default: shown in interactive sessions only.
+    diagnostics : bool
+        At the posterior median of the population parameters, compute the EBEs, the FOCE-I OFV
+        (AIC, BIC) and the residuals PRED, IPRED, IWRES, CWRES, NPDE (group ``marginal``, see
+        :mod:`nlmebayes.ofv` and :mod:`nlmebayes.residuals`; about a second for small data).
+    marginal_loo : bool
+        Also integrate the etas out per posterior draw by importance sampling (group
+        ``log_likelihood_marginal``), for the marginal leave-one-subject-out LOO.
+    n_sim : int
+        Simulated data sets for NPDE.
 
     Returns
     -------
@@ -76,7 +91,28 @@ def fit(
     idata.attrs["nlmebayes_sampler"] = sampler
     idata.attrs["nlmebayes_sampling_seconds"] = wall
     idata.attrs["nlmebayes_seed"] = -1 if seed is None else int(seed)
-    return FitResult.from_sampling(idata, spec, model.nlme_data)
+    result = FitResult.from_sampling(idata, spec, model.nlme_data)
+    if diagnostics or marginal_loo:
+        add_marginal(result, marginal_loo=marginal_loo, n_sim=n_sim, seed=seed)
+    return result
+
+
+def add_marginal(result: FitResult, *, stat: str = "median", method: str = "focei",
+                 marginal_loo: bool = False, n_sim: int = 1000, seed: int | None = 0) -> FitResult:
+    """Add the ``marginal`` group (EBEs, OFV, residuals at the posterior ``stat`` of the population
+    parameters) and, with ``marginal_loo``, ``log_likelihood_marginal`` to ``result`` in place."""
+    spec, data = result.spec, result.data
+    cm = ConditionalModel(spec, data)
+    post = result.posterior
+    pv = PopulationValues.from_posterior(post, spec, stat)
+    mg = marginal_likelihood(spec, data, pv, method=method, conditional=cm)
+    ds = mg.to_dataset(spec, post["subject"].values).merge(residuals(mg, cm, n_sim=n_sim, seed=seed))
+    ds.attrs["evaluated_at"] = f"posterior {stat}"
+    result.idata["marginal"] = xr.DataTree(ds)
+    if marginal_loo:
+        ll = marginal_loglik_draws(post, spec, cm, seed=seed)
+        result.idata["log_likelihood_marginal"] = xr.DataTree(xr.Dataset({"subject": ll}, attrs=ll.attrs))
+    return result
 
 
 def map(spec: ModelSpec, data: EventData, *, seed: int | None = 0, maxeval: int = 5000) -> MapResult:  # noqa: A001
