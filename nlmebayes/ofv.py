@@ -28,6 +28,7 @@ builder works here unchanged.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -372,18 +373,24 @@ class _Objective:
         return 0.5 * (H + np.swapaxes(H, 1, 2))
 
 
-def _ebe(obj: _Objective, eta0=None, gtol=1e-7, maxiter=200):
-    """Conditional modes by Fisher scoring with a per-subject backtracking line search."""
+def _ebe(obj: _Objective, eta0=None, tol=1e-9, maxiter=200):
+    """Conditional modes by Fisher scoring with a per-subject backtracking line search.
+
+    Converged when every subject's predicted decrease of obj (``-grad . step``, the scoring
+    decrement) is below ``tol``: the OFV is then within ~``tol`` per subject of its value at the
+    exact mode, whatever the scale of the etas.
+    """
     eta = np.zeros((obj.n, obj.q)) if eta0 is None else np.array(eta0, dtype=float)
     for it in range(1, maxiter + 1):
         val, grad, H, _ = obj.derivatives(eta)
         if not np.all(np.isfinite(grad)):
             raise FloatingPointError("non-finite gradient of the conditional objective")
-        if np.max(np.abs(grad)) < gtol:
-            return eta, it
         step = -np.linalg.solve(2.0 * H, grad[..., None])[..., 0]
+        decrement = -np.sum(grad * step, axis=1)
+        if np.max(decrement) < tol:
+            return eta, it
         alpha = np.ones(obj.n)
-        todo = np.ones(obj.n, bool)
+        todo = decrement >= tol
         new = eta.copy()
         for _ in range(40):
             trial = eta + alpha[:, None] * step
@@ -395,8 +402,10 @@ def _ebe(obj: _Objective, eta0=None, gtol=1e-7, maxiter=200):
                 break
             alpha[todo] *= 0.5
         eta = new
-    raise RuntimeError(f"EBEs did not converge in {maxiter} iterations (max |grad| "
-                       f"{np.max(np.abs(grad)):.2e})")
+    warnings.warn(f"EBEs not converged after {maxiter} iterations: the largest predicted OFV "
+                  f"change is {np.max(decrement):.1e} (subject index {int(np.argmax(decrement))})",
+                  RuntimeWarning, stacklevel=3)
+    return eta, maxiter
 
 
 def marginal_likelihood(

@@ -13,7 +13,7 @@ import pandas as pd
 import xarray as xr
 from arviz_stats import ess, rhat
 
-__all__ = ["parameter_table", "report", "diagnostics"]
+__all__ = ["parameter_table", "variance_decomposition", "report", "diagnostics"]
 
 RHAT_MAX = 1.01  # Vehtari et al. (2021) recommend R-hat < 1.01
 ESS_MIN_PER_CHAIN = 100  # and bulk/tail ESS > 100 per chain
@@ -92,6 +92,35 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
+    """Between-subject variance of each parameter with IIV, split into what the covariates
+    explain and what is left to the random effects (posterior median and interval).
+
+    For log-normal IIV, per draw: ``var_cov = Var_i(log TV_i)`` over subjects (TV_i the typical
+    value given subject i's covariates), ``omega^2`` the IIV variance, and the covariates' share
+    ``var_cov / (var_cov + omega^2)``. Additive IIV uses TV_i itself.
+    """
+    post = result.posterior
+    spec = result.spec
+    lo, hi = (1 - ci) / 2, (1 + ci) / 2
+    rows = []
+    for block in spec.iiv:
+        for p in block.parameters:
+            eta = post["eta"].sel(iiv=p, drop=True)
+            ind = post[p]
+            tv = np.log(ind) - eta if block.kind == "exponential" else ind - eta
+            var_cov = tv.var("subject").values.ravel()
+            om2 = (post["omega_sd"].sel(iiv=p, drop=True) ** 2).values.ravel()
+            share = var_cov / (var_cov + om2)
+            row = {"parameter": p}
+            for name, x in (("omega2", om2), ("covariate_variance", var_cov),
+                            ("covariate_share", share)):
+                row[name] = float(np.median(x))
+                row[f"{name}_lower"], row[f"{name}_upper"] = (float(v) for v in np.quantile(x, [lo, hi]))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def diagnostics(result) -> dict:
     """Sampler diagnostics: divergences, tree-depth hits, worst R-hat and ESS of free variables."""
     stats = result.idata["sample_stats"].to_dataset()
@@ -165,8 +194,28 @@ def report(result, ci: float = 0.95) -> str:
             lines.append(f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
                          f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
                          f"{r['ess_tail']:>8.0f}  {r['description']}")
+    lines += _marginal_lines(result)
     if d["warnings"]:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in d["warnings"]]
     else:
         lines += ["", "Diagnostics: no divergences, R-hat and ESS within limits."]
     return "\n".join(lines)
+
+
+def _marginal_lines(result) -> list[str]:
+    """OFV/AIC/BIC and shrinkage, from the stored ``marginal`` group (nothing is recomputed)."""
+    if "marginal" not in result.idata.children:
+        return []
+    from nlmebayes.shrinkage import shrinkage_table
+
+    at = result.idata["marginal"].attrs
+    lines = ["", f"Marginal likelihood ({str(at['method']).upper()}, at the {at['evaluated_at']}): "
+             f"OFV {at['ofv']:.3f} (-2LL without N log 2pi), -2LL {at['m2ll']:.3f}, "
+             f"AIC {at['aic']:.3f}, BIC {at['bic']:.3f} (k = {at['k']}, N = {at['n_obs']})"]
+    if result.spec.iiv:
+        tab = shrinkage_table(result)
+        lines += ["", "Shrinkage (%)", "  " + f"{'':<8}" + "".join(f"{c:>18}" for c in tab.columns)]
+        for name, row in tab.iterrows():
+            lines.append("  " + f"{name:<8}" + "".join(
+                f"{'' if not np.isfinite(v) else f'{v:.1f}':>18}" for v in row.values))
+    return lines

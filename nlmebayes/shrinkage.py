@@ -5,7 +5,9 @@ population (Savic & Karlsson 2009; Gelman & Pardoe 2006).
 eta shrinkage, SD         ``1 - SD_i(eta_i) / omega`` (NONMEM ETASHRINKSD; SD over subjects, n - 1)
 eta shrinkage, variance   ``1 - Var_i(eta_i) / omega^2`` (NONMEM ETASHRINKVR)
 epsilon shrinkage         ``1 - sqrt(mean(IWRES^2))`` and ``1 - mean(IWRES^2)`` (EPSSHRINKSD/VR)
-pooling factor            ``1 - Var_i(E[eta_i | y]) / E[omega^2]``: 0 = no pooling, 1 = complete
+pooling factor            ``1 - Var_i(E[eta_i | y]) / E[Var_i(eta_i)]`` (Gelman & Pardoe: the
+                          variance over subjects of the posterior means against the posterior
+                          mean of the per-draw variance over subjects): 0 = no pooling, 1 = complete
 subject shrinkage         ``Var(eta_i | y) / omega^2`` per subject and parameter: the share of the
                           population's spread left after seeing subject i's data (1 = the data say
                           nothing about this subject, 0 = fully determined by them)
@@ -62,11 +64,15 @@ def _stacked(da: xr.DataArray) -> xr.DataArray:
 
 
 def pooling_factor(posterior: xr.Dataset) -> xr.DataArray:
-    """Gelman & Pardoe's pooling factor per random effect, ``1 - Var_i(E[eta_i|y]) / E[omega^2]``."""
-    post_mean = posterior["eta"].mean(("chain", "draw"))
-    between = post_mean.var("subject", ddof=1)
-    omega2 = (posterior["omega_sd"] ** 2).mean(("chain", "draw"))
-    return (1.0 - between / omega2).rename("pooling_factor")
+    """Gelman & Pardoe's pooling factor per random effect, ``1 - Var_i(E[eta_i|y]) / E[Var_i(eta_i)]``.
+
+    Unlike the variance-based shrinkage of posterior means it compares with the realised spread
+    of the etas in each draw rather than with omega^2.
+    """
+    eta = posterior["eta"]
+    between = eta.mean(("chain", "draw")).var("subject", ddof=1)
+    within = eta.var("subject", ddof=1).mean(("chain", "draw"))
+    return (1.0 - between / within).rename("pooling_factor")
 
 
 def subject_shrinkage(posterior: xr.Dataset) -> xr.DataArray:
