@@ -63,12 +63,20 @@ def _effect(cov, values, theta):
     raise AssertionError(cov.kind)
 
 
-def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
+def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True) -> pm.Model:
     """Build the PyMC model of ``spec`` for ``data``.
 
     The PK is one vectorised graph over all observations; etas are non-centred
     (``eta = omega * z`` or ``L z`` for a block); the likelihood ``DV`` is stored per observation.
+    With ``deterministics=False`` the same density is built without the named deterministics
+    (typical values, etas, individual parameters, IPRED): the sampler then neither compiles nor
+    evaluates them per draw, and :func:`~nlmebayes.sampling.fit` computes them afterwards for all
+    draws at once.
     """
+
+    def det(name, var, dims=None):
+        return pm.Deterministic(name, var, dims=dims) if deterministics else var
+
     struct = get_model(spec.structural)
     data = select_observations(spec, data)
     struct.check(data)
@@ -108,7 +116,7 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                 continue
             # The default prior is centred on log(initial), so sampling starts there.
             log_tv = _rv(f"log_{p.name}_pop", p.log_prior)
-            tv[p.name] = pm.Deterministic(f"{p.name}_pop", pt.exp(log_tv))
+            tv[p.name] = det(f"{p.name}_pop", pt.exp(log_tv))
 
         # Typical value per subject: TV * product of covariate effects.
         tv_i = {n: tv[n] * pt.ones(data.n_subjects) for n in names}
@@ -135,11 +143,11 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                 sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
                 chol, corr, sd = pm.LKJCholeskyCov(f"omega_chol_{k}", n=len(block.parameters),
                                                    eta=block.lkj_eta, sd_dist=sd_dist,
-                                                   compute_corr=True)
+                                                   compute_corr=True, store_in_trace=deterministics)
                 etas.append(z @ chol.T)
                 sds.append(sd)
                 model.add_coord(f"iiv_{k}_", block.parameters)
-                pm.Deterministic(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
+                det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
             else:
                 sd = pt.stack([_rv(f"omega_sd_{k}_{p}", pr) for p, pr in
                                zip(block.parameters, priors, strict=True)])
@@ -147,8 +155,8 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                 sds.append(sd)
         params = dict(tv_i)
         if etas:
-            eta = pm.Deterministic("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
-            pm.Deterministic("omega_sd", pt.concatenate(sds), dims="iiv")
+            eta = det("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
+            det("omega_sd", pt.concatenate(sds), dims="iiv")
             j = 0
             for block in spec.iiv:
                 for p in block.parameters:
@@ -156,9 +164,9 @@ def build_model(spec: ModelSpec, data: EventData) -> pm.Model:
                                  else tv_i[p] + eta[:, j])
                     j += 1
         for n in names:
-            params[n] = pm.Deterministic(n, params[n], dims="subject")
+            params[n] = det(n, params[n], dims="subject")
 
-        ipred = pm.Deterministic("ipred", struct.concentration(data, params), dims="obs")
+        ipred = det("ipred", struct.concentration(data, params), dims="obs")
 
         err = spec.error
         sig = {k: _rv(f"sigma_{k}", err.prior(k)) for k in err.sigma_names}
