@@ -23,6 +23,7 @@ name              dims                            meaning
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
@@ -45,6 +46,12 @@ def select_observations(spec: ModelSpec, data: EventData) -> EventData:
         data = data.select_dvid(dvid)
     for cond in spec.observations.get("ignore", []):
         data = data.ignore(cond)
+    blq = spec.observations.get("blq", "M3")
+    if blq not in ("M3", "M1"):
+        raise ValueError(f"observations.blq must be 'M3' (censored likelihood) or 'M1' (discard), "
+                         f"got {blq!r}")
+    if blq == "M1" and data.obs_cens is not None and np.any(data.obs_cens != 0):
+        data = data.drop_censored()
     return data
 
 
@@ -134,6 +141,20 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
                 eff = _effect(c, values.astype(float), theta)
             tv_i[c.parameter] = tv_i[c.parameter] * eff
 
+        # Levels above the subject (study, centre): TV_i *= exp(gamma_g(i)), non-centred.
+        for k, lvl in enumerate(spec.levels):
+            groups = data.subject_covariates([lvl.column])[lvl.column].to_numpy()
+            labels = list(pd.unique(groups))
+            g_idx = np.array([labels.index(g) for g in groups])
+            model.add_coord(f"{lvl.column}", [str(_id_label(g)) for g in labels])
+            model.add_coord(f"level_{k}", lvl.parameters)
+            zg = pm.Normal(f"z_level_{k}", 0.0, 1.0, dims=(lvl.column, f"level_{k}"))
+            sd = pt.stack([_rv(f"level_sd_{lvl.column}_{p}", pr)
+                           for p, pr in zip(lvl.parameters, lvl.priors(), strict=True)])
+            gamma = det(f"gamma_{lvl.column}", zg * sd, dims=(lvl.column, f"level_{k}"))
+            for j, p in enumerate(lvl.parameters):
+                tv_i[p] = tv_i[p] * pt.exp(gamma[g_idx, j])
+
         # Random effects, non-centred.
         etas, sds = [], []
         for k, block in enumerate(spec.iiv):
@@ -166,17 +187,44 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
         for n in names:
             params[n] = det(n, params[n], dims="subject")
 
-        ipred = det("ipred", struct.concentration(data, params), dims="obs")
+        index = None
+        if spec.iov:
+            # One parameter row per (subject, occasion): P_ij = P_i * exp(kappa_ij). Each dose
+            # uses its own occasion's parameters (exact when earlier occasions have washed out).
+            occ_subject, dose_row = _occasions(spec, data)
+            model.add_coord("occasion", [f"{_id_label(data.ids[s_])}:{_id_label(o)}"
+                                         for s_, o in occ_subject])
+            model.add_coord("iov", spec.iov_parameters)
+            row_subject = np.array([s_ for s_, _ in occ_subject])
+            z = pm.Normal("z_iov", 0.0, 1.0, dims=("occasion", "iov"))
+            pi_sd = pt.stack([_rv(f"pi_sd_{p}", pr) for b in spec.iov
+                              for p, pr in zip(b.parameters, b.priors(), strict=True)])
+            det("pi_sd", pi_sd, dims="iov")
+            kappa = det("kappa", z * pi_sd, dims=("occasion", "iov"))
+            params = {n: v[row_subject] for n, v in params.items()}
+            for j, p in enumerate(spec.iov_parameters):
+                params[p] = params[p] * pt.exp(kappa[:, j])
+            index = dose_row
+        if spec.flip_flop_guard:
+            k_el = params["K"] if "K" in params else params["CL"] / params["V"]
+            params["KA"] = k_el + params["KA"]
+            det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
+
+        ipred = det("ipred", struct.concentration(data, params, index=index), dims="obs")
 
         err = spec.error
         sig = {k: _rv(f"sigma_{k}", err.prior(k)) for k in err.sigma_names}
-        dv = data.obs_dv
+        nu = None
+        if err.distribution == "student_t":
+            nu = pt.as_tensor_variable(err.nu) if err.nu is not None else _rv("nu", err.prior("nu"))
+        dv, limit = data.obs_dv, data.obs_limit
         if err.kind == "exponential":
             # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
-            pm.Normal("DV", pt.log(pt.maximum(ipred, 1e-300)), sig["exp"], observed=np.log(dv),
-                      dims="obs")
+            mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
+            with np.errstate(divide="ignore"):
+                dv, limit = np.log(dv), np.log(limit)
         elif err.kind == "additive":
-            pm.Normal("DV", ipred, sig["add"], observed=dv, dims="obs")  # scalar SD
+            mu, sd = ipred, sig["add"]  # scalar SD
         else:
             f = pt.abs(ipred)
             sd = {"proportional": lambda: sig["prop"] * f,
@@ -184,9 +232,68 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
                   "combined_sd": lambda: sig["add"] + sig["prop"] * f}[err.kind]()
             # A zero prediction (before the first dose) with proportional error has no spread:
             # floor it so the density stays finite.
-            pm.Normal("DV", ipred, pt.maximum(sd, 1e-8), observed=dv, dims="obs")
+            mu, sd = ipred, pt.maximum(sd, 1e-8)
+        _likelihood(mu, sd, nu, dv, data.obs_cens, limit)
     model.nlme_data = data  # the data the graph was built for (after observation selection)
     return model
+
+
+def _residual_dist(mu, sd, nu):
+    return pm.Normal.dist(mu, sd) if nu is None else pm.StudentT.dist(nu=nu, mu=mu, sigma=sd)
+
+
+def _likelihood(mu, sd, nu, dv, cens, limit):
+    """``DV`` per observation: Normal or Student-t, and for censored observations (M3) the
+    probability of the censoring interval: ``P(y < DV)`` for CENS = 1 (BLQ, DV = LLOQ),
+    ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y < LIMIT``) when LIMIT is given.
+    """
+    if cens is None or not np.any(cens != 0):
+        if nu is None:
+            return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
+        return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
+    cens = np.asarray(cens)
+    has_lim = ~np.isnan(limit)
+    # The other end of each interval; -inf/+inf where there is none.
+    other = np.where(has_lim, limit, np.where(cens == 1, -np.inf, np.inf))
+    lo_end = np.where(cens == 1, other, dv)  # for CENS -1 the interval starts at DV
+    hi_end = np.where(cens == 1, dv, other)
+    safe_lo = np.where(np.isfinite(lo_end), lo_end, 0.0)
+    safe_hi = np.where(np.isfinite(hi_end), hi_end, 0.0)
+
+    def logp(value, mu, sd, *nu_):
+        base = _residual_dist(mu, sd, nu_[0] if nu_ else None)
+        dens = pm.logp(base, value)
+        lcdf_hi = pt.switch(np.isfinite(hi_end), pm.logcdf(base, safe_hi), 0.0)
+        lcdf_lo = pt.switch(np.isfinite(lo_end), pm.logcdf(base, safe_lo), -np.inf)
+        interval = pm.math.logdiffexp(lcdf_hi, lcdf_lo)
+        return pt.switch(cens == 0, dens, interval)
+
+    def random(mu, sd, *nu_, rng=None, size=None):
+        # Replicates before censoring: what the assay would have measured.
+        if nu_:
+            return mu + sd * rng.standard_t(nu_[0], size=size)
+        return rng.normal(mu, sd, size=size)
+
+    args = (mu, sd) if nu is None else (mu, sd, nu)
+    return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")
+
+
+def _occasions(spec: ModelSpec, data: EventData):
+    """(subject, occasion) pairs in data order and each dose's row among them."""
+    col = spec.iov[0].occasion
+    if any(b.occasion != col for b in spec.iov):
+        raise ValueError("all IOV blocks must use the same occasion column")
+    if col == "OCC":
+        d_occ, o_occ = data.dose_occ, data.obs_occ
+    else:
+        d_occ = data.records.set_index("_ROW").loc[data.dose_row, col].to_numpy()
+        o_occ = data.records.set_index("_ROW").loc[data.obs_row, col].to_numpy()
+    pairs = list(dict.fromkeys(zip(np.r_[data.dose_subject, data.obs_subject].tolist(),
+                                   np.r_[d_occ, o_occ].tolist(), strict=True)))
+    pos = {p: i for i, p in enumerate(pairs)}
+    dose_row = np.array([pos[(s_, o)] for s_, o in zip(data.dose_subject.tolist(), d_occ.tolist(),
+                                                        strict=True)], dtype=int)
+    return pairs, dose_row
 
 
 def _id_label(x):

@@ -32,10 +32,10 @@ __all__ = ["DataError", "EventData", "read_nonmem", "check_compartments", "RESER
 #: Data items with a NONMEM meaning. Every other column is a covariate.
 RESERVED_COLUMNS = (
     "ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "OCC",
-    "DVID",
+    "DVID", "CENS", "LIMIT",
 )
 _NUMERIC = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS",
-            "OCC")
+            "OCC", "CENS", "LIMIT")
 
 
 _CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(\S+)\s*$")
@@ -140,6 +140,8 @@ class EventData:
     pair_obs: np.ndarray
     pair_dose: np.ndarray
     excluded: pd.DataFrame = field(repr=False)
+    obs_cens: np.ndarray | None = None
+    obs_limit: np.ndarray | None = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -229,6 +231,11 @@ class EventData:
                             column=col)
         hit = _OPS[op](self.records[col].to_numpy(), val) & self.records["_IS_OBS"].to_numpy()
         return self._without(hit, f"IGNORE ({condition})")
+
+    def drop_censored(self) -> EventData:
+        """Take censored observations (CENS != 0) out of the likelihood (Beal's M1), reported."""
+        hit = self.records["_IS_OBS"].to_numpy() & (self.records["CENS"].to_numpy() != 0)
+        return self._without(hit, "censored (CENS != 0), discarded: M1")
 
     def _without(self, rows: np.ndarray, reason: str) -> EventData:
         """The same data with the observation records ``rows`` (mask) set to MDV=1, reported."""
@@ -378,7 +385,7 @@ def _build(df: pd.DataFrame, lines, src: str, rename: dict, drop: tuple) -> Even
     # Defaults NONMEM applies when an item is absent.
     has = set(df.columns)
     for c, default in (("AMT", 0.0), ("RATE", 0.0), ("II", 0.0), ("ADDL", 0.0), ("SS", 0.0),
-                       ("CMT", 0.0), ("OCC", 1.0)):
+                       ("CMT", 0.0), ("OCC", 1.0), ("CENS", 0.0)):
         if c not in has:
             df[c] = default
         df[c] = df[c].fillna(default)
@@ -483,6 +490,26 @@ def _build(df: pd.DataFrame, lines, src: str, rename: dict, drop: tuple) -> Even
         i = int(np.flatnonzero(miss_dv)[0])
         raise err(i, "DV", "DV is missing on an observation record; set MDV=1 to keep the "
                            "record out of the likelihood")
+    # Censoring (Monolix/nlmixr2 convention): CENS 1 = below the limit in DV (left, BLQ),
+    # -1 = above it (right); LIMIT, if given, is the other end of the interval.
+    cens = df["CENS"].to_numpy()
+    bad = ~np.isin(cens, (-1.0, 0.0, 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise err(i, "CENS", f"expected CENS 0, 1 (below DV: BLQ) or -1 (above DV), got {cens[i]:g}")
+    bad = (cens != 0) & (evid != 0)  # an MDV=1 observation record may keep its flag
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise err(i, "CENS", f"CENS is set on an EVID {evid[i]:g} record; only observations "
+                             f"(EVID 0) can be censored")
+    if "LIMIT" in df.columns:
+        lim = df["LIMIT"].to_numpy()
+        wrong = is_obs & ~np.isnan(lim) & (((cens == 1) & (lim >= dv)) | ((cens == -1) & (lim <= dv)))
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            side = "below" if cens[i] == 1 else "above"
+            raise err(i, "LIMIT", f"LIMIT {lim[i]:g} must lie {side} DV {dv[i]:g} (the interval "
+                                  f"of a CENS {cens[i]:g} observation)")
     ss_noii = is_dose & (ss > 0) & (df["II"].to_numpy() <= 0)
     if ss_noii.any():
         i = int(np.flatnonzero(ss_noii)[0])
@@ -614,6 +641,9 @@ def _build(df: pd.DataFrame, lines, src: str, rename: dict, drop: tuple) -> Even
         obs_cmt=cmt[obs_idx].astype(int),
         obs_dvid=dvid,
         obs_occ=df["OCC"].to_numpy()[obs_idx],
+        obs_cens=df["CENS"].to_numpy()[obs_idx].astype(int),
+        obs_limit=(df["LIMIT"].to_numpy()[obs_idx].astype(float) if "LIMIT" in df.columns
+                   else np.full(len(obs_idx), np.nan)),
         obs_row=df["_ROW"].to_numpy()[obs_idx].astype(int),
         dose_subject=subj_index[rep].astype(int),
         dose_time=dose_time.astype(float),

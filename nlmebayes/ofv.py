@@ -135,6 +135,20 @@ def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
     return sd[:, :, None] * corr * sd[:, None, :]
 
 
+def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
+    """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
+    if spec.iov:
+        return "inter-occasion variability (kappas would be integrated per occasion)"
+    if spec.levels:
+        return "random effects above the subject"
+    if spec.error.distribution != "normal":
+        return "Student-t residuals"
+    if data is not None and data.obs_cens is not None and spec.observations.get("blq", "M3") == "M3" \
+            and np.any(data.obs_cens != 0):
+        return "censored observations (M3)"
+    return None
+
+
 def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, int]:
     """Estimated parameters counted as NONMEM does: thetas, omega elements, sigmas."""
     n_theta = sum(not p.fixed for p in spec.parameters)
@@ -167,6 +181,9 @@ class ConditionalModel:
     """
 
     def __init__(self, spec: ModelSpec, data: EventData, mode: str = "FAST_COMPILE"):
+        why = unsupported(spec, data)
+        if why:
+            raise NotImplementedError(f"the marginal likelihood does not handle {why} yet")
         model = build_model(spec, data)
         self.spec = spec
         self.data = model.nlme_data

@@ -13,6 +13,8 @@ import pandas as pd
 import xarray as xr
 from arviz_stats import ess, rhat
 
+from nlmebayes.identifiability import flip_flop_warning
+
 __all__ = ["parameter_table", "variance_decomposition", "report", "diagnostics"]
 
 RHAT_MAX = 1.01  # Vehtari et al. (2021) recommend R-hat < 1.01
@@ -84,6 +86,21 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
                 for j in range(i):
                     rows.append(_row(f"corr({ps[j]},{ps[i]})", "omega", "eta correlation",
                                      corr.isel({corr.dims[-2]: i, corr.dims[-1]: j}, drop=True), ci))
+    if "pi_sd" in post:
+        for e in post["pi_sd"]["iov"].values:
+            sd = post["pi_sd"].sel(iov=e, drop=True)
+            rows.append(_row(f"pi2({e})", "omega", "IOV variance (between occasions)", sd**2, ci))
+            rows.append(_row(f"pi({e})", "omega", "IOV SD", sd, ci))
+            rows.append(_row(f"CV%occ({e})", "omega", "100*sqrt(exp(pi^2)-1)",
+                             100 * np.sqrt(np.expm1(sd**2)), ci))
+    for lvl in spec.levels:
+        for p in lvl.parameters:
+            sd = post[f"level_sd_{lvl.column}_{p}"]
+            rows.append(_row(f"var_{lvl.column}({p})", "omega",
+                             f"variance between {lvl.column} groups", sd**2, ci))
+            rows.append(_row(f"sd_{lvl.column}({p})", "omega", f"SD between {lvl.column} groups", sd, ci))
+    if spec.error.distribution == "student_t" and "nu" in post:
+        rows.append(_row("nu", "sigma", "Student-t degrees of freedom", post["nu"], ci))
     for s in spec.error.sigma_names:
         da = post[f"sigma_{s}"]
         unit = {"add": "DV units", "prop": "fraction of IPRED", "exp": "log scale"}[s]
@@ -98,7 +115,8 @@ def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
 
     For log-normal IIV, per draw: ``var_cov = Var_i(log TV_i)`` over subjects (TV_i the typical
     value given subject i's covariates), ``omega^2`` the IIV variance, and the covariates' share
-    ``var_cov / (var_cov + omega^2)``. Additive IIV uses TV_i itself.
+    ``var_cov / (var_cov + omega^2)``. Additive IIV uses TV_i itself. With IOV on the parameter,
+    ``pi2`` and the between-occasion fraction ``pi^2 / (pi^2 + omega^2)`` of the random variability.
     """
     post = result.posterior
     spec = result.spec
@@ -113,8 +131,11 @@ def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
             om2 = (post["omega_sd"].sel(iiv=p, drop=True) ** 2).values.ravel()
             share = var_cov / (var_cov + om2)
             row = {"parameter": p}
-            for name, x in (("omega2", om2), ("covariate_variance", var_cov),
-                            ("covariate_share", share)):
+            parts = [("omega2", om2), ("covariate_variance", var_cov), ("covariate_share", share)]
+            if "pi_sd" in post and p in post["pi_sd"]["iov"].values:
+                pi2 = (post["pi_sd"].sel(iov=p, drop=True) ** 2).values.ravel()
+                parts += [("pi2", pi2), ("iov_fraction", pi2 / (pi2 + om2))]
+            for name, x in parts:
                 row[name] = float(np.median(x))
                 row[f"{name}_lower"], row[f"{name}_upper"] = (float(v) for v in np.quantile(x, [lo, hi]))
             rows.append(row)
@@ -151,6 +172,11 @@ def diagnostics(result) -> dict:
                         f"({ESS_MIN_PER_CHAIN * n_chains}): draw more")
     if depth:
         warnings.append(f"{depth} draws hit the maximum tree depth")
+    ff = flip_flop_warning(post, result.spec)
+    if ff:
+        warnings.append(ff)
+    design = result.idata.attrs.get("nlmebayes_design_warnings", "")
+    warnings += [w for w in str(design).split("\n") if w]
     return {"divergences": div, "max_treedepth_hits": depth, "max_rhat": worst_rhat,
             "min_ess_bulk": min_ess, "chains": n_chains, "draws": post.sizes["draw"],
             "warnings": warnings}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import numpy as np
 import pymc as pm
@@ -14,7 +15,14 @@ from pytensor.graph.replace import graph_replace, vectorize_graph
 
 from nlmebayes.builder import build_model
 from nlmebayes.data import EventData
-from nlmebayes.ofv import ConditionalModel, PopulationValues, marginal_likelihood, marginal_loglik_draws
+from nlmebayes.identifiability import design_warnings
+from nlmebayes.ofv import (
+    ConditionalModel,
+    PopulationValues,
+    marginal_likelihood,
+    marginal_loglik_draws,
+    unsupported,
+)
 from nlmebayes.residuals import residuals
 from nlmebayes.results import FitResult, MapResult
 from nlmebayes.spec import ModelSpec
@@ -80,6 +88,9 @@ def fit(
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"sampler must be 'nutpie' or 'pymc', got {sampler!r}")
     model = build_model(spec, data)
+    design = design_warnings(spec, model.nlme_data)
+    for w in design:
+        warnings.warn(w, stacklevel=2)
     progressbar = _interactive() if progressbar is None else progressbar
     t0 = time.perf_counter()
     # Sample the bare density; deterministics and the pointwise log-likelihood follow for all
@@ -110,9 +121,16 @@ def fit(
     idata.attrs["nlmebayes_sampler"] = sampler
     idata.attrs["nlmebayes_sampling_seconds"] = wall
     idata.attrs["nlmebayes_seed"] = -1 if seed is None else int(seed)
+    idata.attrs["nlmebayes_design_warnings"] = "\n".join(design)
     result = FitResult.from_sampling(idata, spec, model.nlme_data)
     if diagnostics or marginal_loo:
-        add_marginal(result, marginal_loo=marginal_loo, n_sim=n_sim, seed=seed)
+        why = unsupported(spec, result.data)
+        if why:
+            warnings.warn(f"OFV, EBEs, CWRES/NPDE and the marginal LOO are skipped: the marginal "
+                          f"likelihood does not handle {why} yet", stacklevel=2)
+            result.idata.attrs["nlmebayes_marginal_skipped"] = why
+        else:
+            add_marginal(result, marginal_loo=marginal_loo, n_sim=n_sim, seed=seed)
     return result
 
 

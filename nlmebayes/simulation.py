@@ -20,6 +20,9 @@ def simulate(
     omega: np.ndarray | None = None,
     thetas: dict[str, float] | None = None,
     sigma: dict[str, float] | None = None,
+    pi: dict[str, float] | None = None,
+    level_sd: dict[str, dict[str, float]] | None = None,
+    nu: float | None = None,
     seed: int,
 ) -> EventData:
     """Simulate observations at the data's observation records.
@@ -37,8 +40,15 @@ def simulate(
         Covariate effects by name (``theta_CL_WT``).
     sigma : dict, optional
         Residual SDs, e.g. ``{"add": 0.5, "prop": 0.1}``.
+    pi : dict, optional
+        IOV SDs by parameter (``{"CL": 0.15}``); kappas are drawn per (subject, occasion).
+    level_sd : dict, optional
+        SDs of the random effects above the subject, by column and parameter
+        (``{"STUDY": {"CL": 0.3}}``); one effect is drawn per group.
+    nu : float, optional
+        Student-t degrees of freedom when the spec estimates them.
     seed : int
-        Seeds the etas and the residuals.
+        Seeds the etas, kappas, group effects and the residuals.
 
     Returns
     -------
@@ -58,8 +68,21 @@ def simulate(
             raise ValueError("the model has IIV: give omega (covariance of the etas)")
         eta = rng.multivariate_normal(np.zeros(n_iiv), np.asarray(omega), size=data.n_subjects)
         values["eta"] = eta
+    if spec.iov:
+        sds = np.array([(pi or {})[p] if p in (pi or {}) else np.nan for p in spec.iov_parameters])
+        if np.isnan(sds).any():
+            raise ValueError(f"the model has IOV on {spec.iov_parameters}: give pi (SD) for each")
+        values["kappa"] = rng.standard_normal((len(model.coords["occasion"]), len(sds))) * sds
+    for lvl in spec.levels:
+        given = (level_sd or {}).get(lvl.column, {})
+        if set(given) != set(lvl.parameters):
+            raise ValueError(f"give level_sd[{lvl.column!r}] for {lvl.parameters}")
+        sds = np.array([given[p] for p in lvl.parameters])
+        values[f"gamma_{lvl.column}"] = rng.standard_normal((len(model.coords[lvl.column]), len(sds))) * sds
+    if nu is not None:
+        values["nu"] = nu
     missing = [v.name for v in model.free_RVs
-               if v.name not in values and not v.name.startswith(("z_", "omega_"))]
+               if v.name not in values and not v.name.startswith(("z_", "omega_", "pi_sd_", "level_sd_"))]
     if missing:
         raise ValueError(f"give values for {missing}")
     with pm.do(model, values) as m:
@@ -70,5 +93,6 @@ def simulate(
     df.loc[data.records["_IS_OBS"].to_numpy(), "DV"] = dv
     out = read_nonmem(df, source=f"simulated from {spec.name}")
     out.records.attrs["eta"] = values.get("eta")
+    out.records.attrs["kappa"] = values.get("kappa")
     out.records.attrs["ipred"] = ipred
     return out

@@ -36,12 +36,12 @@ from pathlib import Path
 
 from nlmebayes.data import parse_condition
 
-__all__ = ["Prior", "Parameter", "Covariate", "IIV", "ResidualError", "ModelSpec"]
+__all__ = ["Prior", "Parameter", "Covariate", "IIV", "IOV", "Level", "ResidualError", "ModelSpec"]
 
 _DISTS = {"Normal": ("mu", "sigma"), "HalfNormal": ("sigma",), "LogNormal": ("mu", "sigma"),
           "TruncatedNormal": ("mu", "sigma", "lower", "upper"), "HalfCauchy": ("beta",),
           "Exponential": ("lam",), "Uniform": ("lower", "upper"), "StudentT": ("nu", "mu", "sigma"),
-          "HalfStudentT": ("nu", "sigma")}
+          "HalfStudentT": ("nu", "sigma"), "Gamma": ("alpha", "beta")}
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,76 @@ class IIV:
         return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
 
 
+def _sds(kind: str, parameters: list, sd) -> list[float]:
+    sd = [0.3] * len(parameters) if sd is None else [float(s) for s in sd]
+    if len(sd) != len(parameters):
+        raise ValueError(f"{kind}: give one initial sd per parameter")
+    if any(s <= 0 for s in sd):
+        raise ValueError(f"{kind}: initial sd must be > 0")
+    return sd
+
+
+@dataclass(frozen=True)
+class IOV:
+    """Inter-occasion variability: ``P_ij = TV_i * exp(eta_i + kappa_ij)`` for occasion j of
+    subject i, kappa ~ N(0, diag(pi^2)) with one variance per parameter shared by all occasions.
+
+    Parameters
+    ----------
+    parameters : list of str
+    sd : list of float
+        Initial pi SDs, also the scale of their default HalfNormal(max(2 sd, 0.5)) priors.
+    occasion : str
+        The data column numbering occasions (NONMEM's OCC).
+    sd_prior : Prior, optional
+    """
+
+    parameters: list[str]
+    sd: list[float] | None = None
+    occasion: str = "OCC"
+    sd_prior: Prior | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "parameters", list(self.parameters))
+        object.__setattr__(self, "sd", _sds("IOV", self.parameters, self.sd))
+
+    def priors(self) -> list[Prior]:
+        if self.sd_prior is not None:
+            return [self.sd_prior] * len(self.sd)
+        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
+
+
+@dataclass(frozen=True)
+class Level:
+    """A random effect for a grouping above the subject (study, centre) on typical values:
+    ``TV_i = TV * exp(gamma_g(i))``, gamma ~ N(0, sd^2) per group g, for the chosen parameters.
+    Every subject must belong to one group (the column is constant within a subject).
+
+    Parameters
+    ----------
+    column : str
+        Data column naming the group (e.g. "STUDY").
+    parameters : list of str
+    sd : list of float
+        Initial SDs between groups; prior scales as for IIV.
+    sd_prior : Prior, optional
+    """
+
+    column: str
+    parameters: list[str]
+    sd: list[float] | None = None
+    sd_prior: Prior | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "parameters", list(self.parameters))
+        object.__setattr__(self, "sd", _sds(f"level {self.column}", self.parameters, self.sd))
+
+    def priors(self) -> list[Prior]:
+        if self.sd_prior is not None:
+            return [self.sd_prior] * len(self.sd)
+        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
+
+
 _ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
            "combined_sd": ("add", "prop"), "exponential": ("exp",)}
 
@@ -205,17 +275,28 @@ _ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", 
 @dataclass(frozen=True)
 class ResidualError:
     """Residual error model. Sigma are SDs: ``add`` (DV units), ``prop`` (fraction), ``exp``
-    (log scale). Priors default to HalfNormal with twice the initial value as scale."""
+    (log scale). Priors default to HalfNormal with twice the initial value as scale.
+
+    ``distribution="student_t"`` gives heavier-tailed residuals (robust to outliers) with
+    ``nu`` degrees of freedom, fixed when given, else estimated with a Gamma(2, 0.1) prior.
+    """
 
     kind: str = "additive"
     add: float | None = None
     prop: float | None = None
     exp: float | None = None
     priors: dict = field(default_factory=dict)
+    distribution: str = "normal"
+    nu: float | None = None
 
     def __post_init__(self):
         if self.kind not in _ERRORS:
             raise ValueError(f"residual error must be one of {sorted(_ERRORS)}, got {self.kind!r}")
+        if self.distribution not in ("normal", "student_t"):
+            raise ValueError(f"residual distribution must be 'normal' or 'student_t', got "
+                             f"{self.distribution!r}")
+        if self.nu is not None and not self.nu > 0:
+            raise ValueError("Student-t degrees of freedom nu must be > 0")
         defaults = {"add": 1.0, "prop": 0.2, "exp": 0.2}
         for k in _ERRORS[self.kind]:
             if getattr(self, k) is None:
@@ -228,6 +309,9 @@ class ResidualError:
         return _ERRORS[self.kind]
 
     def prior(self, which: str) -> Prior:
+        if which == "nu":
+            # Juarez & Steel (2010): Gamma(2, 0.1) keeps nu away from 0 yet allows ~normal tails.
+            return self.priors.get("nu") or Prior("Gamma", {"alpha": 2.0, "beta": 0.1})
         return self.priors.get(which) or Prior("HalfNormal", {"sigma": 2.0 * getattr(self, which)})
 
 
@@ -246,8 +330,17 @@ class ModelSpec:
     iiv : IIV or list of IIV
     error : ResidualError
     observations : dict
-        Which observations the model describes, e.g. ``{"dvid": "cp"}``.
+        Which observations the model describes, e.g. ``{"dvid": "cp"}``; ``"blq": "M1"``
+        discards censored observations (CENS column) instead of the default M3 likelihood.
     description : str
+    iov : IOV or list of IOV
+        Inter-occasion variability.
+    levels : Level or list of Level
+        Random effects of groupings above the subject (study, centre).
+    flip_flop_guard : bool
+        First-order absorption with ``KA_i = CL_i / V_i + KA'_i``: the spec's KA (typical value,
+        IIV, covariates) describes the excess over the elimination rate, so absorption is always
+        faster than elimination and the flip-flop mode is excluded.
     """
 
     name: str
@@ -258,6 +351,9 @@ class ModelSpec:
     error: ResidualError = field(default_factory=ResidualError)
     observations: dict = field(default_factory=dict)
     description: str = ""
+    iov: IOV | list | None = None
+    levels: Level | list | None = None
+    flip_flop_guard: bool = False
 
     def __post_init__(self):
         params = self.parameters
@@ -266,6 +362,11 @@ class ModelSpec:
         object.__setattr__(self, "parameters", list(params))
         iiv = [] if self.iiv is None else ([self.iiv] if isinstance(self.iiv, IIV) else list(self.iiv))
         object.__setattr__(self, "iiv", iiv)
+        iov = [] if self.iov is None else ([self.iov] if isinstance(self.iov, IOV) else list(self.iov))
+        object.__setattr__(self, "iov", iov)
+        levels = ([] if self.levels is None else
+                  [self.levels] if isinstance(self.levels, Level) else list(self.levels))
+        object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "covariates", list(self.covariates))
         names = self.parameter_names
         if len(set(names)) != len(names):
@@ -281,6 +382,17 @@ class ModelSpec:
                 if p in seen:
                     raise ValueError(f"parameter {p} has IIV in two blocks")
                 seen.append(p)
+        for what, blocks in (("IOV", iov), ("level", levels)):
+            seen = []
+            for b in blocks:
+                for p in b.parameters:
+                    if p not in names:
+                        raise ValueError(f"{what} on unknown parameter {p}; parameters are {names}")
+                    if p in seen:
+                        raise ValueError(f"parameter {p} has {what} twice")
+                    seen.append(p)
+        if self.flip_flop_guard and "KA" not in names:
+            raise ValueError("flip_flop_guard needs a first-order absorption model (parameter KA)")
 
     # ---------------------------------------------------------------- queries
     @property
@@ -290,6 +402,10 @@ class ModelSpec:
     @property
     def iiv_parameters(self) -> list[str]:
         return [p for b in self.iiv for p in b.parameters]
+
+    @property
+    def iov_parameters(self) -> list[str]:
+        return [p for b in self.iov for p in b.parameters]
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -317,8 +433,18 @@ class ModelSpec:
         if self.iiv:
             out["iiv"] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
                           for b in self.iiv]
+        for key, blocks in (("iov", self.iov), ("levels", self.levels)):
+            if blocks:
+                out[key] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
+                            for b in blocks]
+        if self.flip_flop_guard:
+            out["flip_flop_guard"] = True
         err = _drop_none({"kind": self.error.kind,
                           **{k: getattr(self.error, k) for k in self.error.sigma_names}})
+        if self.error.distribution != "normal":
+            err["distribution"] = self.error.distribution
+            if self.error.nu is not None:
+                err["nu"] = self.error.nu
         if self.error.priors:
             err["priors"] = {k: v.to_dict() for k, v in self.error.priors.items()}
         out["error"] = err
@@ -330,7 +456,7 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> ModelSpec:
         d = dict(d)
         known = {"name", "structural", "description", "parameters", "covariates", "iiv", "error",
-                 "observations"}
+                 "observations", "iov", "levels", "flip_flop_guard"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model keys {sorted(unknown)}; expected {sorted(known)}")
@@ -352,10 +478,20 @@ class ModelSpec:
             if "sd_prior" in b:
                 b["sd_prior"] = Prior.from_dict(b["sd_prior"])
             iiv.append(IIV(**b))
+        extra = {}
+        for key, cls_ in (("iov", IOV), ("levels", Level)):
+            blocks = []
+            for b in d.get(key, []):
+                b = dict(b)
+                if "sd_prior" in b:
+                    b["sd_prior"] = Prior.from_dict(b["sd_prior"])
+                blocks.append(cls_(**b))
+            extra[key] = blocks
         err = dict(d.get("error", {"kind": "additive"}))
         return cls(name=d["name"], structural=d["structural"], parameters=params, covariates=covs,
                    iiv=iiv, error=ResidualError(**err), observations=d.get("observations", {}),
-                   description=d.get("description", ""))
+                   description=d.get("description", ""), **extra,
+                   flip_flop_guard=bool(d.get("flip_flop_guard", False)))
 
     def to_toml(self, path: str | Path | None = None) -> str:
         """TOML text of the spec; also written to ``path`` if given."""

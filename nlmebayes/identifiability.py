@@ -1,0 +1,72 @@
+"""Identifiability checks: design problems found before sampling, and the flip-flop ambiguity of
+first-order absorption found in the posterior.
+
+Before sampling (:func:`design_warnings`, from the spec and the data only):
+
+* IOV declared but every subject has a single occasion: kappa cannot be told from eta;
+* IIV on a parameter while no subject has more than one observation: eta cannot be told from
+  the residual error;
+* a level (study, centre) with one group, or with one subject per group: its variance cannot be
+  told from the typical value or from the IIV.
+
+After sampling (:func:`flip_flop_warning`): in a one-compartment oral model the data fit as well
+with absorption and elimination rates swapped (V rescaled), so the posterior of
+``KA_pop / k_pop`` may sit on both sides of 1, across or within chains. ``flip_flop_guard=True``
+in the spec (``KA = k + KA'``) removes the second mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nlmebayes.data import EventData
+from nlmebayes.spec import ModelSpec
+
+__all__ = ["design_warnings", "flip_flop_warning"]
+
+
+def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
+    """Warnings about random effects the design cannot identify (see the module docstring)."""
+    out = []
+    n_obs = np.bincount(data.obs_subject, minlength=data.n_subjects)
+    if spec.iov:
+        col = spec.iov[0].occasion
+        occ = data.records.groupby("ID", sort=False)[col].nunique()
+        if (occ <= 1).all():
+            out.append(f"IOV on {', '.join(spec.iov_parameters)} but every subject has a single "
+                       f"occasion ({col}): kappa cannot be told apart from eta")
+    if spec.iiv and n_obs.max() <= 1:
+        out.append(f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one "
+                   f"observation: eta cannot be told apart from the residual error")
+    for lvl in spec.levels:
+        groups = data.subject_covariates([lvl.column])[lvl.column]
+        sizes = groups.value_counts()
+        if len(sizes) < 2:
+            out.append(f"level {lvl.column} has a single group: its variance is not identified")
+        elif sizes.max() == 1:
+            out.append(f"level {lvl.column} has one subject per group: its variance cannot be "
+                       f"told apart from the IIV")
+    return out
+
+
+def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> str | None:
+    """A warning when the posterior puts more than ``threshold`` of its mass on each side of
+    ``KA_pop = k_pop`` (``k = CL/V`` at the typical values), or chains disagree on the side."""
+    names = spec.parameter_names
+    if "KA" not in names or spec.flip_flop_guard or "KA_pop" not in posterior:
+        return None
+    if "K" in names:
+        k = posterior["K_pop"] if "K_pop" in posterior else spec.parameter("K").initial
+    else:
+        cl = posterior["CL_pop"] if "CL_pop" in posterior else spec.parameter("CL").initial
+        v = posterior["V_pop"] if "V_pop" in posterior else spec.parameter("V").initial
+        k = cl / v
+    log_ratio = np.log(posterior["KA_pop"] / k)
+    below = float((log_ratio < 0).mean())
+    chain_sides = np.sign(log_ratio.median("draw").values)
+    if min(below, 1 - below) > threshold or len(set(chain_sides)) > 1:
+        return (f"flip-flop: P(KA < k) = {below:.2f} (chain medians of log(KA/k): "
+                f"{', '.join(f'{x:.2f}' for x in log_ratio.median('draw').values)}); absorption "
+                f"and elimination are not distinguished. Add IV data, or set flip_flop_guard=True "
+                f"if absorption is known to be faster")
+    return None
