@@ -220,6 +220,17 @@ def report(result, ci: float = 0.95) -> str:
             lines.append(f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
                          f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
                          f"{r['ess_tail']:>8.0f}  {r['description']}")
+    if spec.iov or spec.covariates:
+        vd = variance_decomposition(result)
+        if not vd.empty:
+            lines += ["", "Between-subject variability (posterior medians)"]
+            for _, r in vd.iterrows():
+                text = (f"  {r['parameter']:<8} omega2 {_fmt(r['omega2'])}, covariates explain "
+                        f"{100 * r['covariate_share']:.0f}%")
+                if "pi2" in r and np.isfinite(r.get("pi2", np.nan)):
+                    text += (f"; IOV pi2 {_fmt(r['pi2'])}, between-occasion share of the random "
+                             f"variance {100 * r['iov_fraction']:.0f}%")
+                lines.append(text)
     lines += _marginal_lines(result)
     if d["warnings"]:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in d["warnings"]]
