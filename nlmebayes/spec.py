@@ -36,7 +36,8 @@ from pathlib import Path
 
 from nlmebayes.data import parse_condition
 
-__all__ = ["Prior", "Parameter", "Covariate", "IIV", "IOV", "Level", "ResidualError", "ModelSpec"]
+__all__ = ["Prior", "Parameter", "Covariate", "IIV", "IOV", "Level", "ResidualError", "ODE",
+           "ModelSpec"]
 
 _DISTS = {"Normal": ("mu", "sigma"), "HalfNormal": ("sigma",), "LogNormal": ("mu", "sigma"),
           "TruncatedNormal": ("mu", "sigma", "lower", "upper"), "HalfCauchy": ("beta",),
@@ -268,6 +269,55 @@ class Level:
         return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
 
 
+@dataclass(frozen=True)
+class ODE:
+    """A structural model given as an ODE system (solved by :mod:`nlmebayes.pk.ode`).
+
+    Parameters
+    ----------
+    name : str
+    states : list of str
+        Compartments in CMT order (the data's CMT 1 is the first state).
+    rhs : dict state -> str
+        ``d state / dt`` as an expression of states and parameters (``+ - * / **``,
+        exp/log/sqrt/abs), e.g. ``"KA * depot - CL / V * central"``. Doses are added by the
+        solver; any other name is a structural parameter.
+    observe : str
+        The observed quantity, e.g. ``"central / V"``.
+    dose_state : str, optional
+        Where TLAG and F act (default: the first state).
+    observe_state : str, optional
+        The compartment observations come from (default: the state ``observe`` uses).
+    rtol, atol : float
+        Integrator tolerances; ``atol`` is relative to the subject's largest dose.
+    method : {"dopri5", "rosenbrock23"}
+        Dormand-Prince 5(4) (explicit, for non-stiff systems) or the L-stable Rosenbrock (2,3)
+        pair for stiff ones (fast and slow rates together, e.g. TMDD or a fast binding step).
+    """
+
+    name: str
+    states: list[str]
+    rhs: dict
+    observe: str
+    dose_state: str | None = None
+    observe_state: str | None = None
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    method: str = "dopri5"
+
+    def __post_init__(self):
+        if self.method not in ("dopri5", "rosenbrock23"):
+            raise ValueError(f"ODE method must be 'dopri5' or 'rosenbrock23', got {self.method!r}")
+        object.__setattr__(self, "states", list(self.states))
+        object.__setattr__(self, "rhs", dict(self.rhs))
+        if set(self.rhs) != set(self.states):
+            raise ValueError(f"ODE {self.name}: give one right-hand side per state; states "
+                             f"{self.states}, right-hand sides for {sorted(self.rhs)}")
+        for s in (self.dose_state, self.observe_state):
+            if s is not None and s not in self.states:
+                raise ValueError(f"ODE {self.name}: unknown state {s!r}")
+
+
 _ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
            "combined_sd": ("add", "prop"), "exponential": ("exp",)}
 
@@ -322,8 +372,10 @@ class ModelSpec:
     Parameters
     ----------
     name : str
-    structural : str
-        Analytic model name, e.g. ``"1cpt_oral"`` (see :data:`nlmebayes.pk.MODELS`).
+    structural : str or ODE
+        Analytic model name, e.g. ``"1cpt_oral"`` (see :data:`nlmebayes.pk.MODELS`), a ready ODE
+        model name (``"1cpt_oral_ode"``, ... :data:`nlmebayes.pk.ode.ODE_MODELS`), or an
+        :class:`ODE`.
     parameters : dict or list
         ``{"CL": 2.7, ...}`` (initial typical values) or a list of :class:`Parameter`.
     covariates : list of Covariate
@@ -344,7 +396,7 @@ class ModelSpec:
     """
 
     name: str
-    structural: str
+    structural: str | ODE
     parameters: dict | list
     covariates: list = field(default_factory=list)
     iiv: IIV | list | None = None
@@ -416,7 +468,9 @@ class ModelSpec:
     # ---------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict:
         """Plain dict (TOML-ready: no None values)."""
-        out: dict = {"name": self.name, "structural": self.structural}
+        out: dict = {"name": self.name, "structural": (_drop_none(asdict(self.structural))
+                                                       if isinstance(self.structural, ODE)
+                                                       else self.structural)}
         if self.description:
             out["description"] = self.description
         out["parameters"] = {}
@@ -488,7 +542,10 @@ class ModelSpec:
                 blocks.append(cls_(**b))
             extra[key] = blocks
         err = dict(d.get("error", {"kind": "additive"}))
-        return cls(name=d["name"], structural=d["structural"], parameters=params, covariates=covs,
+        structural = d["structural"]
+        if isinstance(structural, dict):
+            structural = ODE(**structural)
+        return cls(name=d["name"], structural=structural, parameters=params, covariates=covs,
                    iiv=iiv, error=ResidualError(**err), observations=d.get("observations", {}),
                    description=d.get("description", ""), **extra,
                    flip_flop_guard=bool(d.get("flip_flop_guard", False)))

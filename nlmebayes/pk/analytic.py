@@ -340,9 +340,16 @@ MODELS: dict[str, Compartmental] = {
 }
 
 
-def get_model(name: str) -> Compartmental:
-    """The analytic model called ``name`` (one of :data:`MODELS`)."""
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown structural model {name!r}; choose one of {list(MODELS)}") from None
+def get_model(structural):
+    """The structural model of a spec: an analytic model by name (:data:`MODELS`), a ready ODE
+    model by name (``*_ode``), or an :class:`nlmebayes.spec.ODE` (see :mod:`nlmebayes.pk.ode`)."""
+    if isinstance(structural, str) and structural in MODELS:
+        return MODELS[structural]
+    from nlmebayes.pk.ode import ODE_MODELS, ODESystem
+
+    if isinstance(structural, str):
+        if structural in ODE_MODELS:
+            return ODESystem.from_spec(ODE_MODELS[structural])
+        raise ValueError(f"unknown structural model {structural!r}; choose one of "
+                         f"{list(MODELS) + list(ODE_MODELS)} or give an ODE")
+    return ODESystem.from_spec(structural)

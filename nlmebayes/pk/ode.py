@@ -1,0 +1,522 @@
+"""General (nonlinear) structural models as ODE systems, solved inside the compiled model.
+
+A model is a set of named states (compartments, numbered from 1 in the data's CMT as listed)
+with right-hand sides written as expressions of states and parameters, e.g. ::
+
+    ODE(states=["depot", "central"],
+        rhs={"depot": "-KA * depot", "central": "KA * depot - VMAX * central / (KM * V + central)"},
+        observe="central / V")
+
+The expressions become PyTensor graphs; their Jacobians with respect to the states and the
+parameters are derived symbolically and compiled with numba, and a numba integrator solves every
+subject's system with its doses. The Op :class:`ODESolve` has a numba implementation, so nutpie
+runs it in its compiled model without Python callbacks; its gradient comes from forward
+sensitivities ``S = dA/dp`` integrated with the states.
+
+Integrators, both adaptive with error control on the states and the (log-scaled) sensitivities:
+Dormand-Prince 5(4) (``method="dopri5"``, default, explicit) and, for stiff systems, the L-stable
+Rosenbrock (2,3) pair of Shampine & Reichelt (1997, MATLAB's ``ode23s``;
+``method="rosenbrock23"``) using the exact Jacobian of the state + sensitivity system (second
+derivatives of the right-hand side included). We chose numba over JAX/diffrax because nutpie's
+default backend is numba and a JAX Op would only dispatch in JAX mode.
+
+Speed today: one solve with sensitivities costs ~8 us per Dormand-Prince step (the right-hand
+side is a compiled PyTensor function called 7 times a step), so a theophylline gradient takes
+~6 ms at rtol 1e-6 against ~20 us for the closed form; an allocation-free generated kernel is the
+next step.
+
+Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
+and F (if the model has them) act on doses into ``dose_state`` (the first state by default), F
+scaling the amount (and the infusion's duration, as NONMEM does). Sensitivities jump at doses
+(F) and at event times that move with TLAG and F. Not yet supported, and rejected with an error:
+steady-state doses (SS), modelled rates (RATE = -2), reset events (EVID 3/4), parameters that
+change within a subject (IOV), and right-hand sides that depend on time explicitly.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.graph.basic import Apply
+from pytensor.graph.null_type import NullType
+from pytensor.graph.op import Op
+from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_and_cache_key
+
+from nlmebayes.data import DataError, EventData, check_compartments
+
+__all__ = ["ODESystem", "ODESolve", "parse_expression", "ODE_MODELS"]
+
+_FUNCS = {"exp": pt.exp, "log": pt.log, "sqrt": pt.sqrt, "abs": pt.abs}
+_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a**b}
+
+
+def expression_names(text: str) -> set[str]:
+    """Names used in an expression (states and parameters)."""
+    return {n.id for n in ast.walk(ast.parse(text, mode="eval"))
+            if isinstance(n, ast.Name) and n.id not in _FUNCS}
+
+
+def parse_expression(text: str, symbols: dict):
+    """Evaluate an arithmetic expression (``+ - * / **``, numbers, names, exp/log/sqrt/abs) with
+    ``symbols`` mapping names to PyTensor variables. Anything else is rejected."""
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            if node.id not in symbols:
+                raise ValueError(f"unknown name {node.id!r} in {text!r}")
+            return symbols[node.id]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
+                and len(node.args) == 1 and not node.keywords):
+            return _FUNCS[node.func.id](ev(node.args[0]))
+        raise ValueError(f"unsupported syntax in {text!r}: {ast.dump(node)[:60]}")
+
+    return ev(ast.parse(text, mode="eval"))
+
+
+def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None):
+    """A numba function integrating all subjects (see the module docstring). ``jac(y, S, p)`` is
+    the Jacobian of the state + sensitivity system, needed by the Rosenbrock method."""
+    stiff = method == "rosenbrock23"
+    d = 1.0 / (2.0 + np.sqrt(2.0))
+    e32 = 6.0 + np.sqrt(2.0)
+
+    @numba.njit(cache=False)
+    def feval(y, S, p, r):
+        f, Jy, Jp = rhs(y, p)
+        return f + r, Jy @ S + Jp, Jy
+
+    N = n_states * (1 + n_p)
+
+    @numba.njit(cache=False)
+    def faug(z, p, r):
+        y = z[:n_states].copy()
+        S = z[n_states:].copy().reshape((n_states, n_p))
+        F, G, _ = feval(y, S, p, r)
+        out = np.empty(N)
+        out[:n_states] = F
+        out[n_states:] = G.ravel()
+        return out
+
+    @numba.njit(cache=False)
+    def integrate(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
+        """Rosenbrock (2,3) of Shampine & Reichelt (L-stable) on the state + sensitivity system,
+        with its exact Jacobian (second derivatives of the right-hand side included)."""
+        t = t0
+        z = np.empty(N)
+        z[:n_states] = y
+        z[n_states:] = S.ravel()
+        F0 = faug(z, p, r)
+        J = jac(y, S.copy(), p)[0]
+        eye = np.eye(N)
+        while t1 - t > 1e-13 * max(abs(t1), 1.0):
+            h = min(h, t1 - t)
+            W = np.linalg.inv(eye - h * d * J)
+            k1 = W @ F0
+            F1 = faug(z + 0.5 * h * k1, p, r)
+            k2 = W @ (F1 - k1) + k1
+            zn = z + h * k2
+            F2 = faug(zn, p, r)
+            k3 = W @ (F2 - e32 * (k2 - F1) - 2.0 * (k1 - F0))
+            e = h / 6.0 * (k1 - 2.0 * k2 + k3)
+            err = error_norm(e[:n_states].copy(), e[n_states:].copy().reshape((n_states, n_p)),
+                             z[:n_states].copy(), zn[:n_states].copy(),
+                             z[n_states:].copy().reshape((n_states, n_p)),
+                             zn[n_states:].copy().reshape((n_states, n_p)), rtol, atol, scale)
+            counters[0] += 1
+            if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
+                t += h
+                z = zn
+                F0 = F2
+                J = jac(z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), p)[0]
+                h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-1.0 / 3.0)))
+            else:
+                counters[1] += 1
+                h = h * max(0.2, 0.9 * err ** (-1.0 / 3.0))
+            if counters[0] > 5_000_000:
+                z = z * np.nan
+                break
+        return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
+
+    @numba.njit(cache=False)
+    def error_norm(ey, eS, y, yn, S, Sn, rtol, atol, scale):
+        acc = 0.0
+        for i in range(n_states):
+            w = atol + rtol * max(abs(y[i]), abs(yn[i]))
+            acc += (ey[i] / w) ** 2
+            for j in range(n_p):
+                wS = atol + rtol * scale[j] * max(abs(S[i, j]), abs(Sn[i, j]))
+                acc += (scale[j] * eS[i, j] / wS) ** 2
+        return np.sqrt(acc / (n_states * (n_p + 1)))
+
+    @numba.njit(cache=False)
+    def integrate_dp(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
+        """Dormand-Prince 5(4) on the state + sensitivity system (non-stiff)."""
+        t = t0
+        k1y, k1S, _ = feval(y, S, p, r)
+        while t1 - t > 1e-13 * max(abs(t1), 1.0):
+            h = min(h, t1 - t)
+            k2y, k2S, _ = feval(y + h * (k1y / 5), S + h * (k1S / 5), p, r)
+            k3y, k3S, _ = feval(y + h * (3 / 40 * k1y + 9 / 40 * k2y),
+                                S + h * (3 / 40 * k1S + 9 / 40 * k2S), p, r)
+            k4y, k4S, _ = feval(y + h * (44 / 45 * k1y - 56 / 15 * k2y + 32 / 9 * k3y),
+                                S + h * (44 / 45 * k1S - 56 / 15 * k2S + 32 / 9 * k3S), p, r)
+            k5y, k5S, _ = feval(
+                y + h * (19372 / 6561 * k1y - 25360 / 2187 * k2y + 64448 / 6561 * k3y - 212 / 729 * k4y),
+                S + h * (19372 / 6561 * k1S - 25360 / 2187 * k2S + 64448 / 6561 * k3S - 212 / 729 * k4S),
+                p, r)
+            k6y, k6S, _ = feval(
+                y + h * (9017 / 3168 * k1y - 355 / 33 * k2y + 46732 / 5247 * k3y + 49 / 176 * k4y
+                         - 5103 / 18656 * k5y),
+                S + h * (9017 / 3168 * k1S - 355 / 33 * k2S + 46732 / 5247 * k3S + 49 / 176 * k4S
+                         - 5103 / 18656 * k5S), p, r)
+            yn = y + h * (35 / 384 * k1y + 500 / 1113 * k3y + 125 / 192 * k4y - 2187 / 6784 * k5y
+                          + 11 / 84 * k6y)
+            Sn = S + h * (35 / 384 * k1S + 500 / 1113 * k3S + 125 / 192 * k4S - 2187 / 6784 * k5S
+                          + 11 / 84 * k6S)
+            k7y, k7S, _ = feval(yn, Sn, p, r)
+            ey = h * (71 / 57600 * k1y - 71 / 16695 * k3y + 71 / 1920 * k4y - 17253 / 339200 * k5y
+                      + 22 / 525 * k6y - 1 / 40 * k7y)
+            eS = h * (71 / 57600 * k1S - 71 / 16695 * k3S + 71 / 1920 * k4S - 17253 / 339200 * k5S
+                      + 22 / 525 * k6S - 1 / 40 * k7S)
+            err = error_norm(ey, eS, y, yn, S, Sn, rtol, atol, scale)
+            counters[0] += 1
+            if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
+                t += h
+                y, S = yn, Sn
+                k1y, k1S = k7y, k7S
+                h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-0.2)))
+            else:
+                counters[1] += 1
+                h = h * max(0.2, 0.9 * err ** (-0.2))
+            if counters[0] > 5_000_000:
+                y = y * np.nan
+                break
+        return y, S, h
+
+    @numba.njit(cache=False)
+    def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
+              i_lag, i_f, rtol, atol):
+        n_sub = P.shape[0]
+        n_obs = obs_t.shape[0]
+        A = np.zeros((n_obs, n_states))
+        SA = np.zeros((n_obs, n_states, n_p))
+        counters = np.zeros(2, dtype=np.int64)
+        for s in range(n_sub):
+            p = P[s].copy()
+            o0, o1 = obs_start[s], obs_start[s + 1]
+            d0, d1 = dose_start[s], dose_start[s + 1]
+            if o1 == o0:
+                continue
+            scale = np.abs(p) + 1e-12
+            amax = 1e-300
+            for k in range(d0, d1):
+                amax = max(amax, abs(dose_amt[k]))
+            a_tol = atol * amax
+            # events: time, priority (doses 0 before infusion ends 1 before observations 2), kind, index
+            n_ev = (o1 - o0) + 2 * (d1 - d0)
+            et = np.empty(n_ev)
+            pr = np.empty(n_ev)
+            kind = np.empty(n_ev, dtype=np.int64)
+            idx = np.empty(n_ev, dtype=np.int64)
+            m = 0
+            for k in range(d0, d1):
+                lag = p[i_lag] if (i_lag >= 0 and dose_lagf[k]) else 0.0
+                F = p[i_f] if (i_f >= 0 and dose_lagf[k]) else 1.0
+                et[m] = dose_t[k] + lag
+                pr[m] = 0.0
+                kind[m] = 1 if dose_rate[k] <= 0 else 2
+                idx[m] = k
+                m += 1
+                if dose_rate[k] > 0:
+                    et[m] = dose_t[k] + lag + F * dose_amt[k] / dose_rate[k]
+                    pr[m] = 1.0
+                    kind[m] = 3
+                    idx[m] = k
+                    m += 1
+            for j in range(o0, o1):
+                et[m] = obs_t[j]
+                pr[m] = 2.0
+                kind[m] = 0
+                idx[m] = j
+                m += 1
+            # order by (time, priority): insertion sort, events per subject are few
+            order = np.arange(m)
+            for a in range(1, m):
+                b = a
+                while b > 0 and (et[order[b - 1]] > et[order[b]] or
+                                 (et[order[b - 1]] == et[order[b]] and pr[order[b - 1]] > pr[order[b]])):
+                    tmp = order[b - 1]
+                    order[b - 1] = order[b]
+                    order[b] = tmp
+                    b -= 1
+            y = np.zeros(n_states)
+            S = np.zeros((n_states, n_p))
+            r = np.zeros(n_states)
+            t = et[order[0]]
+            h = 1e-3
+            for q in range(m):
+                e = order[q]
+                te = et[e]
+                if te > t:
+                    if h <= 0.0 or h > te - t:
+                        h = te - t
+                    if stiff:
+                        y, S, h = integrate(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
+                    else:
+                        y, S, h = integrate_dp(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
+                    t = te
+                k = idx[e]
+                if kind[e] == 0:
+                    A[k] = y
+                    SA[k] = S
+                    continue
+                c = dose_state[k]
+                applies = dose_lagf[k]
+                F = p[i_f] if (i_f >= 0 and applies) else 1.0
+                f_before, _, _ = rhs(y, p)
+                f_before = f_before + r
+                if kind[e] == 1:
+                    y = y.copy()
+                    y[c] += F * dose_amt[k]
+                    if i_f >= 0 and applies:
+                        S = S.copy()
+                        S[c, i_f] += dose_amt[k]
+                elif kind[e] == 2:
+                    r = r.copy()
+                    r[c] += dose_rate[k]
+                else:
+                    r = r.copy()
+                    r[c] -= dose_rate[k]
+                    if abs(r[c]) < 1e-12 * dose_rate[k]:
+                        r[c] = 0.0
+                f_after, _, _ = rhs(y, p)
+                f_after = f_after + r
+                jump = f_before - f_after
+                if i_lag >= 0 and applies:
+                    S = S.copy()
+                    S[:, i_lag] += jump
+                if kind[e] == 3 and i_f >= 0 and applies:
+                    S = S.copy()
+                    S[:, i_f] += jump * dose_amt[k] / dose_rate[k]
+                h = 1e-3 * max(1.0, abs(t)) if kind[e] != 0 else h
+        return A, SA, counters
+
+    return solve
+
+
+class ODESolve(Op):
+    """Solve every subject's ODE system with its doses: amounts ``A`` (n_obs, n_states) at the
+    observation times and their sensitivities ``S`` (n_obs, n_states, n_p) to the subject's
+    parameters (the input, n_subjects x n_p). The gradient uses ``S``; it is not differentiable
+    twice."""
+
+    def __init__(self, system: ODESystem, data: EventData, param_names, rtol: float, atol: float):
+        self.system = system
+        self.n_states = len(system.states)
+        self.param_names = tuple(param_names)
+        self.n_p = len(self.param_names)
+        self.rtol, self.atol = float(rtol), float(atol)
+        self.obs_subject = data.obs_subject
+        self.args = _schedule(system, data, self.param_names)
+        rhs, jac = system.rhs_function(self.param_names)
+        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac)
+        self.last_counters = None
+
+    def make_node(self, P):
+        P = pt.as_tensor_variable(P)
+        return Apply(self, [P], [pt.dmatrix(), pt.dtensor3()])
+
+    def perform(self, node, inputs, outputs):
+        A, S, counters = self.solver(np.asarray(inputs[0], dtype=float), *self.args,
+                                     self.rtol, self.atol)
+        self.last_counters = counters
+        outputs[0][0] = A
+        outputs[1][0] = S
+
+    def pullback(self, inputs, outputs, output_grads):
+        (P,) = inputs
+        A, S = outputs
+        gA, gS = output_grads
+        if not isinstance(gS.type, pytensor.gradient.DisconnectedType):
+            return [pytensor.gradient.grad_not_implemented(self, 0, P, "second-order sensitivities")]
+        if isinstance(gA.type, NullType | pytensor.gradient.DisconnectedType):
+            return [pt.zeros_like(P)]
+        contrib = pt.sum(gA[:, :, None] * S, axis=1)
+        return [pt.inc_subtensor(pt.zeros_like(P)[self.obs_subject], contrib)]
+
+    def connection_pattern(self, node):
+        return [[True, True]]
+
+
+@register_funcify_and_cache_key(ODESolve)
+def _numba_ode_solve(op, node, **kwargs):
+    solver, args, rtol, atol = op.solver, op.args, op.rtol, op.atol
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = args
+
+    @numba_njit
+    def ode_solve(P):
+        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, rtol, atol)
+        return A, S
+
+    return ode_solve, None
+
+
+def _schedule(system, data: EventData, param_names):
+    """Flat per-subject arrays for the solver."""
+    n_sub = data.n_subjects
+    obs_start = np.searchsorted(data.obs_subject, np.arange(n_sub + 1))
+    dose_start = np.searchsorted(data.dose_subject, np.arange(n_sub + 1))
+    cmt = data.dose_cmt.copy()
+    dose_state_idx = system.states.index(system.dose_state)
+    state = np.where(cmt == 0, dose_state_idx, cmt - 1).astype(np.int64)
+    lagf = state == dose_state_idx
+    i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
+    i_f = param_names.index("F") if "F" in param_names else -1
+    return (data.obs_time.astype(float), obs_start.astype(np.int64), data.dose_time.astype(float),
+            data.dose_amt.astype(float), data.dose_rate.astype(float), state, lagf,
+            dose_start.astype(np.int64), np.int64(i_lag), np.int64(i_f))
+
+
+@dataclass(frozen=True)
+class ODESystem:
+    """The structural-model interface of :class:`~nlmebayes.pk.analytic.Compartmental` for an
+    ODE system given as expressions (see :class:`nlmebayes.spec.ODE` for the fields)."""
+
+    name: str
+    states: tuple
+    rhs: tuple  # ((state, expression), ...) in state order
+    observe: str
+    dose_state: str
+    observe_state: str
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    method: str = "dopri5"
+    optional_parameters: tuple = ("TLAG", "F")
+    alternatives = {}
+
+    @classmethod
+    def from_spec(cls, ode) -> ODESystem:
+        return cls(name=ode.name, states=tuple(ode.states),
+                   rhs=tuple((s, ode.rhs[s]) for s in ode.states), observe=ode.observe,
+                   dose_state=ode.dose_state or ode.states[0],
+                   observe_state=ode.observe_state or _observed_state(ode),
+                   rtol=ode.rtol, atol=ode.atol, method=ode.method)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        names = set().union(*(expression_names(e) for _, e in self.rhs), expression_names(self.observe))
+        return tuple(sorted(names - set(self.states)))
+
+    def check_parameters(self, names) -> None:
+        names = list(names)
+        missing = [p for p in self.parameters if p not in names]
+        extra = [p for p in names if p not in self.parameters + self.optional_parameters]
+        if missing or extra:
+            raise ValueError(f"ODE model {self.name} uses parameters {list(self.parameters)} "
+                             f"(optional {list(self.optional_parameters)}); missing {missing}, "
+                             f"unknown {extra}")
+
+    def check(self, data: EventData) -> None:
+        dose = {i + 1: s for i, s in enumerate(self.states)}
+        obs = {self.states.index(self.observe_state) + 1: self.observe_state}
+        check_compartments(data, dose, obs, self.name)
+        rec = data.records
+        for col, bad, what in (
+                ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0), "steady-state doses"),
+                ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations"),
+                ("EVID", rec["EVID"].isin([3, 4]) if "EVID" in rec else rec["ID"] != rec["ID"],
+                 "reset events")):
+            if bad.any():
+                r = rec[bad].iloc[0]
+                raise DataError(f"the ODE path does not support {what} yet ({self.name})",
+                                source=data.source, row=int(r["_ROW"]), column=col)
+
+    def rhs_function(self, param_names):
+        """numba functions ``(y, p) -> (f, df/dy, df/dp)`` and, for the Rosenbrock method, the
+        Jacobian of the state + sensitivity system ``(y, S, p) -> J``, compiled from the
+        expressions."""
+        y = pt.dvector("y")
+        p = pt.dvector("p")
+        sym = {s: y[i] for i, s in enumerate(self.states)}
+        sym.update({n: p[i] for i, n in enumerate(param_names)})
+        f = pt.stack([pt.as_tensor_variable(parse_expression(e, sym)) * 1.0 for _, e in self.rhs])
+        Jy = pytensor.gradient.jacobian(f, y, vectorize=True)
+        Jp = pytensor.gradient.jacobian(f, p, vectorize=True, disconnected_inputs="ignore")
+        fn = pytensor.function([y, p], [f, Jy, Jp], mode="NUMBA", on_unused_input="ignore")
+        if self.method != "rosenbrock23":
+            return fn.vm.jit_fn, None
+        # Jacobian of (f, Jy S + Jp) w.r.t. (y, S): Rosenbrock needs it exactly for stability.
+        S = pt.dmatrix("S")
+        g = pt.concatenate([f, (pt.dot(Jy, S) + Jp).ravel()])
+        Jg = pt.concatenate([pytensor.gradient.jacobian(g, y, vectorize=True, disconnected_inputs="ignore"),
+                             pytensor.gradient.jacobian(g, S, vectorize=True, disconnected_inputs="ignore")
+                             .reshape((g.shape[0], -1))], axis=1)
+        jfn = pytensor.function([y, S, p], Jg, mode="NUMBA", on_unused_input="ignore")
+        return fn.vm.jit_fn, jfn.vm.jit_fn
+
+    def concentration(self, data: EventData, params: dict, index=None):
+        """The ``observe`` expression at every observation (see the analytic models)."""
+        if index is not None and not np.array_equal(np.asarray(index), data.dose_subject):
+            raise NotImplementedError("the ODE path does not support parameters that change "
+                                      "within a subject (IOV) yet")
+        self.check_parameters(params)
+        self.check(data)
+        names = self.parameters + tuple(p for p in self.optional_parameters if p in params)
+        n_sub = data.n_subjects
+        P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_sub) for n in names], axis=1)
+        op = ODESolve(self, data, names, self.rtol, self.atol)
+        A, _ = op(P)
+        sym = {s: A[:, i] for i, s in enumerate(self.states)}
+        sym.update({n: P[:, i][data.obs_subject] for i, n in enumerate(names)})
+        return parse_expression(self.observe, sym) * pt.ones(data.n_obs)
+
+
+def _observed_state(ode) -> str:
+    used = [s for s in ode.states if s in expression_names(ode.observe)]
+    if len(used) != 1:
+        raise ValueError(f"ODE {ode.name}: give observe_state (observe uses states {used})")
+    return used[0]
+
+
+_LIBRARY = {
+    "1cpt_iv_ode": (["central"], {"central": "-CL / V * central"}),
+    "1cpt_oral_ode": (["depot", "central"], {"depot": "-KA * depot",
+                                            "central": "KA * depot - CL / V * central"}),
+    "2cpt_iv_ode": (["central", "periph"],
+                    {"central": "-(CL + Q) / V * central + Q / V2 * periph",
+                     "periph": "Q / V * central - Q / V2 * periph"}),
+    "2cpt_oral_ode": (["depot", "central", "periph"],
+                      {"depot": "-KA * depot",
+                       "central": "KA * depot - (CL + Q) / V * central + Q / V2 * periph",
+                       "periph": "Q / V * central - Q / V2 * periph"}),
+    "1cpt_oral_mm_ode": (["depot", "central"],
+                         {"depot": "-KA * depot",
+                          "central": "KA * depot - VMAX * central / (KM * V + central)"}),
+}
+
+
+def _library():
+    from nlmebayes.spec import ODE
+
+    return {name: ODE(name=name, states=states, rhs=rhs, observe="central / V")
+            for name, (states, rhs) in _LIBRARY.items()}
+
+
+#: Ready ODE models by name; the ``*_ode`` versions of the analytic models use the same
+#: parameters and compartment numbers, so switching is one word in the spec.
+ODE_MODELS = _library()
