@@ -301,8 +301,8 @@ class ODE:
     observe: str
     dose_state: str | None = None
     observe_state: str | None = None
-    rtol: float = 1e-8
-    atol: float = 1e-10
+    rtol: float = 1e-6
+    atol: float = 1e-8
     method: str = "dopri5"
 
     def __post_init__(self):

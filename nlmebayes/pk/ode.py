@@ -88,7 +88,105 @@ def parse_expression(text: str, symbols: dict):
     return ev(ast.parse(text, mode="eval"))
 
 
-def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None):
+def _d(node, var):
+    """Symbolic derivative of an expression AST with respect to the name ``var`` (an AST, or
+    None for zero). Only the syntax :func:`parse_expression` accepts can occur."""
+    if isinstance(node, ast.Expression):
+        return _d(node.body, var)
+    if isinstance(node, ast.Constant):
+        return None
+    if isinstance(node, ast.Name):
+        return ast.Constant(1.0) if node.id == var else None
+    if isinstance(node, ast.UnaryOp):
+        da = _d(node.operand, var)
+        return None if da is None else (ast.UnaryOp(ast.USub(), da) if isinstance(node.op, ast.USub) else da)
+    if isinstance(node, ast.Call):
+        a = node.args[0]
+        da = _d(a, var)
+        if da is None:
+            return None
+        fn = node.func.id
+        outer = {"exp": lambda: node, "log": lambda: _div(ast.Constant(1.0), a),
+                 "sqrt": lambda: _div(ast.Constant(0.5), node),
+                 "abs": lambda: _call("np.sign", a)}[fn]()
+        return _mul(outer, da)
+    a, b = node.left, node.right
+    da, db = _d(a, var), _d(b, var)
+    if isinstance(node.op, ast.Add | ast.Sub):
+        if db is None:
+            return da
+        db = db if isinstance(node.op, ast.Add) else ast.UnaryOp(ast.USub(), db)
+        return db if da is None else ast.BinOp(da, ast.Add(), db)
+    if isinstance(node.op, ast.Mult):
+        return _add(_mul(da, b), _mul(a, db))
+    if isinstance(node.op, ast.Div):
+        # (da b - a db) / b^2 = da / b - a db / b^2
+        t1 = _div(da, b) if da is not None else None
+        t2 = _div(_mul(a, db), ast.BinOp(b, ast.Pow(), ast.Constant(2.0))) if db is not None else None
+        return _add(t1, None if t2 is None else ast.UnaryOp(ast.USub(), t2))
+    if isinstance(node.op, ast.Pow):
+        t1 = (_mul(_mul(b, ast.BinOp(a, ast.Pow(), ast.BinOp(b, ast.Sub(), ast.Constant(1.0)))), da)
+              if da is not None else None)
+        t2 = _mul(_mul(node, _call("np.log", a)), db) if db is not None else None
+        return _add(t1, t2)
+    raise ValueError(f"cannot differentiate {ast.dump(node)[:60]}")
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else ast.BinOp(a, ast.Add(), b)
+
+
+def _mul(a, b):
+    if a is None or b is None:
+        return None
+    if isinstance(a, ast.Constant) and a.value == 1.0:
+        return b
+    if isinstance(b, ast.Constant) and b.value == 1.0:
+        return a
+    return ast.BinOp(a, ast.Mult(), b)
+
+
+def _div(a, b):
+    return ast.BinOp(a, ast.Div(), b)
+
+
+def _call(name, arg):
+    mod, fn = name.split(".")
+    return ast.Call(ast.Attribute(ast.Name(mod, ast.Load()), fn, ast.Load()), [arg], [])
+
+
+def _kernel_source(states, rhs, param_names) -> str:
+    """Python source of ``kernel(z, p, r, out)``: ``z = (y, S.ravel())`` and
+    ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, unrolled, allocation-free."""
+    n, m = len(states), len(param_names)
+    trees = [ast.parse(rhs[s], mode="eval").body for s in states]
+    lines = ["def kernel(z, p, r, out):"]
+    lines += [f"    {s} = z[{i}]" for i, s in enumerate(states)]
+    lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    for i, tree in enumerate(trees):
+        lines.append(f"    out[{i}] = ({ast.unparse(tree)}) + r[{i}]")
+    for i, tree in enumerate(trees):
+        dy = [_d(tree, s) for s in states]
+        dp = [_d(tree, q) for q in param_names]
+        for k, e in enumerate(dy):
+            if e is not None:
+                lines.append(f"    jy{k} = {ast.unparse(e)}")
+        for j in range(m):
+            terms = [f"jy{k} * z[{n + k * m + j}]" for k, e in enumerate(dy) if e is not None]
+            if dp[j] is not None:
+                terms.append(f"({ast.unparse(dp[j])})")
+            lines.append(f"    out[{n + i * m + j}] = {' + '.join(terms) or '0.0'}")
+    return "\n".join(lines) + "\n"
+
+
+def _compile_kernel(states, rhs, param_names):
+    namespace = {"np": np}
+    exec(compile(_kernel_source(states, rhs, param_names), "<nlmebayes ode kernel>", "exec"),
+         namespace)
+    return numba.njit(cache=False, fastmath=False)(namespace["kernel"])
+
+
+def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None, kernel=None):
     """A numba function integrating all subjects (see the module docstring). ``jac(y, S, p)`` is
     the Jacobian of the state + sensitivity system, needed by the Rosenbrock method."""
     stiff = method == "rosenbrock23"
@@ -163,50 +261,73 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None)
                 acc += (scale[j] * eS[i, j] / wS) ** 2
         return np.sqrt(acc / (n_states * (n_p + 1)))
 
+    a21 = 1 / 5
+    a31, a32 = 3 / 40, 9 / 40
+    a41, a42, a43 = 44 / 45, -56 / 15, 32 / 9
+    a51, a52, a53, a54 = 19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729
+    a61, a62, a63, a64, a65 = 9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656
+    b1, b3, b4, b5, b6 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
+    e1, e3, e4, e5, e6, e7 = (71 / 57600, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525,
+                              -1 / 40)
+
     @numba.njit(cache=False)
     def integrate_dp(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
-        """Dormand-Prince 5(4) on the state + sensitivity system (non-stiff)."""
+        """Dormand-Prince 5(4) on the state + sensitivity system (non-stiff), allocation-free
+        inside the step loop: the generated kernel writes into preallocated stage buffers."""
         t = t0
-        k1y, k1S, _ = feval(y, S, p, r)
+        z = np.empty(N)
+        z[:n_states] = y
+        z[n_states:] = S.ravel()
+        k1, k2, k3, k4 = np.empty(N), np.empty(N), np.empty(N), np.empty(N)
+        k5, k6, k7 = np.empty(N), np.empty(N), np.empty(N)
+        zt, zn = np.empty(N), np.empty(N)
+        kernel(z, p, r, k1)
         while t1 - t > 1e-13 * max(abs(t1), 1.0):
             h = min(h, t1 - t)
-            k2y, k2S, _ = feval(y + h * (k1y / 5), S + h * (k1S / 5), p, r)
-            k3y, k3S, _ = feval(y + h * (3 / 40 * k1y + 9 / 40 * k2y),
-                                S + h * (3 / 40 * k1S + 9 / 40 * k2S), p, r)
-            k4y, k4S, _ = feval(y + h * (44 / 45 * k1y - 56 / 15 * k2y + 32 / 9 * k3y),
-                                S + h * (44 / 45 * k1S - 56 / 15 * k2S + 32 / 9 * k3S), p, r)
-            k5y, k5S, _ = feval(
-                y + h * (19372 / 6561 * k1y - 25360 / 2187 * k2y + 64448 / 6561 * k3y - 212 / 729 * k4y),
-                S + h * (19372 / 6561 * k1S - 25360 / 2187 * k2S + 64448 / 6561 * k3S - 212 / 729 * k4S),
-                p, r)
-            k6y, k6S, _ = feval(
-                y + h * (9017 / 3168 * k1y - 355 / 33 * k2y + 46732 / 5247 * k3y + 49 / 176 * k4y
-                         - 5103 / 18656 * k5y),
-                S + h * (9017 / 3168 * k1S - 355 / 33 * k2S + 46732 / 5247 * k3S + 49 / 176 * k4S
-                         - 5103 / 18656 * k5S), p, r)
-            yn = y + h * (35 / 384 * k1y + 500 / 1113 * k3y + 125 / 192 * k4y - 2187 / 6784 * k5y
-                          + 11 / 84 * k6y)
-            Sn = S + h * (35 / 384 * k1S + 500 / 1113 * k3S + 125 / 192 * k4S - 2187 / 6784 * k5S
-                          + 11 / 84 * k6S)
-            k7y, k7S, _ = feval(yn, Sn, p, r)
-            ey = h * (71 / 57600 * k1y - 71 / 16695 * k3y + 71 / 1920 * k4y - 17253 / 339200 * k5y
-                      + 22 / 525 * k6y - 1 / 40 * k7y)
-            eS = h * (71 / 57600 * k1S - 71 / 16695 * k3S + 71 / 1920 * k4S - 17253 / 339200 * k5S
-                      + 22 / 525 * k6S - 1 / 40 * k7S)
-            err = error_norm(ey, eS, y, yn, S, Sn, rtol, atol, scale)
+            for i in range(N):
+                zt[i] = z[i] + h * a21 * k1[i]
+            kernel(zt, p, r, k2)
+            for i in range(N):
+                zt[i] = z[i] + h * (a31 * k1[i] + a32 * k2[i])
+            kernel(zt, p, r, k3)
+            for i in range(N):
+                zt[i] = z[i] + h * (a41 * k1[i] + a42 * k2[i] + a43 * k3[i])
+            kernel(zt, p, r, k4)
+            for i in range(N):
+                zt[i] = z[i] + h * (a51 * k1[i] + a52 * k2[i] + a53 * k3[i] + a54 * k4[i])
+            kernel(zt, p, r, k5)
+            for i in range(N):
+                zt[i] = z[i] + h * (a61 * k1[i] + a62 * k2[i] + a63 * k3[i] + a64 * k4[i]
+                                    + a65 * k5[i])
+            kernel(zt, p, r, k6)
+            for i in range(N):
+                zn[i] = z[i] + h * (b1 * k1[i] + b3 * k3[i] + b4 * k4[i] + b5 * k5[i] + b6 * k6[i])
+            kernel(zn, p, r, k7)
+            acc = 0.0
+            for i in range(N):
+                e = h * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i] + e7 * k7[i])
+                if i < n_states:
+                    w = atol + rtol * max(abs(z[i]), abs(zn[i]))
+                    acc += (e / w) ** 2
+                else:
+                    sc = scale[(i - n_states) % n_p]
+                    w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
+                    acc += (sc * e / w) ** 2
+            err = np.sqrt(acc / N)
             counters[0] += 1
             if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
                 t += h
-                y, S = yn, Sn
-                k1y, k1S = k7y, k7S
+                for i in range(N):
+                    z[i] = zn[i]
+                    k1[i] = k7[i]
                 h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-0.2)))
             else:
                 counters[1] += 1
                 h = h * max(0.2, 0.9 * err ** (-0.2))
             if counters[0] > 5_000_000:
-                y = y * np.nan
+                z[:] = np.nan
                 break
-        return y, S, h
+        return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
     @numba.njit(cache=False)
     def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
@@ -334,7 +455,8 @@ class ODESolve(Op):
         self.obs_subject = data.obs_subject
         self.args = _schedule(system, data, self.param_names)
         rhs, jac = system.rhs_function(self.param_names)
-        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac)
+        kernel = _compile_kernel(system.states, dict(system.rhs), self.param_names)
+        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac, kernel)
         self.last_counters = None
 
     def make_node(self, P):
@@ -403,8 +525,8 @@ class ODESystem:
     observe: str
     dose_state: str
     observe_state: str
-    rtol: float = 1e-8
-    atol: float = 1e-10
+    rtol: float = 1e-6
+    atol: float = 1e-8
     method: str = "dopri5"
     optional_parameters: tuple = ("TLAG", "F")
     alternatives = {}
