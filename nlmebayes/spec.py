@@ -293,6 +293,9 @@ class ODE:
     method : {"dopri5", "rosenbrock23"}
         Dormand-Prince 5(4) (explicit, for non-stiff systems) or the L-stable Rosenbrock (2,3)
         pair for stiff ones (fast and slow rates together, e.g. TMDD or a fast binding step).
+    max_steps : int
+        Steps allowed per subject and solve; beyond it the solve returns NaN, which the sampler
+        rejects (this bounds the cost of extreme parameter values met during warm-up).
     """
 
     name: str
@@ -304,6 +307,7 @@ class ODE:
     rtol: float = 1e-6
     atol: float = 1e-8
     method: str = "dopri5"
+    max_steps: int = 100_000
 
     def __post_init__(self):
         if self.method not in ("dopri5", "rosenbrock23"):

@@ -186,7 +186,8 @@ def _compile_kernel(states, rhs, param_names):
     return numba.njit(cache=False, fastmath=False)(namespace["kernel"])
 
 
-def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None, kernel=None):
+def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None, kernel=None,
+                 max_steps: int = 100_000):
     """A numba function integrating all subjects (see the module docstring). ``jac(y, S, p)`` is
     the Jacobian of the state + sensitivity system, needed by the Rosenbrock method."""
     stiff = method == "rosenbrock23"
@@ -245,7 +246,8 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             else:
                 counters[1] += 1
                 h = h * max(0.2, 0.9 * err ** (-1.0 / 3.0))
-            if counters[0] > 5_000_000:
+            counters[2] += 1
+            if counters[2] > max_steps:  # a runaway (stiff or extreme) solve: NaN, rejected
                 z = z * np.nan
                 break
         return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
@@ -324,7 +326,8 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             else:
                 counters[1] += 1
                 h = h * max(0.2, 0.9 * err ** (-0.2))
-            if counters[0] > 5_000_000:
+            counters[2] += 1
+            if counters[2] > max_steps:  # a runaway (stiff or extreme) solve: NaN, rejected
                 z[:] = np.nan
                 break
         return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
@@ -336,8 +339,9 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
         n_obs = obs_t.shape[0]
         A = np.zeros((n_obs, n_states))
         SA = np.zeros((n_obs, n_states, n_p))
-        counters = np.zeros(2, dtype=np.int64)
+        counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this subject
         for s in range(n_sub):
+            counters[2] = 0
             p = P[s].copy()
             o0, o1 = obs_start[s], obs_start[s + 1]
             d0, d1 = dose_start[s], dose_start[s + 1]
@@ -456,7 +460,8 @@ class ODESolve(Op):
         self.args = _schedule(system, data, self.param_names)
         rhs, jac = system.rhs_function(self.param_names)
         kernel = _compile_kernel(system.states, dict(system.rhs), self.param_names)
-        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac, kernel)
+        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac, kernel,
+                                   system.max_steps)
         self.last_counters = None
 
     def make_node(self, P):
@@ -528,6 +533,7 @@ class ODESystem:
     rtol: float = 1e-6
     atol: float = 1e-8
     method: str = "dopri5"
+    max_steps: int = 100_000
     optional_parameters: tuple = ("TLAG", "F")
     alternatives = {}
 
@@ -537,7 +543,7 @@ class ODESystem:
                    rhs=tuple((s, ode.rhs[s]) for s in ode.states), observe=ode.observe,
                    dose_state=ode.dose_state or ode.states[0],
                    observe_state=ode.observe_state or _observed_state(ode),
-                   rtol=ode.rtol, atol=ode.atol, method=ode.method)
+                   rtol=ode.rtol, atol=ode.atol, method=ode.method, max_steps=ode.max_steps)
 
     @property
     def parameters(self) -> tuple[str, ...]:
