@@ -93,17 +93,17 @@ def test_study_level_variance_recovered():
 
 @pytest.mark.sampling
 def test_blq_m3_recovers_what_discarding_biases():
-    """30 subjects sampled to 36 h, LLOQ 0.7 mg/L: ~30% of observations BLQ, mostly late ones."""
+    """30 subjects sampled to 36 h, LLOQ 0.6 mg/L: 20-30% of observations BLQ, mostly late ones."""
     design = _design(30, (1, 4, 8, 12, 24, 36))
     spec = ModelSpec(name="blq", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
                      iiv=IIV(["CL", "V"], sd=[0.3, 0.2]), error=ResidualError("proportional", prop=0.3))
     sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.04]),
                    sigma={"prop": 0.3}, seed=1)
     df = sim.input_frame()
-    blq = (df["AMT"] == 0) & (df["DV"] < 0.7)
-    assert 0.2 < blq.sum() / (df["AMT"] == 0).sum() < 0.35
+    blq = (df["AMT"] == 0) & (df["DV"] < 0.6)
+    assert 0.2 <= blq.sum() / (df["AMT"] == 0).sum() <= 0.3
     df["CENS"] = blq.astype(int)
-    df.loc[blq, "DV"] = 0.7  # DV holds the LLOQ on a CENS=1 record
+    df.loc[blq, "DV"] = 0.6  # DV holds the LLOQ on a CENS=1 record
     data = read_nonmem(df)
     m3 = fit(spec, data, seed=2, **SETTINGS)
     m1 = fit(dataclasses.replace(spec, observations={"blq": "M1"}), data, seed=2, **SETTINGS)
