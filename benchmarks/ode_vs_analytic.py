@@ -46,7 +46,7 @@ def pm_ode_fit(df, draws: int, seed: int) -> float:
     dose = float(df.loc[df["AMT"] > 0, "AMT"].iloc[0])
 
     def rhs(y, t, p):
-        ka, cl, v = p
+        ka, cl, v = p[0], p[1], p[2]
         return [-ka * y[0], ka * y[0] - cl / v * y[1]]
 
     keep = t_obs > 0  # pm.ode integrates from t0 = 0 and reports later times

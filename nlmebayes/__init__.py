@@ -1,11 +1,11 @@
 """nlmebayes: Bayesian nonlinear mixed-effects (population PK/PD) modelling on PyMC."""
 
 from nlmebayes.data import DataError, EventData, read_nonmem
-from nlmebayes.spec import IIV, IOV, Covariate, Level, ModelSpec, Parameter, Prior, ResidualError
+from nlmebayes.spec import IIV, IOV, ODE, Covariate, Level, ModelSpec, Parameter, Prior, ResidualError
 
 __all__ = [
     "DataError", "EventData", "read_nonmem",
-    "IIV", "IOV", "Level", "Covariate", "ModelSpec", "Parameter", "Prior", "ResidualError",
+    "IIV", "IOV", "Level", "ODE", "Covariate", "ModelSpec", "Parameter", "Prior", "ResidualError",
     "build_model", "fit", "map", "FitResult",
 ]
 __version__ = "0.1.0"

@@ -332,6 +332,17 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                 break
         return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
+    step_to = integrate if stiff else integrate_dp
+
+    @numba.njit(cache=False)
+    def rate_of(y, p, r):
+        """``f(y) + r`` from the generated kernel (sensitivity part unused)."""
+        z = np.zeros(N)
+        z[:n_states] = y
+        out = np.empty(N)
+        kernel(z, p, r, out)
+        return out[:n_states].copy()
+
     @numba.njit(cache=False)
     def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
               i_lag, i_f, rtol, atol):
@@ -400,10 +411,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                 if te > t:
                     if h <= 0.0 or h > te - t:
                         h = te - t
-                    if stiff:
-                        y, S, h = integrate(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
-                    else:
-                        y, S, h = integrate_dp(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
+                    y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
                     t = te
                 k = idx[e]
                 if kind[e] == 0:
@@ -413,8 +421,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                 c = dose_state[k]
                 applies = dose_lagf[k]
                 F = p[i_f] if (i_f >= 0 and applies) else 1.0
-                f_before, _, _ = rhs(y, p)
-                f_before = f_before + r
+                f_before = rate_of(y, p, r)
                 if kind[e] == 1:
                     y = y.copy()
                     y[c] += F * dose_amt[k]
@@ -429,8 +436,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                     r[c] -= dose_rate[k]
                     if abs(r[c]) < 1e-12 * dose_rate[k]:
                         r[c] = 0.0
-                f_after, _, _ = rhs(y, p)
-                f_after = f_after + r
+                f_after = rate_of(y, p, r)
                 jump = f_before - f_after
                 if i_lag >= 0 and applies:
                     S = S.copy()
@@ -458,10 +464,7 @@ class ODESolve(Op):
         self.rtol, self.atol = float(rtol), float(atol)
         self.obs_subject = data.obs_subject
         self.args = _schedule(system, data, self.param_names)
-        rhs, jac = system.rhs_function(self.param_names)
-        kernel = _compile_kernel(system.states, dict(system.rhs), self.param_names)
-        self.solver = _make_solver(rhs, self.n_states, self.n_p, system.method, jac, kernel,
-                                   system.max_steps)
+        self.solver = _solver(system, self.param_names)
         self.last_counters = None
 
     def make_node(self, P):
@@ -488,6 +491,23 @@ class ODESolve(Op):
 
     def connection_pattern(self, node):
         return [[True, True]]
+
+
+_SOLVERS: dict = {}
+
+
+def _solver(system, param_names):
+    """The compiled solver for a system, reused by every model built from the same equations
+    (a fit builds the model more than once; numba compiles each new closure afresh)."""
+    key = (system.states, system.rhs, tuple(param_names), system.method, system.max_steps)
+    if key not in _SOLVERS:
+        kernel = _compile_kernel(system.states, dict(system.rhs), param_names)
+        rhs = jac = None
+        if system.method == "rosenbrock23":
+            rhs, jac = system.rhs_function(param_names)
+        _SOLVERS[key] = _make_solver(rhs, len(system.states), len(param_names), system.method,
+                                     jac, kernel, system.max_steps)
+    return _SOLVERS[key]
 
 
 @register_funcify_and_cache_key(ODESolve)
