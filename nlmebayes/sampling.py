@@ -142,7 +142,7 @@ def _add_derived(model: pm.Model, idata: xr.DataTree, chunk: int = 1000) -> None
     mode; draws go through in chunks to bound memory.
     """
     post = idata["posterior"].to_dataset()
-    free = [rv for rv in model.free_RVs]
+    free = list(model.free_RVs)
     dv = model["DV"]
     dets = list(model.deterministics)
     outs = dets + [pm.logp(dv, model.rvs_to_values[dv])]

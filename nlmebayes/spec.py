@@ -155,6 +155,22 @@ class Covariate:
         return parse_condition(self.condition)
 
 
+def _sds(kind: str, parameters: list, sd) -> list[float]:
+    sd = [0.3] * len(parameters) if sd is None else [float(s) for s in sd]
+    if len(sd) != len(parameters):
+        raise ValueError(f"{kind}: give one initial sd per parameter")
+    if any(s <= 0 for s in sd):
+        raise ValueError(f"{kind}: initial sd must be > 0")
+    return sd
+
+
+def _sd_priors(sd_prior: Prior | None, sd: list[float]) -> list[Prior]:
+    """Priors of random-effect SDs: ``sd_prior`` for each, else HalfNormal(max(2 sd, 0.5))."""
+    if sd_prior is not None:
+        return [sd_prior] * len(sd)
+    return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in sd]
+
+
 @dataclass(frozen=True)
 class IIV:
     """Inter-individual variability on a set of parameters.
@@ -182,30 +198,14 @@ class IIV:
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
-        sd = [0.3] * len(self.parameters) if self.sd is None else [float(s) for s in self.sd]
-        if len(sd) != len(self.parameters):
-            raise ValueError("IIV: give one initial sd per parameter")
-        if any(s <= 0 for s in sd):
-            raise ValueError("IIV: initial sd must be > 0")
-        object.__setattr__(self, "sd", sd)
+        object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
         if self.kind not in ("exponential", "additive"):
             raise ValueError(f"IIV kind must be 'exponential' or 'additive', got {self.kind!r}")
         if self.block and len(self.parameters) < 2:
             raise ValueError("a block Omega needs at least two parameters")
 
     def priors(self) -> list[Prior]:
-        if self.sd_prior is not None:
-            return [self.sd_prior] * len(self.sd)
-        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
-
-
-def _sds(kind: str, parameters: list, sd) -> list[float]:
-    sd = [0.3] * len(parameters) if sd is None else [float(s) for s in sd]
-    if len(sd) != len(parameters):
-        raise ValueError(f"{kind}: give one initial sd per parameter")
-    if any(s <= 0 for s in sd):
-        raise ValueError(f"{kind}: initial sd must be > 0")
-    return sd
+        return _sd_priors(self.sd_prior, self.sd)
 
 
 @dataclass(frozen=True)
@@ -233,9 +233,7 @@ class IOV:
         object.__setattr__(self, "sd", _sds("IOV", self.parameters, self.sd))
 
     def priors(self) -> list[Prior]:
-        if self.sd_prior is not None:
-            return [self.sd_prior] * len(self.sd)
-        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
+        return _sd_priors(self.sd_prior, self.sd)
 
 
 @dataclass(frozen=True)
@@ -264,9 +262,7 @@ class Level:
         object.__setattr__(self, "sd", _sds(f"level {self.column}", self.parameters, self.sd))
 
     def priors(self) -> list[Prior]:
-        if self.sd_prior is not None:
-            return [self.sd_prior] * len(self.sd)
-        return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in self.sd]
+        return _sd_priors(self.sd_prior, self.sd)
 
 
 @dataclass(frozen=True)
@@ -488,10 +484,7 @@ class ModelSpec:
         if self.covariates:
             out["covariates"] = [_drop_none({**asdict(c), "prior": c.prior and c.prior.to_dict()})
                                  for c in self.covariates]
-        if self.iiv:
-            out["iiv"] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
-                          for b in self.iiv]
-        for key, blocks in (("iov", self.iov), ("levels", self.levels)):
+        for key, blocks in (("iiv", self.iiv), ("iov", self.iov), ("levels", self.levels)):
             if blocks:
                 out[key] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
                             for b in blocks]
@@ -530,28 +523,21 @@ class ModelSpec:
             if "prior" in c:
                 c["prior"] = Prior.from_dict(c["prior"])
             covs.append(Covariate(**c))
-        iiv = []
-        for b in d.get("iiv", []):
-            b = dict(b)
-            if "sd_prior" in b:
-                b["sd_prior"] = Prior.from_dict(b["sd_prior"])
-            iiv.append(IIV(**b))
-        extra = {}
-        for key, cls_ in (("iov", IOV), ("levels", Level)):
-            blocks = []
+        blocks = {}
+        for key, cls_ in (("iiv", IIV), ("iov", IOV), ("levels", Level)):
+            blocks[key] = []
             for b in d.get(key, []):
                 b = dict(b)
                 if "sd_prior" in b:
                     b["sd_prior"] = Prior.from_dict(b["sd_prior"])
-                blocks.append(cls_(**b))
-            extra[key] = blocks
+                blocks[key].append(cls_(**b))
         err = dict(d.get("error", {"kind": "additive"}))
         structural = d["structural"]
         if isinstance(structural, dict):
             structural = ODE(**structural)
         return cls(name=d["name"], structural=structural, parameters=params, covariates=covs,
-                   iiv=iiv, error=ResidualError(**err), observations=d.get("observations", {}),
-                   description=d.get("description", ""), **extra,
+                   error=ResidualError(**err), observations=d.get("observations", {}),
+                   description=d.get("description", ""), **blocks,
                    flip_flop_guard=bool(d.get("flip_flop_guard", False)))
 
     def to_toml(self, path: str | Path | None = None) -> str:

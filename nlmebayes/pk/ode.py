@@ -232,10 +232,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             F2 = faug(zn, p, r)
             k3 = W @ (F2 - e32 * (k2 - F1) - 2.0 * (k1 - F0))
             e = h / 6.0 * (k1 - 2.0 * k2 + k3)
-            err = error_norm(e[:n_states].copy(), e[n_states:].copy().reshape((n_states, n_p)),
-                             z[:n_states].copy(), zn[:n_states].copy(),
-                             z[n_states:].copy().reshape((n_states, n_p)),
-                             zn[n_states:].copy().reshape((n_states, n_p)), rtol, atol, scale)
+            err = error_norm(e, z, zn, rtol, atol, scale)
             counters[0] += 1
             if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
                 t += h
@@ -253,15 +250,20 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
         return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
     @numba.njit(cache=False)
-    def error_norm(ey, eS, y, yn, S, Sn, rtol, atol, scale):
+    def error_norm(e, z, zn, rtol, atol, scale):
+        """RMS of the local error ``e`` of the flat state + sensitivity vector, each entry
+        weighted by ``atol + rtol * |value|``; sensitivities to p_j are scaled by |p_j| (so they
+        are compared as d amount / d log p_j, in amount units)."""
         acc = 0.0
-        for i in range(n_states):
-            w = atol + rtol * max(abs(y[i]), abs(yn[i]))
-            acc += (ey[i] / w) ** 2
-            for j in range(n_p):
-                wS = atol + rtol * scale[j] * max(abs(S[i, j]), abs(Sn[i, j]))
-                acc += (scale[j] * eS[i, j] / wS) ** 2
-        return np.sqrt(acc / (n_states * (n_p + 1)))
+        for i in range(N):
+            if i < n_states:
+                w = atol + rtol * max(abs(z[i]), abs(zn[i]))
+                acc += (e[i] / w) ** 2
+            else:
+                sc = scale[(i - n_states) % n_p]
+                w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
+                acc += (sc * e[i] / w) ** 2
+        return np.sqrt(acc / N)
 
     a21 = 1 / 5
     a31, a32 = 3 / 40, 9 / 40
@@ -282,7 +284,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
         z[n_states:] = S.ravel()
         k1, k2, k3, k4 = np.empty(N), np.empty(N), np.empty(N), np.empty(N)
         k5, k6, k7 = np.empty(N), np.empty(N), np.empty(N)
-        zt, zn = np.empty(N), np.empty(N)
+        zt, zn, ev = np.empty(N), np.empty(N), np.empty(N)
         kernel(z, p, r, k1)
         while t1 - t > 1e-13 * max(abs(t1), 1.0):
             h = min(h, t1 - t)
@@ -305,17 +307,10 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             for i in range(N):
                 zn[i] = z[i] + h * (b1 * k1[i] + b3 * k3[i] + b4 * k4[i] + b5 * k5[i] + b6 * k6[i])
             kernel(zn, p, r, k7)
-            acc = 0.0
             for i in range(N):
-                e = h * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i] + e7 * k7[i])
-                if i < n_states:
-                    w = atol + rtol * max(abs(z[i]), abs(zn[i]))
-                    acc += (e / w) ** 2
-                else:
-                    sc = scale[(i - n_states) % n_p]
-                    w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
-                    acc += (sc * e / w) ** 2
-            err = np.sqrt(acc / N)
+                ev[i] = h * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i]
+                             + e7 * k7[i])
+            err = error_norm(ev, z, zn, rtol, atol, scale)
             counters[0] += 1
             if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
                 t += h
@@ -465,16 +460,14 @@ class ODESolve(Op):
         self.obs_subject = data.obs_subject
         self.args = _schedule(system, data, self.param_names)
         self.solver = _solver(system, self.param_names)
-        self.last_counters = None
 
     def make_node(self, P):
         P = pt.as_tensor_variable(P)
         return Apply(self, [P], [pt.dmatrix(), pt.dtensor3()])
 
     def perform(self, node, inputs, outputs):
-        A, S, counters = self.solver(np.asarray(inputs[0], dtype=float), *self.args,
+        A, S, _ = self.solver(np.asarray(inputs[0], dtype=float), *self.args,
                                      self.rtol, self.atol)
-        self.last_counters = counters
         outputs[0][0] = A
         outputs[1][0] = S
 
