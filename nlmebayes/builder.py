@@ -110,7 +110,7 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
             raise DataError(f"covariate {c.covariate} is not numeric; use kind='categorical' or an "
                             f"indicator condition", source=data.source, column=c.covariate)
 
-    if spec.error.kind == "exponential" and np.any(data.obs_dv <= 0):
+    if spec.log_scale_error and np.any(data.obs_dv <= 0):
         j = int(np.flatnonzero(data.obs_dv <= 0)[0])
         raise DataError(f"exponential (log) residual error needs DV > 0, got {data.obs_dv[j]:g}",
                         source=data.source, row=int(data.obs_row[j]), column="DV")
@@ -212,30 +212,44 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
 
         ipred = det("ipred", struct.concentration(data, params, index=index), dims="obs")
 
-        err = spec.error
-        sig = {k: _rv(f"sigma_{k}", err.prior(k)) for k in err.sigma_names}
+        sig = {name: _rv(f"sigma_{name}", e.prior(kind)) for name, _, kind, e in spec.sigma_terms}
         nu = None
-        if err.distribution == "student_t":
-            nu = pt.as_tensor_variable(err.nu) if err.nu is not None else _rv("nu", err.prior("nu"))
         dv, limit = data.obs_dv, data.obs_limit
-        if err.kind == "exponential":
-            # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
-            mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
-            with np.errstate(divide="ignore"):
-                dv, limit = np.log(dv), np.log(limit)
-        elif err.kind == "additive":
-            mu, sd = ipred, sig["add"]  # scalar SD
-        else:
-            f = pt.abs(ipred)
-            sd = {"proportional": lambda: sig["prop"] * f,
-                  "combined": lambda: pt.sqrt(sig["add"] ** 2 + (sig["prop"] * f) ** 2),
-                  "combined_sd": lambda: sig["add"] + sig["prop"] * f}[err.kind]()
-            # A zero prediction (before the first dose) with proportional error has no spread:
-            # floor it so the density stays finite.
+        if isinstance(spec.error, dict):
+            # one output per DVID, each with its own error model (normal, not log-scale)
+            outputs = data.obs_output
+            sd = pt.zeros_like(ipred)
+            for out, e in spec.errors.items():
+                sd_k = _residual_sd(e.kind, {k: sig[f"{out}_{k}"] for k in e.sigma_names}, ipred)
+                sd = pt.switch(outputs == out, sd_k, sd)
             mu, sd = ipred, pt.maximum(sd, 1e-8)
+        else:
+            err = spec.error
+            if err.distribution == "student_t":
+                nu = pt.as_tensor_variable(err.nu) if err.nu is not None else _rv("nu", err.prior("nu"))
+            if err.kind == "exponential":
+                # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
+                mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
+                with np.errstate(divide="ignore"):
+                    dv, limit = np.log(dv), np.log(limit)
+            elif err.kind == "additive":
+                mu, sd = ipred, sig["add"]  # scalar SD
+            else:
+                # A zero prediction (before the first dose) with proportional error has no
+                # spread: floor it so the density stays finite.
+                mu, sd = ipred, pt.maximum(_residual_sd(err.kind, sig, ipred), 1e-8)
         _likelihood(mu, sd, nu, dv, data.obs_cens, limit)
     model.nlme_data = data  # the data the graph was built for (after observation selection)
     return model
+
+
+def _residual_sd(kind: str, sig: dict, ipred):
+    """Residual SD of an additive/proportional/combined error (``sig`` by kind: add, prop)."""
+    f = pt.abs(ipred)
+    return {"additive": lambda: sig["add"] * pt.ones_like(f),
+            "proportional": lambda: sig["prop"] * f,
+            "combined": lambda: pt.sqrt(sig["add"] ** 2 + (sig["prop"] * f) ** 2),
+            "combined_sd": lambda: sig["add"] + sig["prop"] * f}[kind]()
 
 
 def _residual_dist(mu, sd, nu):

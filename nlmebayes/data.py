@@ -160,6 +160,12 @@ class EventData:
     def n_records(self) -> int:
         return len(self.records)
 
+    @property
+    def obs_output(self) -> np.ndarray:
+        """Each observation's DVID as text ("1" for 1.0), the name of the model output it
+        belongs to."""
+        return np.array([_dvid_label(v) for v in self.obs_dvid], dtype=object)
+
     # -------------------------------------------------------------- covariates
     def subject_covariates(self, names: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
         """Time-constant covariates, one row per subject (index: ID, in data order).
@@ -684,3 +690,9 @@ def check_compartments(data: EventData, dose_cmts: dict[int, str], obs_cmts: dic
                 f"unknown {kind} compartment CMT={cm[i]:g} for model {model}; expected one of "
                 + ", ".join(f"{k} ({v})" for k, v in allowed.items()),
                 source=data.source, row=int(r["_ROW"]), line=_line(r), column="CMT")
+
+
+def _dvid_label(v) -> str:
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)

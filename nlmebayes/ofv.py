@@ -84,7 +84,7 @@ class PopulationValues:
             if c.name not in self.thetas:
                 raise ValueError(f"give a value for covariate effect {c.name}")
             out[c.name] = np.asarray(self.thetas[c.name], dtype=float)
-        for k in spec.error.sigma_names:
+        for k in spec.sigma_names:
             if k not in self.sigma:
                 raise ValueError(f"give the residual SD sigma[{k!r}]")
             out[f"sigma_{k}"] = float(self.sigma[k])
@@ -114,7 +114,7 @@ class PopulationValues:
         typical = {p.name: float(summ(draws(f"{p.name}_pop"))) for p in spec.parameters if not p.fixed}
         typical.update({p.name: p.initial for p in spec.parameters if p.fixed})
         thetas = {c.name: summ(draws(c.name)) for c in spec.covariates if not c.fixed}
-        sigma = {k: float(summ(draws(f"sigma_{k}"))) for k in spec.error.sigma_names}
+        sigma = {k: float(summ(draws(f"sigma_{k}"))) for k in spec.sigma_names}
         omega = None
         if spec.iiv:
             omega = summ(omega_draws(posterior, spec))
@@ -141,7 +141,7 @@ def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
         return "inter-occasion variability (kappas would be integrated per occasion)"
     if spec.levels:
         return "random effects above the subject"
-    if spec.error.distribution != "normal":
+    if spec.residual_distribution != "normal":
         return "Student-t residuals"
     if data is not None and data.obs_cens is not None and spec.observations.get("blq", "M3") == "M3" \
             and np.any(data.obs_cens != 0):
@@ -163,7 +163,7 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
             n_theta += 1
     n_omega = sum(len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters)
                   for b in spec.iiv)
-    n_sigma = len(spec.error.sigma_names)
+    n_sigma = len(spec.sigma_names)
     return {"theta": n_theta, "omega": n_omega, "sigma": n_sigma, "total": n_theta + n_omega + n_sigma}
 
 

@@ -99,12 +99,13 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
             rows.append(_row(f"var_{lvl.column}({p})", "omega",
                              f"variance between {lvl.column} groups", sd**2, ci))
             rows.append(_row(f"sd_{lvl.column}({p})", "omega", f"SD between {lvl.column} groups", sd, ci))
-    if spec.error.distribution == "student_t" and "nu" in post:
+    if spec.residual_distribution == "student_t" and "nu" in post:
         rows.append(_row("nu", "sigma", "Student-t degrees of freedom", post["nu"], ci))
-    for s in spec.error.sigma_names:
+    for s, out, kind, _ in spec.sigma_terms:
         da = post[f"sigma_{s}"]
-        unit = {"add": "DV units", "prop": "fraction of IPRED", "exp": "log scale"}[s]
-        rows.append(_row(f"sigma_{s}", "sigma", f"residual SD ({unit})", da, ci))
+        unit = {"add": "DV units", "prop": "fraction of IPRED", "exp": "log scale"}[kind]
+        rows.append(_row(f"sigma_{s}", "sigma", f"residual SD ({unit})" + (f", {out}" if out else ""),
+                         da, ci))
         rows.append(_row(f"sigma2_{s}", "sigma", "residual variance (NONMEM SIGMA)", da**2, ci))
     return pd.DataFrame(rows)
 
@@ -192,8 +193,10 @@ def report(result, ci: float = 0.95) -> str:
     d = diagnostics(result)
     attrs = result.idata.attrs
     lines = [
-        f"Model {spec.name}: {spec.structural}, "
-        f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, {spec.error.kind} residual error",
+        f"Model {spec.name}: {getattr(spec.structural, 'name', spec.structural)}, "
+        f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, "
+        + ", ".join(f"{e.kind}{f' ({o})' if o else ''}" for o, e in spec.errors.items())
+        + " residual error",
         f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, "
         f"{data.n_doses} doses",
         f"NUTS ({attrs.get('nlmebayes_sampler', '?')}): {d['chains']} chains x {d['draws']} draws"

@@ -95,5 +95,5 @@ def residuals(marginal: Marginal, conditional: ConditionalModel, *, n_sim: int =
          "npde": ("obs", ndtri(pde))},
         coords={"obs": np.arange(data.n_obs)})
     ds.attrs.update(n_sim=n_sim, seed=-1 if seed is None else int(seed),
-                    scale="log" if cm.spec.error.kind == "exponential" else "DV")
+                    scale="log" if cm.spec.log_scale_error else "DV")
     return ds

@@ -87,7 +87,7 @@ def simulate(
         raise ValueError(f"give values for {missing}")
     with pm.do(model, values) as m:
         ipred, dv = pm.draw([m["ipred"], m["DV"]], random_seed=rng)
-    if spec.error.kind == "exponential":
+    if spec.log_scale_error:
         dv = np.exp(dv)
     df = data.input_frame()
     df.loc[data.records["_IS_OBS"].to_numpy(), "DV"] = dv

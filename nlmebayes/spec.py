@@ -278,12 +278,19 @@ class ODE:
         ``d state / dt`` as an expression of states and parameters (``+ - * / **``,
         exp/log/sqrt/abs), e.g. ``"KA * depot - CL / V * central"``. Doses are added by the
         solver; any other name is a structural parameter.
-    observe : str
-        The observed quantity, e.g. ``"central / V"``.
+    observe : str or dict
+        The observed quantity, e.g. ``"central / V"``; or several outputs by observation type,
+        ``{"cp": "central / V", "pca": "effect"}``, each observation taking the output named
+        by its DVID (give each output its residual error: ``ModelSpec.error`` as a dict).
+    initial : dict state -> str, optional
+        Amounts at the start of each subject's records (and after a reset, EVID 3/4) as
+        expressions of parameters, e.g. ``{"effect": "E0"}`` for a turnover response at its
+        baseline; states not named start at 0 (NONMEM's ``A_0``).
     dose_state : str, optional
         Where TLAG and F act (default: the first state).
     observe_state : str, optional
-        The compartment observations come from (default: the state ``observe`` uses).
+        The compartment observations come from (default: the state ``observe`` uses; with
+        several outputs observations may carry any state's CMT).
     rtol, atol : float
         Integrator tolerances; ``atol`` is relative to the subject's largest dose.
     method : {"dopri5", "rosenbrock23"}
@@ -297,9 +304,10 @@ class ODE:
     name: str
     states: list[str]
     rhs: dict
-    observe: str
+    observe: str | dict
     dose_state: str | None = None
     observe_state: str | None = None
+    initial: dict = field(default_factory=dict)
     rtol: float = 1e-6
     atol: float = 1e-8
     method: str = "dopri5"
@@ -310,12 +318,25 @@ class ODE:
             raise ValueError(f"ODE method must be 'dopri5' or 'rosenbrock23', got {self.method!r}")
         object.__setattr__(self, "states", list(self.states))
         object.__setattr__(self, "rhs", dict(self.rhs))
+        object.__setattr__(self, "initial", dict(self.initial))
+        if isinstance(self.observe, dict):
+            if not self.observe:
+                raise ValueError(f"ODE {self.name}: observe needs at least one output")
+            object.__setattr__(self, "observe", {str(k): v for k, v in self.observe.items()})
+        unknown = set(self.initial) - set(self.states)
+        if unknown:
+            raise ValueError(f"ODE {self.name}: initial amounts for unknown states {sorted(unknown)}")
         if set(self.rhs) != set(self.states):
             raise ValueError(f"ODE {self.name}: give one right-hand side per state; states "
                              f"{self.states}, right-hand sides for {sorted(self.rhs)}")
         for s in (self.dose_state, self.observe_state):
             if s is not None and s not in self.states:
                 raise ValueError(f"ODE {self.name}: unknown state {s!r}")
+
+    @property
+    def outputs(self) -> dict[str | None, str]:
+        """Output name (DVID) -> expression; ``{None: observe}`` for a single output."""
+        return dict(self.observe) if isinstance(self.observe, dict) else {None: self.observe}
 
 
 _ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
@@ -380,7 +401,9 @@ class ModelSpec:
         ``{"CL": 2.7, ...}`` (initial typical values) or a list of :class:`Parameter`.
     covariates : list of Covariate
     iiv : IIV or list of IIV
-    error : ResidualError
+    error : ResidualError or dict
+        The residual error; for an ODE with several outputs, one per output:
+        ``{"cp": ResidualError("proportional"), "pca": ResidualError("additive")}``.
     observations : dict
         Which observations the model describes, e.g. ``{"dvid": "cp"}``; ``"blq": "M1"``
         discards censored observations (CENS column) instead of the default M3 likelihood.
@@ -400,7 +423,7 @@ class ModelSpec:
     parameters: dict | list
     covariates: list = field(default_factory=list)
     iiv: IIV | list | None = None
-    error: ResidualError = field(default_factory=ResidualError)
+    error: ResidualError | dict = field(default_factory=ResidualError)
     observations: dict = field(default_factory=dict)
     description: str = ""
     iov: IOV | list | None = None
@@ -420,6 +443,7 @@ class ModelSpec:
                   [self.levels] if isinstance(self.levels, Level) else list(self.levels))
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "covariates", list(self.covariates))
+        self._check_errors()
         names = self.parameter_names
         if len(set(names)) != len(names):
             raise ValueError(f"duplicated parameter names in {names}")
@@ -446,7 +470,53 @@ class ModelSpec:
         if self.flip_flop_guard and "KA" not in names:
             raise ValueError("flip_flop_guard needs a first-order absorption model (parameter KA)")
 
+    def _check_errors(self):
+        err = self.error
+        outputs = (list(self.structural.outputs) if isinstance(self.structural, ODE) else [None])
+        if isinstance(err, dict):
+            err = {str(k): v if isinstance(v, ResidualError) else ResidualError(**v)
+                   for k, v in err.items()}
+            object.__setattr__(self, "error", err)
+            if sorted(err) != sorted(o for o in outputs if o is not None):
+                raise ValueError(f"model {self.name}: one residual error per output; outputs "
+                                 f"{[o for o in outputs if o is not None] or 'one (observe is a string)'}, "
+                                 f"errors for {sorted(err)}")
+            for k, e in err.items():
+                # One Gaussian likelihood over all outputs keeps the marginal likelihood,
+                # residuals and simulation as they are for one output.
+                if e.distribution != "normal" or e.kind == "exponential":
+                    raise ValueError(f"model {self.name}: output {k}: several outputs support "
+                                     f"normal additive/proportional/combined errors only")
+        elif outputs != [None]:
+            raise ValueError(f"model {self.name}: the ODE has outputs {outputs}; give error as a "
+                             f"dict with one ResidualError per output")
+
     # ---------------------------------------------------------------- queries
+    @property
+    def errors(self) -> dict:
+        """Output name (DVID) -> :class:`ResidualError`; ``{None: error}`` for one output."""
+        return dict(self.error) if isinstance(self.error, dict) else {None: self.error}
+
+    @property
+    def sigma_terms(self) -> list[tuple[str, str | None, str, ResidualError]]:
+        """``(name, output, kind, error)`` per residual SD: the variable is ``sigma_<name>``,
+        ``name`` being the kind (``add``, ``prop``, ``exp``) or ``<output>_<kind>``."""
+        return [(k if out is None else f"{out}_{k}", out, k, e)
+                for out, e in self.errors.items() for k in e.sigma_names]
+
+    @property
+    def sigma_names(self) -> tuple[str, ...]:
+        return tuple(t[0] for t in self.sigma_terms)
+
+    @property
+    def log_scale_error(self) -> bool:
+        """Exponential (log-DV) residual error: residuals live on the log scale."""
+        return not isinstance(self.error, dict) and self.error.kind == "exponential"
+
+    @property
+    def residual_distribution(self) -> str:
+        return "normal" if isinstance(self.error, dict) else self.error.distribution
+
     @property
     def parameter_names(self) -> list[str]:
         return [p.name for p in self.parameters]
@@ -490,15 +560,8 @@ class ModelSpec:
                             for b in blocks]
         if self.flip_flop_guard:
             out["flip_flop_guard"] = True
-        err = _drop_none({"kind": self.error.kind,
-                          **{k: getattr(self.error, k) for k in self.error.sigma_names}})
-        if self.error.distribution != "normal":
-            err["distribution"] = self.error.distribution
-            if self.error.nu is not None:
-                err["nu"] = self.error.nu
-        if self.error.priors:
-            err["priors"] = {k: v.to_dict() for k, v in self.error.priors.items()}
-        out["error"] = err
+        out["error"] = ({k: _error_dict(e) for k, e in self.error.items()}
+                        if isinstance(self.error, dict) else _error_dict(self.error))
         if self.observations:
             out["observations"] = dict(self.observations)
         return out
@@ -532,11 +595,14 @@ class ModelSpec:
                     b["sd_prior"] = Prior.from_dict(b["sd_prior"])
                 blocks[key].append(cls_(**b))
         err = dict(d.get("error", {"kind": "additive"}))
+        # one error ({"kind": ...}) or one per output ({"cp": {"kind": ...}, ...})
+        err = (ResidualError(**err) if "kind" in err else
+               {k: ResidualError(**v) for k, v in err.items()})
         structural = d["structural"]
         if isinstance(structural, dict):
             structural = ODE(**structural)
         return cls(name=d["name"], structural=structural, parameters=params, covariates=covs,
-                   error=ResidualError(**err), observations=d.get("observations", {}),
+                   error=err, observations=d.get("observations", {}),
                    description=d.get("description", ""), **blocks,
                    flip_flop_guard=bool(d.get("flip_flop_guard", False)))
 
@@ -558,6 +624,17 @@ class ModelSpec:
         else:
             text = source
         return cls.from_dict(tomllib.loads(text))
+
+
+def _error_dict(e: ResidualError) -> dict:
+    err = _drop_none({"kind": e.kind, **{k: getattr(e, k) for k in e.sigma_names}})
+    if e.distribution != "normal":
+        err["distribution"] = e.distribution
+        if e.nu is not None:
+            err["nu"] = e.nu
+    if e.priors:
+        err["priors"] = {k: v.to_dict() for k, v in e.priors.items()}
+    return err
 
 
 def _drop_none(d: dict) -> dict:

@@ -179,15 +179,35 @@ def _kernel_source(states, rhs, param_names) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _compile_kernel(states, rhs, param_names):
+def _initial_source(states, initial, param_names) -> str:
+    """Python source of ``init(p, y, S)``: the initial amounts ``y0(p)`` and their
+    sensitivities ``dy0/dp`` written into zeroed ``y`` and ``S``."""
+    lines = ["def init(p, y, S):"]
+    lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    for i, s in enumerate(states):
+        if s not in initial:
+            continue
+        tree = ast.parse(initial[s], mode="eval").body
+        lines.append(f"    y[{i}] = {ast.unparse(tree)}")
+        for j, q in enumerate(param_names):
+            e = _d(tree, q)
+            if e is not None:
+                lines.append(f"    S[{i}, {j}] = {ast.unparse(e)}")
+    return "\n".join(lines + ["    return"]) + "\n"
+
+
+def _njit_source(source: str, name: str):
     namespace = {"np": np}
-    exec(compile(_kernel_source(states, rhs, param_names), "<nlmebayes ode kernel>", "exec"),
-         namespace)
-    return numba.njit(cache=False, fastmath=False)(namespace["kernel"])
+    exec(compile(source, f"<nlmebayes ode {name}>", "exec"), namespace)
+    return numba.njit(cache=False, fastmath=False)(namespace[name])
+
+
+def _compile_kernel(states, rhs, param_names):
+    return _njit_source(_kernel_source(states, rhs, param_names), "kernel")
 
 
 def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None, kernel=None,
-                 max_steps: int = 100_000):
+                 max_steps: int = 100_000, init=None):
     """A numba function integrating all subjects (see the module docstring). ``jac(y, S, p)`` is
     the Jacobian of the state + sensitivity system, needed by the Rosenbrock method."""
     stiff = method == "rosenbrock23"
@@ -349,23 +369,29 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
 
     @numba.njit(cache=False)
     def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
-              i_lag, i_f, rtol, atol):
-        n_sub = P.shape[0]
+              seg_subject, seg_t0, i_lag, i_f, rtol, atol):
+        """Each reset segment (a subject's records up to a reset, EVID 3/4) starts from the
+        initial amounts at its first record's time, with its subject's parameters."""
         n_obs = obs_t.shape[0]
         A = np.zeros((n_obs, n_states))
         SA = np.zeros((n_obs, n_states, n_p))
-        counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this subject
-        for s in range(n_sub):
+        counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this segment
+        for g in range(seg_subject.shape[0]):
             counters[2] = 0
-            p = P[s].copy()
-            o0, o1 = obs_start[s], obs_start[s + 1]
-            d0, d1 = dose_start[s], dose_start[s + 1]
+            p = P[seg_subject[g]].copy()
+            o0, o1 = obs_start[g], obs_start[g + 1]
+            d0, d1 = dose_start[g], dose_start[g + 1]
             if o1 == o0:
                 continue
             scale = np.abs(p) + 1e-12
+            y = np.zeros(n_states)
+            S = np.zeros((n_states, n_p))
+            init(p, y, S)
             amax = 1e-300
             for k in range(d0, d1):
                 amax = max(amax, abs(dose_amt[k]))
+            for i in range(n_states):
+                amax = max(amax, abs(y[i]))
             a_tol = atol * amax
             # events: time, priority (doses 0 before infusion ends 1 before observations 2), kind, index
             n_ev = (o1 - o0) + 2 * (d1 - d0)
@@ -404,10 +430,8 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                     order[b - 1] = order[b]
                     order[b] = tmp
                     b -= 1
-            y = np.zeros(n_states)
-            S = np.zeros((n_states, n_p))
             r = np.zeros(n_states)
-            t = et[order[0]]
+            t = seg_t0[g]
             h = 1e-3
             for q in range(m):
                 e = order[q]
@@ -501,44 +525,59 @@ _SOLVERS: dict = {}
 def _solver(system, param_names):
     """The compiled solver for a system, reused by every model built from the same equations
     (a fit builds the model more than once; numba compiles each new closure afresh)."""
-    key = (system.states, system.rhs, tuple(param_names), system.method, system.max_steps)
+    key = (system.states, system.rhs, system.initial, tuple(param_names), system.method,
+           system.max_steps)
     if key not in _SOLVERS:
         kernel = _compile_kernel(system.states, dict(system.rhs), param_names)
+        init = _njit_source(_initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
             rhs, jac = system.rhs_function(param_names)
         _SOLVERS[key] = _make_solver(rhs, len(system.states), len(param_names), system.method,
-                                     jac, kernel, system.max_steps)
+                                     jac, kernel, system.max_steps, init)
     return _SOLVERS[key]
 
 
 @register_funcify_and_cache_key(ODESolve)
 def _numba_ode_solve(op, node, **kwargs):
     solver, args, rtol, atol = op.solver, op.args, op.rtol, op.atol
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = args
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11 = args
 
     @numba_njit
     def ode_solve(P):
-        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, rtol, atol)
+        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, rtol, atol)
         return A, S
 
     return ode_solve, None
 
 
 def _schedule(system, data: EventData, param_names):
-    """Flat per-subject arrays for the solver."""
-    n_sub = data.n_subjects
-    obs_start = np.searchsorted(data.obs_subject, np.arange(n_sub + 1))
-    dose_start = np.searchsorted(data.dose_subject, np.arange(n_sub + 1))
-    cmt = data.dose_cmt.copy()
+    """Flat per-segment arrays for the solver: a segment is a subject's run of records between
+    resets (EVID 3/4), numbered in record order; doses are sorted by (segment, time)."""
+    rec = data.records
+    seg_ids, first = np.unique(rec["_SEG"].to_numpy(), return_index=True)
+    seg_of_row = dict(zip(rec["_ROW"].to_numpy().tolist(),
+                          np.searchsorted(seg_ids, rec["_SEG"].to_numpy()).tolist(), strict=True))
+    seg_subject = rec["_SUBJ"].to_numpy()[first].astype(np.int64)
+    seg_t0 = rec["TIME"].to_numpy()[first].astype(float)
+    obs_seg = np.array([seg_of_row[r] for r in data.obs_row.tolist()], dtype=np.int64)
+    dose_seg = np.array([seg_of_row[r] for r in data.dose_row.tolist()], dtype=np.int64)
+    if np.any(np.diff(obs_seg) < 0):  # observations are kept in record order
+        raise AssertionError("observations out of segment order")
+    order = np.lexsort((np.arange(data.n_doses), data.dose_time, dose_seg))
+    n_seg = len(seg_ids)
+    obs_start = np.searchsorted(obs_seg, np.arange(n_seg + 1))
+    dose_start = np.searchsorted(dose_seg[order], np.arange(n_seg + 1))
+    cmt = data.dose_cmt[order]
     dose_state_idx = system.states.index(system.dose_state)
     state = np.where(cmt == 0, dose_state_idx, cmt - 1).astype(np.int64)
     lagf = state == dose_state_idx
     i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
     i_f = param_names.index("F") if "F" in param_names else -1
-    return (data.obs_time.astype(float), obs_start.astype(np.int64), data.dose_time.astype(float),
-            data.dose_amt.astype(float), data.dose_rate.astype(float), state, lagf,
-            dose_start.astype(np.int64), np.int64(i_lag), np.int64(i_f))
+    return (data.obs_time.astype(float), obs_start.astype(np.int64),
+            data.dose_time[order].astype(float), data.dose_amt[order].astype(float),
+            data.dose_rate[order].astype(float), state, lagf, dose_start.astype(np.int64),
+            seg_subject, seg_t0, np.int64(i_lag), np.int64(i_f))
 
 
 @dataclass(frozen=True)
@@ -549,9 +588,10 @@ class ODESystem:
     name: str
     states: tuple
     rhs: tuple  # ((state, expression), ...) in state order
-    observe: str
+    outputs: tuple  # ((output name or None, expression), ...)
     dose_state: str
-    observe_state: str
+    observe_state: str | None
+    initial: tuple = ()  # ((state, expression of parameters), ...)
     rtol: float = 1e-6
     atol: float = 1e-8
     method: str = "dopri5"
@@ -561,15 +601,24 @@ class ODESystem:
 
     @classmethod
     def from_spec(cls, ode) -> ODESystem:
-        return cls(name=ode.name, states=tuple(ode.states),
-                   rhs=tuple((s, ode.rhs[s]) for s in ode.states), observe=ode.observe,
-                   dose_state=ode.dose_state or ode.states[0],
-                   observe_state=ode.observe_state or _observed_state(ode),
-                   rtol=ode.rtol, atol=ode.atol, method=ode.method, max_steps=ode.max_steps)
+        outputs = tuple(ode.outputs.items())
+        observe_state = ode.observe_state or (_observed_state(ode) if len(outputs) == 1 else None)
+        system = cls(name=ode.name, states=tuple(ode.states),
+                     rhs=tuple((s, ode.rhs[s]) for s in ode.states), outputs=outputs,
+                     dose_state=ode.dose_state or ode.states[0], observe_state=observe_state,
+                     initial=tuple((s, ode.initial[s]) for s in ode.states if s in ode.initial),
+                     rtol=ode.rtol, atol=ode.atol, method=ode.method, max_steps=ode.max_steps)
+        for s, e in system.initial:
+            used = expression_names(e) & set(system.states)
+            if used:
+                raise ValueError(f"ODE {ode.name}: the initial amount of {s} may use parameters "
+                                 f"only, not states {sorted(used)}")
+        return system
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        names = set().union(*(expression_names(e) for _, e in self.rhs), expression_names(self.observe))
+        exprs = [e for _, e in self.rhs] + [e for _, e in self.outputs] + [e for _, e in self.initial]
+        names = set().union(*(expression_names(e) for e in exprs))
         return tuple(sorted(names - set(self.states)))
 
     def check_parameters(self, names) -> None:
@@ -583,18 +632,26 @@ class ODESystem:
 
     def check(self, data: EventData) -> None:
         dose = {i + 1: s for i, s in enumerate(self.states)}
-        obs = {self.states.index(self.observe_state) + 1: self.observe_state}
+        obs = ({self.states.index(self.observe_state) + 1: self.observe_state}
+               if self.observe_state is not None else dose)
         check_compartments(data, dose, obs, self.name)
         rec = data.records
         for col, bad, what in (
                 ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0), "steady-state doses"),
-                ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations"),
-                ("EVID", rec["EVID"].isin([3, 4]) if "EVID" in rec else rec["ID"] != rec["ID"],
-                 "reset events")):
+                ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations")):
             if bad.any():
                 r = rec[bad].iloc[0]
                 raise DataError(f"the ODE path does not support {what} yet ({self.name})",
                                 source=data.source, row=int(r["_ROW"]), column=col)
+        names = [o for o, _ in self.outputs]
+        if names != [None]:
+            labels = data.obs_output
+            bad = ~np.isin(labels, names)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise DataError(f"observation of DVID {labels[j]!r}, but model {self.name} has "
+                                f"outputs {names}", source=data.source, row=int(data.obs_row[j]),
+                                column="DVID")
 
     def rhs_function(self, param_names):
         """numba functions ``(y, p) -> (f, df/dy, df/dp)`` and, for the Rosenbrock method, the
@@ -631,13 +688,25 @@ class ODESystem:
         P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_sub) for n in names], axis=1)
         op = ODESolve(self, data, names, self.rtol, self.atol)
         A, _ = op(P)
-        sym = {s: A[:, i] for i, s in enumerate(self.states)}
-        sym.update({n: P[:, i][data.obs_subject] for i, n in enumerate(names)})
-        return parse_expression(self.observe, sym) * pt.ones(data.n_obs)
+
+        def output(expr, rows):
+            sym = {s: A[rows, i] for i, s in enumerate(self.states)}
+            sym.update({n: P[:, i][data.obs_subject[rows]] for i, n in enumerate(names)})
+            return parse_expression(expr, sym) * pt.ones(len(rows))
+
+        if len(self.outputs) == 1:
+            return output(self.outputs[0][1], np.arange(data.n_obs))
+        labels = data.obs_output
+        out = pt.zeros(data.n_obs)
+        for name, expr in self.outputs:
+            rows = np.flatnonzero(labels == name)
+            if len(rows):
+                out = pt.set_subtensor(out[rows], output(expr, rows))
+        return out
 
 
 def _observed_state(ode) -> str:
-    used = [s for s in ode.states if s in expression_names(ode.observe)]
+    used = [s for s in ode.states if s in expression_names(ode.outputs[None])]
     if len(used) != 1:
         raise ValueError(f"ODE {ode.name}: give observe_state (observe uses states {used})")
     return used[0]
