@@ -16,8 +16,10 @@ MODEL_DIR = MODELS[0].parent
 
 def test_michaelis_menten_population_recovery():
     """30 simulated subjects given 25, 100 or 400 mg, so that concentrations span KM (C0 from
-    ~0.8 to ~13 mg/L against KM = 2): every population parameter's 90% interval must hold the
-    truth. The data set is checked to be a fair draw (realised eta SDs within 2 SE)."""
+    ~0.8 to ~13 mg/L against KM = 2): the population parameters' 90% intervals hold the truth
+    as calibrated intervals do (at most 2 of the 8 outside, none outside its 99% interval).
+    The data set is checked to be a fair draw (realised eta SDs within 2 SE); the coverage
+    over many data sets is measured by benchmarks/ode_mm_coverage.py."""
     spec = ModelSpec.from_toml(MODEL_DIR / "mm_1cpt_oral_ode.toml")
     rows = []
     for i in range(1, 31):
@@ -37,9 +39,17 @@ def test_michaelis_menten_population_recovery():
     r = (sim.obs_dv - ipred) / np.sqrt(0.05**2 + (0.1 * ipred) ** 2)
     assert abs(r.std() - 1) < 2 / np.sqrt(2 * len(r))
     res = fit(spec, sim, draws=500, tune=500, chains=2, seed=5, diagnostics=False)
-    tab = res.parameter_table(ci=0.90).set_index("parameter")
     expect = truth | {"omega(VMAX)": 0.3, "omega(V)": 0.2, "sigma_prop": 0.1, "sigma_add": 0.05}
-    missed = {k: (v, tab.loc[k, "lower"], tab.loc[k, "upper"]) for k, v in expect.items()
-              if not tab.loc[k, "lower"] < v < tab.loc[k, "upper"]}
-    assert not missed, missed
+
+    def missed(ci):
+        tab = res.parameter_table(ci=ci).set_index("parameter")
+        return {k: (v, tab.loc[k, "lower"], tab.loc[k, "upper"]) for k, v in expect.items()
+                if not tab.loc[k, "lower"] < v < tab.loc[k, "upper"]}
+
+    # Calibrated 90% intervals miss each truth 10% of the time, so one data set with all eight
+    # inside happens only ~0.9^8 = 43% of the time: asserting that would test the seed. The
+    # number missed is ~Binomial(8, 0.1), P(<= 2) = 0.96; and no truth may be outside the 99%
+    # interval (P(any of 8) ~ 8%, but a bias of a few posterior SDs lands there at once).
+    assert len(missed(0.90)) <= 2, missed(0.90)
+    assert not missed(0.99), missed(0.99)
     assert int(res.idata["sample_stats"]["diverging"].sum()) < 5

@@ -285,6 +285,13 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                 acc += (sc * e[i] / w) ** 2
         return np.sqrt(acc / N)
 
+    @numba.njit(cache=False)
+    def record(k, z, A, SA):
+        for i in range(n_states):
+            A[k, i] = z[i]
+            for j in range(n_p):
+                SA[k, i, j] = z[n_states + i * n_p + j]
+
     a21 = 1 / 5
     a31, a32 = 3 / 40, 9 / 40
     a41, a42, a43 = 44 / 45, -56 / 15, 32 / 9
@@ -293,11 +300,16 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
     b1, b3, b4, b5, b6 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
     e1, e3, e4, e5, e6, e7 = (71 / 57600, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525,
                               -1 / 40)
+    d1, d3, d4 = -12715105075 / 11282082432, 87487479700 / 32700410799, -10690763975 / 1880347072
+    d5, d6, d7 = 701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423
 
     @numba.njit(cache=False)
-    def integrate_dp(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
+    def integrate_dp(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
         """Dormand-Prince 5(4) on the state + sensitivity system (non-stiff), allocation-free
-        inside the step loop: the generated kernel writes into preallocated stage buffers."""
+        inside the step loop: the generated kernel writes into preallocated stage buffers.
+        Steps stop at ``t1`` (a dose or infusion change) but not at the pending observations
+        ``q_t`` (sorted, in ``(t0, t1]``): those are interpolated with the method's continuous
+        extension of order 4 (Hairer, Norsett & Wanner, CONTD5), recorded into A/SA rows ``q_k``."""
         t = t0
         z = np.empty(N)
         z[:n_states] = y
@@ -306,6 +318,7 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
         k5, k6, k7 = np.empty(N), np.empty(N), np.empty(N)
         zt, zn = np.empty(N), np.empty(N)
         kernel(z, p, r, k1)
+        jq = 0
         while t1 - t > 1e-13 * max(abs(t1), 1.0):
             h = min(h, t1 - t)
             for i in range(N):
@@ -342,6 +355,19 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             err = np.sqrt(acc / N)
             counters[0] += 1
             if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
+                while jq < nq and q_t[jq] <= t + h:
+                    # y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5))),
+                    # dz = zn - z, b = h k1 - dz, c5 = h sum d_i k_i
+                    th = (q_t[jq] - t) / h
+                    th1 = 1.0 - th
+                    for i in range(N):
+                        dz = zn[i] - z[i]
+                        b = h * k1[i] - dz
+                        c5 = h * (d1 * k1[i] + d3 * k3[i] + d4 * k4[i] + d5 * k5[i] + d6 * k6[i]
+                                  + d7 * k7[i])
+                        zt[i] = z[i] + th * (dz + th1 * (b + th * (dz - h * k7[i] - b + th1 * c5)))
+                    record(q_k[jq], zt, A, SA)
+                    jq += 1
                 t += h
                 for i in range(N):
                     z[i] = zn[i]
@@ -354,9 +380,28 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             if counters[2] > max_steps:  # a runaway (stiff or extreme) solve: NaN, rejected
                 z[:] = np.nan
                 break
+        while jq < nq:  # at t1 itself (rounding), or NaN after a runaway solve
+            record(q_k[jq], z, A, SA)
+            jq += 1
         return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
-    step_to = integrate if stiff else integrate_dp
+    @numba.njit(cache=False)
+    def integrate_rb(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
+        """Rosenbrock through the pending observations (stepping to each), then to ``t1``."""
+        t = t0
+        for j in range(nq):
+            if q_t[j] > t:
+                h = min(h, q_t[j] - t)
+                y, S, h = integrate(t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters)
+                t = q_t[j]
+            A[q_k[j]] = y
+            SA[q_k[j]] = S
+        if t1 > t:
+            h = min(h, t1 - t)
+            y, S, h = integrate(t, t1, y, S, p, r, rtol, atol, h, scale, counters)
+        return y, S, h
+
+    step_to = integrate_rb if stiff else integrate_dp
 
     @numba.njit(cache=False)
     def rate_of(y, p, r):
@@ -433,19 +478,30 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             r = np.zeros(n_states)
             t = seg_t0[g]
             h = 1e-3
+            # observations wait in q_t/q_k until the next dose (or the end) is integrated to
+            q_t = np.empty(m)
+            q_k = np.empty(m, dtype=np.int64)
+            nq = 0
             for q in range(m):
                 e = order[q]
                 te = et[e]
+                k = idx[e]
+                if kind[e] == 0:
+                    if te > t:
+                        q_t[nq] = te
+                        q_k[nq] = k
+                        nq += 1
+                    else:
+                        A[k] = y
+                        SA[k] = S
+                    continue
                 if te > t:
                     if h <= 0.0 or h > te - t:
                         h = te - t
-                    y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters)
+                    y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters,
+                                      q_t, q_k, nq, A, SA)
+                    nq = 0
                     t = te
-                k = idx[e]
-                if kind[e] == 0:
-                    A[k] = y
-                    SA[k] = S
-                    continue
                 c = dose_state[k]
                 applies = dose_lagf[k]
                 F = p[i_f] if (i_f >= 0 and applies) else 1.0
@@ -472,7 +528,12 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
                 if kind[e] == 3 and i_f >= 0 and applies:
                     S = S.copy()
                     S[:, i_f] += jump * dose_amt[k] / dose_rate[k]
-                h = 1e-3 * max(1.0, abs(t)) if kind[e] != 0 else h
+                h = 1e-3 * max(1.0, abs(t))
+            if nq:
+                if h <= 0.0 or h > q_t[nq - 1] - t:
+                    h = q_t[nq - 1] - t
+                step_to(t, q_t[nq - 1], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq,
+                        A, SA)
         return A, SA, counters
 
     return solve
