@@ -36,7 +36,9 @@ change within a subject (IOV), and right-hand sides that depend on time explicit
 from __future__ import annotations
 
 import ast
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -554,14 +556,29 @@ class ODESolve(Op):
         self.obs_subject = data.obs_subject
         self.args = _schedule(system, data, self.param_names)
         self.solver = _solver(system, self.param_names)
+        self._fn = None
+
+    def cache_key(self) -> str:
+        """What the compiled function bakes in: the equations, the solver settings and the
+        dosing schedule (so PyTensor can cache the compiled model on disk)."""
+        h = hashlib.sha256(repr((self.system, self.param_names, self.rtol, self.atol)).encode())
+        h.update(_SOURCE_HASH)
+        for a in self.args:
+            h.update(np.ascontiguousarray(a).tobytes())
+        return f"nlmebayes_ode_{h.hexdigest()}"
 
     def make_node(self, P):
         P = pt.as_tensor_variable(P)
         return Apply(self, [P], [pt.dmatrix(), pt.dtensor3()])
 
     def perform(self, node, inputs, outputs):
-        A, S, _ = self.solver(np.asarray(inputs[0], dtype=float), *self.args,
-                                     self.rtol, self.atol)
+        # Through a NUMBA-mode function of this Op alone rather than self.solver directly:
+        # PyTensor caches that build on disk (see cache_key), so Python-mode graphs (the
+        # vectorised deterministics after sampling) skip the solver's JIT compilation.
+        if self._fn is None:
+            P = pt.dmatrix("P")
+            self._fn = pytensor.function([P], self(P), mode="NUMBA")
+        A, S = self._fn(np.asarray(inputs[0], dtype=float))
         outputs[0][0] = A
         outputs[1][0] = S
 
@@ -581,6 +598,8 @@ class ODESolve(Op):
 
 
 _SOLVERS: dict = {}
+# In the on-disk cache key of compiled models: a changed solver must not load an old build.
+_SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).digest()
 
 
 def _solver(system, param_names):
@@ -609,7 +628,7 @@ def _numba_ode_solve(op, node, **kwargs):
         A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, rtol, atol)
         return A, S
 
-    return ode_solve, None
+    return ode_solve, op.cache_key()
 
 
 def _schedule(system, data: EventData, param_names):
