@@ -27,7 +27,7 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 
-from nlmebayes.data import _OPS, DataError, EventData
+from nlmebayes.data import _OPS, DataError, EventData, _id_label
 from nlmebayes.pk import get_model
 from nlmebayes.spec import ModelSpec, Prior
 
@@ -309,6 +309,3 @@ def _occasions(spec: ModelSpec, data: EventData):
                                                         strict=True)], dtype=int)
     return pairs, dose_row
 
-
-def _id_label(x):
-    return int(x) if isinstance(x, float) and float(x).is_integer() else x

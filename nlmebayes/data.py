@@ -164,7 +164,7 @@ class EventData:
     def obs_output(self) -> np.ndarray:
         """Each observation's DVID as text ("1" for 1.0), the name of the model output it
         belongs to."""
-        return np.array([_dvid_label(v) for v in self.obs_dvid], dtype=object)
+        return np.array([str(_id_label(v)) for v in self.obs_dvid], dtype=object)
 
     # -------------------------------------------------------------- covariates
     def subject_covariates(self, names: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -692,7 +692,6 @@ def check_compartments(data: EventData, dose_cmts: dict[int, str], obs_cmts: dic
                 source=data.source, row=int(r["_ROW"]), line=_line(r), column="CMT")
 
 
-def _dvid_label(v) -> str:
-    if isinstance(v, float | np.floating) and float(v).is_integer():
-        return str(int(v))
-    return str(v)
+def _id_label(x):
+    """An ID, occasion or DVID read as float (1.0) back as the integer it was written as."""
+    return int(x) if isinstance(x, float) and float(x).is_integer() else x

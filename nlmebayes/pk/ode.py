@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+import pandas as pd
 import pytensor
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
@@ -350,19 +351,10 @@ def _make_solver(rhs, n_states: int, n_p: int, method: str = "dopri5", jac=None,
             for i in range(N):
                 zn[i] = z[i] + h * (b1 * k1[i] + b3 * k3[i] + b4 * k4[i] + b5 * k5[i] + b6 * k6[i])
             kernel(zn, p, r, k7)
-            # error_norm's weighting, inlined: the step loop stays free of stores; keeping the
-            # exact floating-point sequence also keeps fits reproducible across versions
-            acc = 0.0
-            for i in range(N):
-                e = h * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i] + e7 * k7[i])
-                if i < n_states:
-                    w = atol + rtol * max(abs(z[i]), abs(zn[i]))
-                    acc += (e / w) ** 2
-                else:
-                    sc = scale[(i - n_states) % n_p]
-                    w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
-                    acc += (sc * e / w) ** 2
-            err = np.sqrt(acc / N)
+            for i in range(N):  # the local error estimate, in zt (free until the next step)
+                zt[i] = h * (e1 * k1[i] + e3 * k3[i] + e4 * k4[i] + e5 * k5[i] + e6 * k6[i]
+                             + e7 * k7[i])
+            err = error_norm(zt, z, zn, rtol, atol, scale)
             counters[0] += 1
             if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
                 while jq < nq and q_t[jq] <= t + h:
@@ -643,13 +635,12 @@ def _schedule(system, data: EventData, param_names):
     """Flat per-segment arrays for the solver: a segment is a subject's run of records between
     resets (EVID 3/4), numbered in record order; doses are sorted by (segment, time)."""
     rec = data.records
-    seg_ids, first = np.unique(rec["_SEG"].to_numpy(), return_index=True)
-    seg_of_row = dict(zip(rec["_ROW"].to_numpy().tolist(),
-                          np.searchsorted(seg_ids, rec["_SEG"].to_numpy()).tolist(), strict=True))
+    seg_ids, first, seg = np.unique(rec["_SEG"].to_numpy(), return_index=True, return_inverse=True)
     seg_subject = rec["_SUBJ"].to_numpy()[first].astype(np.int64)
     seg_t0 = rec["TIME"].to_numpy()[first].astype(float)
-    obs_seg = np.array([seg_of_row[r] for r in data.obs_row.tolist()], dtype=np.int64)
-    dose_seg = np.array([seg_of_row[r] for r in data.dose_row.tolist()], dtype=np.int64)
+    seg_of_row = pd.Series(seg, index=rec["_ROW"].to_numpy())
+    obs_seg = seg_of_row.loc[data.obs_row].to_numpy().astype(np.int64)
+    dose_seg = seg_of_row.loc[data.dose_row].to_numpy().astype(np.int64)
     if np.any(np.diff(obs_seg) < 0):  # observations are kept in record order
         raise AssertionError("observations out of segment order")
     order = np.lexsort((np.arange(data.n_doses), data.dose_time, dose_seg))
