@@ -97,9 +97,13 @@ def fit(
     # draws in one vectorised evaluation (cheaper than compiling them into the sampler). nutpie is
     # called directly: pm.sample would also build PyMC's own step methods (gradients included)
     # before handing over. Graph-building stack traces are switched off: they cost ~10% of the
-    # compile time and only serve PyTensor's error messages.
+    # compile time and only serve PyTensor's error messages. numba's fast-math is off: with it, a
+    # freshly compiled log-density and the same one loaded from PyTensor's disk cache differ in
+    # the last bit, so the first fit of a model and later ones with the same seed drew different
+    # samples; without it they are bit-identical, at no measurable cost (Theoph 2 x 2000
+    # iterations: analytic 7.45 vs 7.54 s, ODE 15.48 vs 15.69 s).
     bare = build_model(spec, data, deterministics=False)
-    with pytensor.config.change_flags(traceback__limit=0):
+    with pytensor.config.change_flags(traceback__limit=0, numba__fastmath=False):
         if sampler == "nutpie":
             import nutpie
 
