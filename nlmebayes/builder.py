@@ -22,16 +22,33 @@ name              dims                            meaning
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 
 from nlmebayes.data import _OPS, DataError, EventData, _id_label
 from nlmebayes.pk import get_model
 from nlmebayes.spec import ModelSpec, Prior
 
-__all__ = ["build_model", "select_observations"]
+__all__ = ["build_model", "compile_settings", "select_observations"]
+
+
+@contextmanager
+def compile_settings():
+    """PyTensor settings under which nlmebayes compiles the graphs it builds (sampler density,
+    derived quantities, OFV, MAP): numba fast-math off.
+
+    With fast-math, a freshly compiled density and the same one loaded from PyTensor's disk
+    cache differ in the last bit, and the same seed gave different draws on a model's first fit
+    and on later ones. Without it they are bit-identical, at no measurable cost (Theoph, 2 x 2000
+    iterations: analytic 7.45 vs 7.54 s, ODE 15.48 vs 15.69 s).
+    """
+    with pytensor.config.change_flags(numba__fastmath=False):
+        yield
 
 
 def _rv(name: str, prior: Prior, **kwargs):

@@ -38,7 +38,7 @@ import xarray as xr
 from pytensor.gradient import pushforward
 from pytensor.graph.replace import graph_replace, vectorize_graph
 
-from nlmebayes.builder import build_model
+from nlmebayes.builder import build_model, compile_settings
 from nlmebayes.data import EventData
 from nlmebayes.spec import ModelSpec
 
@@ -218,8 +218,11 @@ class ConditionalModel:
             outs += [pt.stack(gs, axis=1), pt.stack(dRs, axis=1)]
         self.mode = mode
         self._inputs, self._fR, self._batch = [*pop_in, eta_in], [f, R], None
-        self._f = pytensor.function([*pop_in, eta_in], [f, R], mode=mode, on_unused_input="ignore")
-        self._fg = pytensor.function([*pop_in, eta_in], outs, mode=mode, on_unused_input="ignore")
+        with compile_settings():
+            self._f = pytensor.function([*pop_in, eta_in], [f, R], mode=mode,
+                                        on_unused_input="ignore")
+            self._fg = pytensor.function([*pop_in, eta_in], outs, mode=mode,
+                                         on_unused_input="ignore")
 
     def _args(self, pop: dict, eta):
         missing = [n for n in self.pop_names if n not in pop]
@@ -240,7 +243,9 @@ class ConditionalModel:
             new = [pt.tensor(name=v.name, dtype=v.dtype, shape=(None,) * (v.ndim + 1))
                    for v in self._inputs]
             outs = vectorize_graph(self._fR, replace=dict(zip(self._inputs, new, strict=True)))
-            self._batch = pytensor.function(new, outs, mode=self.mode, on_unused_input="ignore")
+            with compile_settings():
+                self._batch = pytensor.function(new, outs, mode=self.mode,
+                                                on_unused_input="ignore")
         eta = np.asarray(eta, dtype=float)
         if eta.ndim != 3:
             raise ValueError(f"eta must be (batch, subjects, q), got shape {eta.shape}")

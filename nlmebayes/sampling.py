@@ -13,7 +13,7 @@ import pytensor.tensor as pt
 import xarray as xr
 from pytensor.graph.replace import graph_replace, vectorize_graph
 
-from nlmebayes.builder import build_model
+from nlmebayes.builder import build_model, compile_settings
 from nlmebayes.data import EventData
 from nlmebayes.identifiability import design_warnings
 from nlmebayes.ofv import (
@@ -97,13 +97,9 @@ def fit(
     # draws in one vectorised evaluation (cheaper than compiling them into the sampler). nutpie is
     # called directly: pm.sample would also build PyMC's own step methods (gradients included)
     # before handing over. Graph-building stack traces are switched off: they cost ~10% of the
-    # compile time and only serve PyTensor's error messages. numba's fast-math is off: with it, a
-    # freshly compiled log-density and the same one loaded from PyTensor's disk cache differ in
-    # the last bit, so the first fit of a model and later ones with the same seed drew different
-    # samples; without it they are bit-identical, at no measurable cost (Theoph 2 x 2000
-    # iterations: analytic 7.45 vs 7.54 s, ODE 15.48 vs 15.69 s).
+    # compile time and only serve PyTensor's error messages.
     bare = build_model(spec, data, deterministics=False)
-    with pytensor.config.change_flags(traceback__limit=0, numba__fastmath=False):
+    with pytensor.config.change_flags(traceback__limit=0), compile_settings():
         if sampler == "nutpie":
             import nutpie
 
@@ -154,7 +150,8 @@ def _add_derived(model: pm.Model, idata: xr.DataTree, chunk: int = 1000) -> None
     outs = graph_replace(outs, dict(zip(free, single, strict=True)), strict=False)
     batch = [pt.tensor(name=v.name, dtype=v.dtype, shape=(None, *v.type.shape)) for v in single]
     outs = vectorize_graph(outs, dict(zip(single, batch, strict=True)))
-    fn = pytensor.function(batch, outs, mode="FAST_COMPILE", on_unused_input="ignore")
+    with compile_settings():
+        fn = pytensor.function(batch, outs, mode="FAST_COMPILE", on_unused_input="ignore")
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     flat = [post[rv.name].values.reshape(n_chain * n_draw, *post[rv.name].shape[2:]) for rv in free]
     pieces = [fn(*[x[i:i + chunk] for x in flat]) for i in range(0, n_chain * n_draw, chunk)]
@@ -202,7 +199,7 @@ def map(spec: ModelSpec, data: EventData, *, seed: int | None = 0, maxeval: int 
     biased low when data per subject are sparse. Use it for starting values and checks.
     """
     model = build_model(spec, data)
-    with model:
+    with model, compile_settings():
         point = pm.find_MAP(method="L-BFGS-B", random_seed=seed, progressbar=False,
                             maxeval=maxeval)
     point = {k: np.asarray(v) for k, v in point.items()}
