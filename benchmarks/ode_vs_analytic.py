@@ -76,13 +76,13 @@ def pm_ode_model(df) -> pm.Model:
 
 def ours_model(df) -> pm.Model:
     from nlmebayes import read_nonmem
-    from nlmebayes.builder import build_model
+    from nlmebayes.model.builder import build_model
 
     data = read_nonmem(df[(df["AMT"] > 0) | (df["TIME"] > 0)].reset_index(drop=True))
     spec = ModelSpec(name="theo1", structural="1cpt_oral_ode",
                      parameters={"KA": 1.57, "CL": 2.72, "V": 31.5},
                      error=ResidualError("additive", add=0.7))
-    return build_model(spec, data, deterministics=False)
+    return build_model(spec, data, deterministics=False).model
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import pytensor.tensor as pt
 from arviz_stats import ess
 
 from nlmebayes import ModelSpec, datasets, fit
-from nlmebayes.sampling import add_marginal
+from nlmebayes.diagnostics import add_marginal
 
 DRAWS, TUNE, CHAINS = 1000, 1000, 4
 

@@ -1,28 +1,69 @@
-"""nlmebayes: Bayesian nonlinear mixed-effects (population PK/PD) modelling on PyMC."""
+"""nlmebayes: Bayesian nonlinear mixed-effects (population PK/PD) modelling on PyMC.
+
+Data flow: :mod:`nlmebayes.data` (event records) -> :mod:`nlmebayes.model` (spec, graph
+builder) with :mod:`nlmebayes.pk` (structural models) -> :mod:`nlmebayes.inference` (NUTS) ->
+:mod:`nlmebayes.results` -> :mod:`nlmebayes.diagnostics` and :mod:`nlmebayes.report`.
+``import nlmebayes`` loads the spec and data layers only; PyMC loads on first use of the rest.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
 
 from nlmebayes.data import DataError, EventData, read_nonmem
-from nlmebayes.spec import IIV, IOV, ODE, Covariate, Level, ModelSpec, Parameter, Prior, ResidualError
+from nlmebayes.model.spec import (
+    IIV,
+    IOV,
+    ODE,
+    Covariate,
+    Level,
+    ModelSpec,
+    Observations,
+    Parameter,
+    Prior,
+    ResidualError,
+)
 
 __all__ = [
-    "DataError", "EventData", "read_nonmem",
-    "IIV", "IOV", "Level", "ODE", "Covariate", "ModelSpec", "Parameter", "Prior", "ResidualError",
-    "build_model", "fit", "map", "FitResult",
+    "DataError",
+    "EventData",
+    "read_nonmem",
+    "IIV",
+    "IOV",
+    "Level",
+    "ODE",
+    "Covariate",
+    "ModelSpec",
+    "Observations",
+    "Parameter",
+    "Prior",
+    "ResidualError",
+    "build_model",
+    "fit",
+    "map_estimate",
+    "FitResult",
+    "datasets",
 ]
-__version__ = "0.1.0"
+
+try:
+    # Single source: the version in pyproject.toml, as installed.
+    __version__ = version("nlmebayes")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
+
+# Names loaded on first use, and the module that holds each: the backend imports PyMC.
+_LAZY = {
+    "build_model": "nlmebayes.model.builder",
+    "fit": "nlmebayes.inference",
+    "map_estimate": "nlmebayes.inference",
+    "FitResult": "nlmebayes.results",
+    "datasets": None,
+}
 
 
 def __getattr__(name):
-    # The spec and data layers stay importable without PyMC; the backend loads on first use.
-    if name == "build_model":
-        from nlmebayes.builder import build_model
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nlmebayes' has no attribute {name!r}")
+    import importlib
 
-        return build_model
-    if name in ("fit", "map"):
-        from nlmebayes import sampling
-
-        return getattr(sampling, name)
-    if name == "FitResult":
-        from nlmebayes.results import FitResult
-
-        return FitResult
-    raise AttributeError(f"module 'nlmebayes' has no attribute {name!r}")
+    if _LAZY[name] is None:
+        return importlib.import_module(f"nlmebayes.{name}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -11,7 +11,9 @@ import pandas as pd
 import xarray as xr
 
 from nlmebayes.data import EventData, read_nonmem
-from nlmebayes.spec import ModelSpec
+from nlmebayes.model.select import select_observations
+from nlmebayes.model.spec import ModelSpec
+from nlmebayes.report import parameter_table, report
 
 __all__ = ["FitResult", "MapResult"]
 
@@ -67,13 +69,9 @@ class FitResult:
 
     def report(self, **kwargs) -> str:
         """Text report: run, parameter table and diagnostics warnings (:mod:`nlmebayes.report`)."""
-        from nlmebayes.report import report
-
         return report(self, **kwargs)
 
     def parameter_table(self, **kwargs) -> pd.DataFrame:
-        from nlmebayes.report import parameter_table
-
         return parameter_table(self, **kwargs)
 
     def save(self, path: str | Path) -> Path:
@@ -100,8 +98,6 @@ class FitResult:
         spec = ModelSpec.from_toml(idata.attrs["nlmebayes_spec"])
         rec = idata["records"].to_dataset()
         df = pd.DataFrame({c: rec[c].values for c in rec.data_vars})
-        from nlmebayes.builder import select_observations
-
         data = select_observations(spec, read_nonmem(df, source=rec.attrs["source"]))
         return cls(idata, spec, data)
 

@@ -20,9 +20,9 @@ from nlmebayes import (
     ResidualError,
     datasets,
     fit,
+    map_estimate,
     read_nonmem,
 )
-from nlmebayes import map as map_estimate
 from nlmebayes.simulation import simulate
 from tests.test_spec import MODELS
 

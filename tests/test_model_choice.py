@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from nlmebayes import IIV, FitResult, ModelSpec, ResidualError, datasets, fit, read_nonmem
-from nlmebayes.comparison import compare
-from nlmebayes.loo import dic, loo, waic
-from nlmebayes.shrinkage import shrinkage_table, subject_shrinkage
+from nlmebayes.diagnostics.comparison import compare
+from nlmebayes.diagnostics.loo import dic, loo, waic
+from nlmebayes.diagnostics.shrinkage import shrinkage_table, subject_shrinkage
 from nlmebayes.simulation import simulate
 from tests.test_spec import MODELS
 

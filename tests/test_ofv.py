@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from nlmebayes.datasets import pheno, theophylline, theophylline_nlme_events
-from nlmebayes.ofv import ConditionalModel, PopulationValues, marginal_likelihood, n_parameters
-from nlmebayes.shrinkage import epsilon_shrinkage, eta_shrinkage
-from nlmebayes.spec import IIV, ModelSpec, ResidualError
+from nlmebayes.diagnostics import ConditionalModel, PopulationValues, marginal_likelihood, n_parameters
+from nlmebayes.diagnostics.shrinkage import epsilon_shrinkage, eta_shrinkage
+from nlmebayes.model.spec import IIV, ModelSpec, ResidualError
 
 MODELS = Path(__file__).parent.parent / "models"
 # NONMEM 7.4.2 pheno_real, FOCE INTERACTION (.ext), see ../shared/data/pheno/SOURCE.md
@@ -137,7 +137,7 @@ def test_importance_sampled_marginal_agrees_with_laplace():
     nearly linear model is a few hundredths per subject. FOCE-I differs more (-0.14..+0.03)."""
     import xarray as xr
 
-    from nlmebayes.ofv import marginal_loglik_draws
+    from nlmebayes.diagnostics import marginal_loglik_draws
 
     spec = ModelSpec.from_toml(MODELS / "theophylline_1cpt_oral.toml")
     pv = _theo_nlmixr2()
@@ -164,7 +164,7 @@ def test_cwres_and_npde_are_standard_normal_at_the_truth():
     from scipy import stats
 
     from nlmebayes import read_nonmem
-    from nlmebayes.residuals import residuals
+    from nlmebayes.diagnostics.residuals import residuals
     from nlmebayes.simulation import simulate
 
     rows = []

@@ -13,9 +13,9 @@ import pytest
 
 from nlmebayes import ModelSpec, read_nonmem
 from nlmebayes.data import DataError
+from nlmebayes.model.spec import ODE, ResidualError
 from nlmebayes.pk import get_model
 from nlmebayes.pk.ode import ODE_MODELS, ODESolve, ODESystem, parse_expression
-from nlmebayes.spec import ODE, ResidualError
 
 MODE = "FAST_COMPILE"  # throw-away graphs: skip the numba JIT of the surrounding graph
 

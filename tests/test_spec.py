@@ -48,8 +48,8 @@ def test_library_models_load_and_round_trip(path):
     assert ModelSpec.from_toml(spec.to_toml()) == spec
 
 
-def test_spec_module_does_not_import_pymc():
-    code = ("import sys, nlmebayes.spec, nlmebayes.data; "
+def test_spec_and_data_do_not_import_pymc():
+    code = ("import sys, nlmebayes, nlmebayes.model, nlmebayes.model.spec, nlmebayes.data; "
             "assert 'pymc' not in sys.modules and 'pytensor' not in sys.modules, "
             "[m for m in sys.modules if m.startswith(('pymc', 'pytensor'))]")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from nlmebayes import IIV, IOV, Level, ModelSpec, ResidualError, build_model, fit, read_nonmem
-from nlmebayes.identifiability import design_warnings, flip_flop_warning
+from nlmebayes.diagnostics.identifiability import design_warnings, flip_flop_warning
 from nlmebayes.report import variance_decomposition
 from nlmebayes.simulation import simulate
 
@@ -126,7 +126,7 @@ def test_m3_likelihood_is_the_normal_cdf():
     data = read_nonmem(df)
     spec = ModelSpec(name="m3", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
                      error=ResidualError("additive", add=0.5))
-    model = build_model(spec, data)
+    model = build_model(spec, data).model
     point = {"log_CL_pop": np.log(2.0), "log_V_pop": np.log(20.0), "sigma_add_log__": np.log(0.5)}
     logp = model.compile_fn(model.logp(vars=[model["DV"]], sum=False)[0], mode="FAST_COMPILE")(point)
     t = np.array([1.0, 2, 3, 4])

@@ -1,5 +1,8 @@
-"""Structural pharmacokinetic models."""
+"""Structural pharmacokinetic models: the interface and registry (:mod:`.base`), closed-form
+compartment models (:mod:`.analytic`) and ODE systems (:mod:`.ode`, loaded on first use)."""
 
-from nlmebayes.pk.analytic import MODELS, Compartmental, disposition, get_model
+from nlmebayes.pk.analytic import MODELS, Compartmental, disposition
+from nlmebayes.pk.base import StructuralModel, get_model, model_names, register_model
 
-__all__ = ["MODELS", "Compartmental", "disposition", "get_model"]
+__all__ = ["MODELS", "Compartmental", "disposition", "StructuralModel", "get_model", "model_names",
+           "register_model"]

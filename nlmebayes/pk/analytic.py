@@ -32,9 +32,10 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 
-from nlmebayes.data import EventData, check_compartments
+from nlmebayes.data import DataError, EventData, check_compartments
+from nlmebayes.pk.base import register_model
 
-__all__ = ["Compartmental", "MODELS", "get_model", "disposition", "log_sinhc"]
+__all__ = ["Compartmental", "MODELS", "disposition", "log_sinhc", "exp_diff", "phi"]
 
 _TAYLOR = 1e-3  # |y| below which log(sinh y / y) uses its series (error < 1e-21)
 _DD_TOL = 1e-4  # dimensionless |b - a| * time scale below which divided differences use -u'(mid)
@@ -316,8 +317,6 @@ class Compartmental:
 
     @staticmethod
     def _check_ss_infusion(data: EventData, doses, amt, rate):
-        from nlmebayes.data import DataError
-
         for j in np.unique(doses):
             r = data.dose_rate[j]
             if r > 0 and data.dose_amt[j] / r > data.dose_ii[j]:
@@ -327,6 +326,7 @@ class Compartmental:
                     source=data.source, row=int(data.dose_row[j]), column="RATE")
 
 
+#: The analytic models by name (NONMEM's ADVAN1-4, 11, 12).
 MODELS: dict[str, Compartmental] = {
     m.name: m
     for m in (
@@ -339,17 +339,5 @@ MODELS: dict[str, Compartmental] = {
     )
 }
 
-
-def get_model(structural):
-    """The structural model of a spec: an analytic model by name (:data:`MODELS`), a ready ODE
-    model by name (``*_ode``), or an :class:`nlmebayes.spec.ODE` (see :mod:`nlmebayes.pk.ode`)."""
-    if isinstance(structural, str) and structural in MODELS:
-        return MODELS[structural]
-    from nlmebayes.pk.ode import ODE_MODELS, ODESystem
-
-    if isinstance(structural, str):
-        if structural in ODE_MODELS:
-            return ODESystem.from_spec(ODE_MODELS[structural])
-        raise ValueError(f"unknown structural model {structural!r}; choose one of "
-                         f"{list(MODELS) + list(ODE_MODELS)} or give an ODE")
-    return ODESystem.from_spec(structural)
+for _m in MODELS.values():
+    register_model(_m)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 
-from nlmebayes.builder import build_model
 from nlmebayes.data import EventData, read_nonmem
-from nlmebayes.spec import ModelSpec
+from nlmebayes.model.builder import build_model
+from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["simulate"]
 
@@ -56,8 +56,8 @@ def simulate(
         The same design with simulated DV; the etas drawn are in ``records.attrs["eta"]`` and
         the true individual predictions in ``records.attrs["ipred"]``.
     """
-    model = build_model(spec, data)
-    data = model.nlme_data
+    built = build_model(spec, data)
+    model, data = built.model, built.data
     rng = np.random.default_rng(seed)
     values = {f"log_{k}_pop": np.log(v) for k, v in typical.items()}
     values.update(thetas or {})

@@ -8,7 +8,7 @@ subject         leave one subject out, conditional on its etas: the subject's ob
                 log-likelihoods summed per draw. Pareto k is often high, as each subject's etas
                 are informed by its own data only
 marginal        leave one subject out with the etas integrated out (importance sampling per
-                draw, :func:`nlmebayes.ofv.marginal_loglik_draws`): how well the population model
+                draw, :func:`nlmebayes.diagnostics.importance.marginal_loglik_draws`): how well the population model
                 predicts a new subject. Needs ``fit(..., marginal_loo=True)``
 ==============  ===========================================================================
 
@@ -48,7 +48,7 @@ def log_likelihood(result, level: str = "observation") -> xr.DataArray:
     if level == "marginal":
         if "log_likelihood_marginal" not in result.idata.children:
             raise ValueError("no marginal log-likelihood stored: fit with marginal_loo=True or call "
-                             "nlmebayes.sampling.add_marginal(result, marginal_loo=True)")
+                             "nlmebayes.diagnostics.add_marginal(result, marginal_loo=True)")
         return result.idata["log_likelihood_marginal"]["subject"]
     raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
 

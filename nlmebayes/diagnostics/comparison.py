@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from arviz_stats import compare as _az_compare
 
-from nlmebayes.loo import loo, waic
+from nlmebayes.diagnostics.loo import loo, waic
 
 __all__ = ["compare"]
 

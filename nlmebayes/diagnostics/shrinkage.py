@@ -14,7 +14,7 @@ subject shrinkage         ``Var(eta_i | y) / omega^2`` per subject and parameter
 ========================  ==========================================================================
 
 The eta shrinkages are computed from posterior-mode EBEs (NONMEM's convention, from
-:mod:`nlmebayes.ofv`) and from posterior means of the etas; Bayesian summaries use ``E[omega^2]``
+:mod:`nlmebayes.diagnostics.ebe`) and from posterior means of the etas; Bayesian summaries use ``E[omega^2]``
 over the posterior as the population variance. Everything here works on stored arrays: nothing
 rebuilds the model.
 """

@@ -17,7 +17,8 @@ Conventions (NONMEM's and nlmixr2's):
 
 * Typical values are on the natural scale; by default the log typical value has a
   Normal(log(initial), 2) prior (a factor of ~50 either way at 95%): weakly informative.
-* IIV is log-normal, ``P_i = TV_i * exp(eta_i)``, eta ~ N(0, Omega); ``kind="additive"`` gives
+* IIV is log-normal (``kind="lognormal"``; NONMEM's "exponential" is accepted as an alias),
+  ``P_i = TV_i * exp(eta_i)``, eta ~ N(0, Omega); ``kind="additive"`` gives
   ``P_i = TV_i + eta_i``. ``sd`` are initial values / prior scales of omega's square roots.
 * Covariate relations multiply the typical value: power ``(COV/ref)^theta``, exponential
   ``exp(theta (COV - ref))``, linear ``1 + theta (COV - ref)``, indicator ``1 + theta`` where
@@ -33,11 +34,27 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
-from nlmebayes.data import parse_condition
+from nlmebayes.data.conditions import parse_condition
 
 __all__ = ["Prior", "Parameter", "Covariate", "IIV", "IOV", "Level", "ResidualError", "ODE",
-           "ModelSpec"]
+           "Observations", "ModelSpec", "CovariateKind", "EtaKind", "ErrorKind",
+           "ResidualDistribution", "ODEMethod", "BLQMethod"]
+
+#: How a covariate acts on a typical value (see :class:`Covariate`).
+CovariateKind = Literal["power", "exponential", "linear", "indicator", "categorical"]
+#: How an eta acts on its parameter: ``TV * exp(eta)`` (log-normal; NONMEM's "exponential") or
+#: ``TV + eta``.
+EtaKind = Literal["lognormal", "additive"]
+#: Residual error models (see :class:`ResidualError`).
+ErrorKind = Literal["additive", "proportional", "combined", "combined_sd", "exponential"]
+ResidualDistribution = Literal["normal", "student_t"]
+ODEMethod = Literal["dopri5", "rosenbrock23"]
+#: Censored observations: M3 (censored likelihood) or M1 (discarded, reported).
+BLQMethod = Literal["M3", "M1"]
+# Accepted for EtaKind and read as "lognormal": NONMEM calls TV * EXP(ETA) exponential IIV.
+_ETA_ALIASES = {"exponential": "lognormal"}
 
 _DISTS = {"Normal": ("mu", "sigma"), "HalfNormal": ("sigma",), "LogNormal": ("mu", "sigma"),
           "TruncatedNormal": ("mu", "sigma", "lower", "upper"), "HalfCauchy": ("beta",),
@@ -116,7 +133,7 @@ class Covariate:
 
     parameter: str
     covariate: str
-    kind: str = "power"
+    kind: CovariateKind = "power"
     reference: float = 1.0
     theta: float = 0.0
     fixed: bool = False
@@ -124,7 +141,7 @@ class Covariate:
     prior: Prior | None = None
 
     def __post_init__(self):
-        kinds = ("power", "exponential", "linear", "indicator", "categorical")
+        kinds = get_args(CovariateKind)
         if self.kind not in kinds:
             raise ValueError(f"covariate kind must be one of {kinds}, got {self.kind!r}")
         if self.kind == "indicator":
@@ -183,8 +200,9 @@ class IIV:
         HalfNormal prior on each SD, which is ``HalfNormal(max(2 * sd, 0.5))``.
     block : bool
         Full (block) Omega with an LKJ(eta=2) prior on the correlations, else diagonal.
-    kind : {"exponential", "additive"}
-        ``TV * exp(eta)`` (log-normal, default) or ``TV + eta``.
+    kind : {"lognormal", "additive"}
+        ``TV * exp(eta)`` (log-normal, default; ``"exponential"``, NONMEM's word, is read as
+        ``"lognormal"``) or ``TV + eta``.
     sd_prior : Prior, optional
         Overrides the default prior of every SD in the block.
     """
@@ -192,15 +210,17 @@ class IIV:
     parameters: list[str]
     sd: list[float] | None = None
     block: bool = False
-    kind: str = "exponential"
+    kind: EtaKind = "lognormal"
     sd_prior: Prior | None = None
     lkj_eta: float = 2.0
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
         object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
-        if self.kind not in ("exponential", "additive"):
-            raise ValueError(f"IIV kind must be 'exponential' or 'additive', got {self.kind!r}")
+        object.__setattr__(self, "kind", _ETA_ALIASES.get(self.kind, self.kind))
+        if self.kind not in get_args(EtaKind):
+            raise ValueError(f"IIV kind must be 'lognormal' (alias 'exponential') or 'additive', "
+                             f"got {self.kind!r}")
         if self.block and len(self.parameters) < 2:
             raise ValueError("a block Omega needs at least two parameters")
 
@@ -310,11 +330,11 @@ class ODE:
     initial: dict = field(default_factory=dict)
     rtol: float = 1e-6
     atol: float = 1e-8
-    method: str = "dopri5"
+    method: ODEMethod = "dopri5"
     max_steps: int = 100_000
 
     def __post_init__(self):
-        if self.method not in ("dopri5", "rosenbrock23"):
+        if self.method not in get_args(ODEMethod):
             raise ValueError(f"ODE method must be 'dopri5' or 'rosenbrock23', got {self.method!r}")
         object.__setattr__(self, "states", list(self.states))
         object.__setattr__(self, "rhs", dict(self.rhs))
@@ -339,6 +359,59 @@ class ODE:
         return dict(self.observe) if isinstance(self.observe, dict) else {None: self.observe}
 
 
+@dataclass(frozen=True)
+class Observations:
+    """Which observations a model describes (TOML section ``[observations]``).
+
+    Parameters
+    ----------
+    dvid : str or float, optional
+        Keep only observations of this DVID; the others are reported as excluded.
+    ignore : list of str
+        Conditions such as ``"DV == 0"`` (NONMEM's ``IGNORE=(DV.EQ.0)``); matching observations
+        leave the likelihood and are reported as excluded.
+    blq : {"M3", "M1"}
+        Censored observations (CENS column): censored likelihood (M3, default) or discarded (M1).
+
+    Examples
+    --------
+    >>> Observations(ignore=["DV == 0"]).to_dict()
+    {'ignore': ['DV == 0']}
+    """
+
+    dvid: str | float | None = None
+    ignore: tuple[str, ...] = ()
+    blq: BLQMethod = "M3"
+
+    def __post_init__(self):
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        for cond in self.ignore:
+            parse_condition(cond)  # raises with an example of the expected form
+        if self.blq not in get_args(BLQMethod):
+            raise ValueError(f"observations.blq must be 'M3' (censored likelihood) or 'M1' "
+                             f"(discard), got {self.blq!r}")
+
+    def to_dict(self) -> dict:
+        """The non-default entries (what the TOML section holds)."""
+        out: dict = {}
+        if self.dvid is not None:
+            out["dvid"] = self.dvid
+        if self.ignore:
+            out["ignore"] = list(self.ignore)
+        if self.blq != "M3":
+            out["blq"] = self.blq
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Observations:
+        """From the TOML section; unknown keys are an error naming the known ones."""
+        unknown = set(d) - {"dvid", "ignore", "blq"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in [observations]; expected dvid, "
+                             f"ignore, blq")
+        return cls(**d)
+
+
 _ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
            "combined_sd": ("add", "prop"), "exponential": ("exp",)}
 
@@ -352,18 +425,18 @@ class ResidualError:
     ``nu`` degrees of freedom, fixed when given, else estimated with a Gamma(2, 0.1) prior.
     """
 
-    kind: str = "additive"
+    kind: ErrorKind = "additive"
     add: float | None = None
     prop: float | None = None
     exp: float | None = None
     priors: dict = field(default_factory=dict)
-    distribution: str = "normal"
+    distribution: ResidualDistribution = "normal"
     nu: float | None = None
 
     def __post_init__(self):
         if self.kind not in _ERRORS:
             raise ValueError(f"residual error must be one of {sorted(_ERRORS)}, got {self.kind!r}")
-        if self.distribution not in ("normal", "student_t"):
+        if self.distribution not in get_args(ResidualDistribution):
             raise ValueError(f"residual distribution must be 'normal' or 'student_t', got "
                              f"{self.distribution!r}")
         if self.nu is not None and not self.nu > 0:
@@ -404,9 +477,10 @@ class ModelSpec:
     error : ResidualError or dict
         The residual error; for an ODE with several outputs, one per output:
         ``{"cp": ResidualError("proportional"), "pca": ResidualError("additive")}``.
-    observations : dict
-        Which observations the model describes, e.g. ``{"dvid": "cp"}``; ``"blq": "M1"``
-        discards censored observations (CENS column) instead of the default M3 likelihood.
+    observations : Observations or dict
+        Which observations the model describes, e.g. ``Observations(dvid="cp")`` or
+        ``{"dvid": "cp"}``; ``blq="M1"`` discards censored observations (CENS column) instead of
+        the default M3 likelihood.
     description : str
     iov : IOV or list of IOV
         Inter-occasion variability.
@@ -424,13 +498,15 @@ class ModelSpec:
     covariates: list = field(default_factory=list)
     iiv: IIV | list | None = None
     error: ResidualError | dict = field(default_factory=ResidualError)
-    observations: dict = field(default_factory=dict)
+    observations: Observations = field(default_factory=Observations)
     description: str = ""
     iov: IOV | list | None = None
     levels: Level | list | None = None
     flip_flop_guard: bool = False
 
     def __post_init__(self):
+        if isinstance(self.observations, dict):
+            object.__setattr__(self, "observations", Observations.from_dict(self.observations))
         params = self.parameters
         if isinstance(params, dict):
             params = [v if isinstance(v, Parameter) else Parameter(k, float(v)) for k, v in params.items()]
@@ -562,8 +638,8 @@ class ModelSpec:
             out["flip_flop_guard"] = True
         out["error"] = ({k: _error_dict(e) for k, e in self.error.items()}
                         if isinstance(self.error, dict) else _error_dict(self.error))
-        if self.observations:
-            out["observations"] = dict(self.observations)
+        if self.observations.to_dict():
+            out["observations"] = self.observations.to_dict()
         return out
 
     @classmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from nlmebayes.data import EventData
-from nlmebayes.spec import ModelSpec
+from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["design_warnings", "flip_flop_warning"]
 

@@ -1,4 +1,4 @@
-"""Pharmacometric reporting from a posterior sample (never rebuilds the graph).
+"""Posterior summaries in pharmacometric terms (never rebuilds the graph).
 
 The parameter table gives typical values on the natural scale, covariate effects, omega as
 variance, SD and CV% (``100 * sqrt(exp(omega^2) - 1)`` for log-normal IIV, as nlmixr2 and
@@ -13,12 +13,7 @@ import pandas as pd
 import xarray as xr
 from arviz_stats import ess, rhat
 
-from nlmebayes.identifiability import flip_flop_warning
-
-__all__ = ["parameter_table", "variance_decomposition", "report", "diagnostics"]
-
-RHAT_MAX = 1.01  # Vehtari et al. (2021) recommend R-hat < 1.01
-ESS_MIN_PER_CHAIN = 100  # and bulk/tail ESS > 100 per chain
+__all__ = ["parameter_table", "variance_decomposition"]
 
 
 def _row(name, kind, description, da: xr.DataArray, ci: float) -> dict:
@@ -49,6 +44,12 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
     """
     post = result.idata["posterior"].to_dataset()
     spec = result.spec
+    rows = _theta_rows(spec, post, ci) + _omega_rows(spec, post, ci) + _sigma_rows(spec, post, ci)
+    return pd.DataFrame(rows)
+
+
+def _theta_rows(spec, post, ci: float) -> list[dict]:
+    """Typical values and covariate effects."""
     rows = []
     for p in spec.parameters:
         if p.fixed:
@@ -68,8 +69,14 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
                     "linear": f"1+theta*({c.covariate}-{c.reference:g})",
                     "indicator": f"1+theta if {c.condition}"}[c.kind]
             rows.append(_row(c.name, "theta", f"{c.parameter} effect {desc}", da, ci))
+    return rows
+
+
+def _omega_rows(spec, post, ci: float) -> list[dict]:
+    """IIV variances, SDs, CV% and correlations; IOV; levels above the subject."""
+    rows = []
     if "omega_sd" in post:
-        lognormal = {p for b in spec.iiv if b.kind == "exponential" for p in b.parameters}
+        lognormal = {p for b in spec.iiv if b.kind == "lognormal" for p in b.parameters}
         for e in post["omega_sd"]["iiv"].values:
             sd = post["omega_sd"].sel(iiv=e, drop=True)
             rows.append(_row(f"omega2({e})", "omega", "IIV variance", sd**2, ci))
@@ -99,6 +106,12 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
             rows.append(_row(f"var_{lvl.column}({p})", "omega",
                              f"variance between {lvl.column} groups", sd**2, ci))
             rows.append(_row(f"sd_{lvl.column}({p})", "omega", f"SD between {lvl.column} groups", sd, ci))
+    return rows
+
+
+def _sigma_rows(spec, post, ci: float) -> list[dict]:
+    """Residual SDs and variances (and Student-t degrees of freedom)."""
+    rows = []
     if spec.residual_distribution == "student_t" and "nu" in post:
         rows.append(_row("nu", "sigma", "Student-t degrees of freedom", post["nu"], ci))
     for s, out, kind, _ in spec.sigma_terms:
@@ -107,7 +120,7 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
         rows.append(_row(f"sigma_{s}", "sigma", f"residual SD ({unit})" + (f", {out}" if out else ""),
                          da, ci))
         rows.append(_row(f"sigma2_{s}", "sigma", "residual variance (NONMEM SIGMA)", da**2, ci))
-    return pd.DataFrame(rows)
+    return rows
 
 
 def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
@@ -127,7 +140,7 @@ def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
         for p in block.parameters:
             eta = post["eta"].sel(iiv=p, drop=True)
             ind = post[p]
-            tv = np.log(ind) - eta if block.kind == "exponential" else ind - eta
+            tv = np.log(ind) - eta if block.kind == "lognormal" else ind - eta
             var_cov = tv.var("subject").values.ravel()
             om2 = (post["omega_sd"].sel(iiv=p, drop=True) ** 2).values.ravel()
             share = var_cov / (var_cov + om2)
@@ -141,121 +154,3 @@ def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
                 row[f"{name}_lower"], row[f"{name}_upper"] = (float(v) for v in np.quantile(x, [lo, hi]))
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def diagnostics(result) -> dict:
-    """Sampler diagnostics: divergences, tree-depth hits, worst R-hat and ESS of free variables."""
-    stats = result.idata["sample_stats"].to_dataset()
-    post = result.idata["posterior"].to_dataset()
-    n_chains = post.sizes["chain"]
-    div = int(stats["diverging"].sum()) if "diverging" in stats else 0
-    depth = next((int(stats[k].sum()) for k in ("maxdepth_reached", "reached_max_treedepth")
-                  if k in stats), 0)
-    free = [v for v in post.data_vars if v.startswith(("log_", "z_", "theta_", "omega_sd_",
-                                                       "omega_chol", "sigma_"))]
-    worst_rhat, min_ess = 1.0, np.inf
-    worst_var = ""
-    for v in free:
-        r = rhat(post[v])
-        e = ess(post[v], method="bulk")
-        rmax = float(np.nanmax(np.atleast_1d(r.values)))
-        if rmax > worst_rhat:
-            worst_rhat, worst_var = rmax, v
-        min_ess = min(min_ess, float(np.nanmin(np.atleast_1d(e.values))))
-    warnings = []
-    if div:
-        warnings.append(f"{div} divergent transitions: the posterior geometry is hard; raise "
-                        f"target_accept or reparameterise")
-    if worst_rhat > RHAT_MAX:
-        warnings.append(f"R-hat up to {worst_rhat:.3f} (in {worst_var}) > {RHAT_MAX}: chains disagree")
-    if min_ess < ESS_MIN_PER_CHAIN * n_chains:
-        warnings.append(f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
-                        f"({ESS_MIN_PER_CHAIN * n_chains}): draw more")
-    if depth:
-        warnings.append(f"{depth} draws hit the maximum tree depth")
-    ff = flip_flop_warning(post, result.spec)
-    if ff:
-        warnings.append(ff)
-    design = result.idata.attrs.get("nlmebayes_design_warnings", "")
-    warnings += [w for w in str(design).split("\n") if w]
-    return {"divergences": div, "max_treedepth_hits": depth, "max_rhat": worst_rhat,
-            "min_ess_bulk": min_ess, "chains": n_chains, "draws": post.sizes["draw"],
-            "warnings": warnings}
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.4g}" if np.isfinite(x) else "nan"
-
-
-def report(result, ci: float = 0.95) -> str:
-    """A text report: model, data, sampler run, parameter table and diagnostic warnings."""
-    spec, data = result.spec, result.data
-    d = diagnostics(result)
-    attrs = result.idata.attrs
-    lines = [
-        f"Model {spec.name}: {getattr(spec.structural, 'name', spec.structural)}, "
-        f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, "
-        + ", ".join(f"{e.kind}{f' ({o})' if o else ''}" for o, e in spec.errors.items())
-        + " residual error",
-        f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, "
-        f"{data.n_doses} doses",
-        f"NUTS ({attrs.get('nlmebayes_sampler', '?')}): {d['chains']} chains x {d['draws']} draws"
-        + (f" in {attrs['nlmebayes_sampling_seconds']:.1f} s" if "nlmebayes_sampling_seconds" in attrs
-           else "")
-        + f"; divergences {d['divergences']}, max R-hat {d['max_rhat']:.3f}, "
-        f"min bulk ESS {d['min_ess_bulk']:.0f}",
-        "",
-    ]
-    tab = parameter_table(result, ci=ci)
-    pct = f"{100 * ci:g}%"
-    header = (f"{'parameter':<22} {'median':>10} {pct + ' interval':>23} {'sd':>9} {'R-hat':>6} "
-              f"{'ESS bulk':>8} {'ESS tail':>8}  description")
-    lines.append(header)
-    lines.append("-" * len(header))
-    for kind, title in (("theta", "Fixed effects"), ("omega", "Inter-individual variability"),
-                        ("sigma", "Residual error")):
-        sub = tab[tab["kind"] == kind]
-        if sub.empty:
-            continue
-        lines.append(title)
-        for _, r in sub.iterrows():
-            interval = f"[{_fmt(r['lower'])}, {_fmt(r['upper'])}]"
-            lines.append(f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
-                         f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
-                         f"{r['ess_tail']:>8.0f}  {r['description']}")
-    if spec.iov or spec.covariates:
-        vd = variance_decomposition(result)
-        if not vd.empty:
-            lines += ["", "Between-subject variability (posterior medians)"]
-            for _, r in vd.iterrows():
-                text = (f"  {r['parameter']:<8} omega2 {_fmt(r['omega2'])}, covariates explain "
-                        f"{100 * r['covariate_share']:.0f}%")
-                if "pi2" in r and np.isfinite(r.get("pi2", np.nan)):
-                    text += (f"; IOV pi2 {_fmt(r['pi2'])}, between-occasion share of the random "
-                             f"variance {100 * r['iov_fraction']:.0f}%")
-                lines.append(text)
-    lines += _marginal_lines(result)
-    if d["warnings"]:
-        lines += ["", "Warnings:"] + [f"  - {w}" for w in d["warnings"]]
-    else:
-        lines += ["", "Diagnostics: no divergences, R-hat and ESS within limits."]
-    return "\n".join(lines)
-
-
-def _marginal_lines(result) -> list[str]:
-    """OFV/AIC/BIC and shrinkage, from the stored ``marginal`` group (nothing is recomputed)."""
-    if "marginal" not in result.idata.children:
-        return []
-    from nlmebayes.shrinkage import shrinkage_table
-
-    at = result.idata["marginal"].attrs
-    lines = ["", f"Marginal likelihood ({str(at['method']).upper()}, at the {at['evaluated_at']}): "
-             f"OFV {at['ofv']:.3f} (-2LL without N log 2pi), -2LL {at['m2ll']:.3f}, "
-             f"AIC {at['aic']:.3f}, BIC {at['bic']:.3f} (k = {at['k']}, N = {at['n_obs']})"]
-    if result.spec.iiv:
-        tab = shrinkage_table(result)
-        lines += ["", "Shrinkage (%)", "  " + f"{'':<8}" + "".join(f"{c:>18}" for c in tab.columns)]
-        for name, row in tab.iterrows():
-            lines.append("  " + f"{name:<8}" + "".join(
-                f"{'' if not np.isfinite(v) else f'{v:.1f}':>18}" for v in row.values))
-    return lines

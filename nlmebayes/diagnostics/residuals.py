@@ -1,6 +1,6 @@
 """Residual diagnostics per observation: PRED, IPRED, RES, IWRES, CWRES and NPDE.
 
-All are computed at one population parameter vector (the one a :class:`~nlmebayes.ofv.Marginal`
+All are computed at one population parameter vector (the one a :class:`~nlmebayes.diagnostics.ofv.Marginal`
 was evaluated at) and on the modelling scale (log DV for exponential error):
 
 =======  ======================================================================================
@@ -25,7 +25,8 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtri
 
-from nlmebayes.ofv import ConditionalModel, Marginal
+from nlmebayes.diagnostics.conditional import ConditionalModel
+from nlmebayes.diagnostics.ofv import Marginal
 
 __all__ = ["residuals"]
 
@@ -50,7 +51,7 @@ def residuals(marginal: Marginal, conditional: ConditionalModel, *, n_sim: int =
     Parameters
     ----------
     marginal : Marginal
-        From :func:`nlmebayes.ofv.marginal_likelihood` (EBEs, ``G``, ``R`` at the EBEs).
+        From :func:`nlmebayes.diagnostics.ofv.marginal_likelihood` (EBEs, ``G``, ``R`` at the EBEs).
     conditional : ConditionalModel
         The compiled model it was computed with (simulates the NPDE replicates).
     n_sim : int

@@ -1,0 +1,65 @@
+"""Diagnostics of a fit: the marginal likelihood and OFV (:mod:`.ofv`, with :mod:`.conditional`,
+:mod:`.ebe`, :mod:`.importance`, :mod:`.population`), residuals (:mod:`.residuals`), shrinkage
+(:mod:`.shrinkage`), LOO/WAIC/DIC (:mod:`.loo`), model comparison (:mod:`.comparison`),
+identifiability (:mod:`.identifiability`) and sampler convergence (:mod:`.convergence`).
+
+Names are loaded on first use, so that e.g. the shrinkage functions do not import PyMC.
+"""
+
+import importlib
+
+__all__ = [
+    "PopulationValues",
+    "Marginal",
+    "ConditionalModel",
+    "marginal_likelihood",
+    "marginal_loglik_draws",
+    "n_parameters",
+    "omega_draws",
+    "add_marginal",
+    "residuals",
+    "eta_shrinkage",
+    "epsilon_shrinkage",
+    "pooling_factor",
+    "subject_shrinkage",
+    "shrinkage_table",
+    "log_likelihood",
+    "loo",
+    "waic",
+    "dic",
+    "compare",
+    "design_warnings",
+    "flip_flop_warning",
+    "sampler_diagnostics",
+]
+
+_WHERE = {
+    "PopulationValues": "population",
+    "n_parameters": "population",
+    "omega_draws": "population",
+    "Marginal": "ofv",
+    "marginal_likelihood": "ofv",
+    "ConditionalModel": "conditional",
+    "marginal_loglik_draws": "importance",
+    "add_marginal": "marginal_group",
+    "residuals": "residuals",
+    "eta_shrinkage": "shrinkage",
+    "epsilon_shrinkage": "shrinkage",
+    "pooling_factor": "shrinkage",
+    "subject_shrinkage": "shrinkage",
+    "shrinkage_table": "shrinkage",
+    "log_likelihood": "loo",
+    "loo": "loo",
+    "waic": "loo",
+    "dic": "loo",
+    "compare": "comparison",
+    "design_warnings": "identifiability",
+    "flip_flop_warning": "identifiability",
+    "sampler_diagnostics": "convergence",
+}
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'nlmebayes.diagnostics' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"nlmebayes.diagnostics.{_WHERE[name]}"), name)

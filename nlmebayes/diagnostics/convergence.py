@@ -1,0 +1,54 @@
+"""Sampler diagnostics of a fit: divergences, tree-depth hits, worst R-hat and ESS, and the
+warnings they give (with the flip-flop and design warnings), from the stored draws."""
+
+from __future__ import annotations
+
+import numpy as np
+from arviz_stats import ess, rhat
+
+from nlmebayes.diagnostics.identifiability import flip_flop_warning
+
+__all__ = ["sampler_diagnostics", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
+
+RHAT_MAX = 1.01  # Vehtari et al. (2021) recommend R-hat < 1.01
+ESS_MIN_PER_CHAIN = 100  # and bulk/tail ESS > 100 per chain
+
+
+def sampler_diagnostics(result) -> dict:
+    """Sampler diagnostics: divergences, tree-depth hits, worst R-hat and ESS of free variables."""
+    stats = result.idata["sample_stats"].to_dataset()
+    post = result.idata["posterior"].to_dataset()
+    n_chains = post.sizes["chain"]
+    div = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    depth = next((int(stats[k].sum()) for k in ("maxdepth_reached", "reached_max_treedepth")
+                  if k in stats), 0)
+    free = [v for v in post.data_vars if v.startswith(("log_", "z_", "theta_", "omega_sd_",
+                                                       "omega_chol", "sigma_"))]
+    worst_rhat, min_ess = 1.0, np.inf
+    worst_var = ""
+    for v in free:
+        r = rhat(post[v])
+        e = ess(post[v], method="bulk")
+        rmax = float(np.nanmax(np.atleast_1d(r.values)))
+        if rmax > worst_rhat:
+            worst_rhat, worst_var = rmax, v
+        min_ess = min(min_ess, float(np.nanmin(np.atleast_1d(e.values))))
+    warnings = []
+    if div:
+        warnings.append(f"{div} divergent transitions: the posterior geometry is hard; raise "
+                        f"target_accept or reparameterise")
+    if worst_rhat > RHAT_MAX:
+        warnings.append(f"R-hat up to {worst_rhat:.3f} (in {worst_var}) > {RHAT_MAX}: chains disagree")
+    if min_ess < ESS_MIN_PER_CHAIN * n_chains:
+        warnings.append(f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
+                        f"({ESS_MIN_PER_CHAIN * n_chains}): draw more")
+    if depth:
+        warnings.append(f"{depth} draws hit the maximum tree depth")
+    ff = flip_flop_warning(post, result.spec)
+    if ff:
+        warnings.append(ff)
+    design = result.idata.attrs.get("nlmebayes_design_warnings", "")
+    warnings += [w for w in str(design).split("\n") if w]
+    return {"divergences": div, "max_treedepth_hits": depth, "max_rhat": worst_rhat,
+            "min_ess_bulk": min_ess, "chains": n_chains, "draws": post.sizes["draw"],
+            "warnings": warnings}

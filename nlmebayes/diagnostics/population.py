@@ -1,0 +1,134 @@
+"""Population parameter vectors (NONMEM's THETA, OMEGA, SIGMA in our names), per-draw Omega,
+the parameter count of AIC/BIC, and what the marginal-likelihood code cannot integrate yet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nlmebayes.data import EventData
+from nlmebayes.model.spec import ModelSpec
+
+__all__ = ["PopulationValues", "omega_draws", "unsupported", "n_parameters", "LOG_2PI"]
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass
+class PopulationValues:
+    """Population parameters on the natural scale, as NONMEM tables give them.
+
+    Attributes
+    ----------
+    typical : dict
+        Typical values, e.g. ``{"CL": 0.0047, "V": 0.98}``.
+    omega : array (q, q)
+        Covariance of the etas (variances on the diagonal), ordered as ``spec.iiv_parameters``.
+    thetas : dict
+        Covariate effects by name, e.g. ``{"theta_V_APGR": 0.159}``.
+    sigma : dict
+        Residual SDs by kind, e.g. ``{"prop": 0.115}`` (NONMEM's SIGMA is a variance: take its root).
+    """
+
+    typical: dict
+    omega: np.ndarray | None = None
+    thetas: dict = field(default_factory=dict)
+    sigma: dict = field(default_factory=dict)
+
+    def rv_values(self, spec: ModelSpec) -> dict[str, float]:
+        """Values of the builder's population variables (``log_CL_pop``, ``theta_..``, ``sigma_..``)."""
+        out = {}
+        for p in spec.parameters:
+            if p.fixed:
+                continue
+            if p.name not in self.typical:
+                raise ValueError(f"give a typical value for {p.name}")
+            out[f"log_{p.name}_pop"] = float(np.log(self.typical[p.name]))
+        for c in spec.covariates:
+            if c.fixed:
+                continue
+            if c.name not in self.thetas:
+                raise ValueError(f"give a value for covariate effect {c.name}")
+            out[c.name] = np.asarray(self.thetas[c.name], dtype=float)
+        for k in spec.sigma_names:
+            if k not in self.sigma:
+                raise ValueError(f"give the residual SD sigma[{k!r}]")
+            out[f"sigma_{k}"] = float(self.sigma[k])
+        return out
+
+    def omega_matrix(self, spec: ModelSpec) -> np.ndarray:
+        q = len(spec.iiv_parameters)
+        if q == 0:
+            return np.zeros((0, 0))
+        if self.omega is None:
+            raise ValueError("the model has IIV: give omega (covariance of the etas)")
+        om = np.atleast_2d(np.asarray(self.omega, dtype=float))
+        if om.shape != (q, q):
+            raise ValueError(f"omega must be {q}x{q} (order {spec.iiv_parameters}), got {om.shape}")
+        return om
+
+    @classmethod
+    def from_posterior(cls, posterior, spec: ModelSpec, stat: str = "median") -> PopulationValues:
+        """Posterior median (or mean) of every population parameter; Omega is the elementwise
+        summary of the per-draw covariance matrices."""
+        summ = {"median": lambda a: np.median(a, axis=0), "mean": lambda a: np.mean(a, axis=0)}[stat]
+
+        def draws(name):
+            da = posterior[name]
+            return da.stack(sample=("chain", "draw")).transpose("sample", ...).values
+
+        typical = {p.name: float(summ(draws(f"{p.name}_pop"))) for p in spec.parameters if not p.fixed}
+        typical.update({p.name: p.initial for p in spec.parameters if p.fixed})
+        thetas = {c.name: summ(draws(c.name)) for c in spec.covariates if not c.fixed}
+        sigma = {k: float(summ(draws(f"sigma_{k}"))) for k in spec.sigma_names}
+        omega = None
+        if spec.iiv:
+            omega = summ(omega_draws(posterior, spec))
+        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma)
+
+
+def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
+    """Per-draw Omega (covariance of the etas), shape ``(n_draws, q, q)``, chains stacked."""
+    sd = posterior["omega_sd"].stack(sample=("chain", "draw")).transpose("sample", "iiv").values
+    corr = np.broadcast_to(np.eye(sd.shape[1]), (sd.shape[0],) + (sd.shape[1],) * 2).copy()
+    j = 0
+    for k, block in enumerate(spec.iiv):
+        n = len(block.parameters)
+        if block.block:
+            c = posterior[f"omega_corr_{k}"].stack(sample=("chain", "draw"))
+            corr[:, j:j + n, j:j + n] = c.transpose("sample", ...).values
+        j += n
+    return sd[:, :, None] * corr * sd[:, None, :]
+
+
+def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
+    """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
+    if spec.iov:
+        return "inter-occasion variability (kappas would be integrated per occasion)"
+    if spec.levels:
+        return "random effects above the subject"
+    if spec.residual_distribution != "normal":
+        return "Student-t residuals"
+    if (data is not None and data.obs_cens is not None and spec.observations.blq == "M3"
+            and np.any(data.obs_cens != 0)):
+        return "censored observations (M3)"
+    return None
+
+
+def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, int]:
+    """Estimated parameters counted as NONMEM does: thetas, omega elements, sigmas."""
+    n_theta = sum(not p.fixed for p in spec.parameters)
+    for c in spec.covariates:
+        if c.fixed:
+            continue
+        if c.kind == "categorical":
+            if data is None:
+                raise ValueError("counting a categorical covariate's levels needs the data")
+            n_theta += data.subject_covariates([c.covariate])[c.covariate].nunique() - 1
+        else:
+            n_theta += 1
+    n_omega = sum(len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters)
+                  for b in spec.iiv)
+    n_sigma = len(spec.sigma_names)
+    return {"theta": n_theta, "omega": n_omega, "sigma": n_sigma, "total": n_theta + n_omega + n_sigma}

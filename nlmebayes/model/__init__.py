@@ -1,0 +1,48 @@
+"""The model: a declarative spec (:mod:`.spec`, PyMC-free, TOML) and the builder that turns it
+into a PyMC graph (:mod:`.builder`, with :mod:`.likelihood` and :mod:`.priors`).
+
+``import nlmebayes.model`` stays light: the PyMC side loads on first use of
+:func:`build_model` / :class:`BuiltModel`.
+"""
+
+from nlmebayes.model.spec import (
+    IIV,
+    IOV,
+    ODE,
+    Covariate,
+    Level,
+    ModelSpec,
+    Observations,
+    Parameter,
+    Prior,
+    ResidualError,
+)
+
+__all__ = [
+    "IIV",
+    "IOV",
+    "ODE",
+    "Covariate",
+    "Level",
+    "ModelSpec",
+    "Observations",
+    "Parameter",
+    "Prior",
+    "ResidualError",
+    "BuiltModel",
+    "build_model",
+    "select_observations",
+]
+
+
+def __getattr__(name):
+    # The builder imports PyMC: load it on first use only.
+    if name in ("build_model", "BuiltModel"):
+        from nlmebayes.model import builder
+
+        return getattr(builder, name)
+    if name == "select_observations":
+        from nlmebayes.model.select import select_observations
+
+        return select_observations
+    raise AttributeError(f"module 'nlmebayes.model' has no attribute {name!r}")

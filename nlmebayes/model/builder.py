@@ -1,0 +1,321 @@
+"""Graph builder: a :class:`~nlmebayes.model.spec.ModelSpec` plus
+:class:`~nlmebayes.data.EventData` becomes a PyMC model, one function per model part.
+
+Variable names (the report and the results rely on them):
+
+=================== ============================== =============================================
+name                dims                           meaning
+=================== ============================== =============================================
+``log_P_pop``       ()                             free: log typical value of parameter P
+``P_pop``           ()                             typical value on the natural scale
+``theta_P_COV``     () or (level)                  covariate effect
+``omega_sd``        (iiv)                          SD of each eta (sqrt of Omega's diagonal)
+``omega_corr_<k>``  (iiv_k, iiv_k\\_)               correlations (block Omega only)
+``z_<k>``           (subject, iiv_<k>)             free: standard-normal etas of block k
+``eta``             (subject, iiv)                 random effects (non-centred: omega x z)
+``P``               (subject)                      individual parameter P_i
+``ipred``           (obs)                          individual prediction (concentration)
+``sigma_add``...    ()                             residual SDs
+``DV``              (obs)                          the observed data (likelihood)
+=================== ============================== =============================================
+
+The order in which the parts create their random variables fixes the layout of the sampler's
+parameter vector, and so the draws for a given seed: typical values, covariate effects, levels,
+IIV, IOV, then the residual error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+
+from nlmebayes.data import OPS, DataError, EventData, id_label, parse_condition
+from nlmebayes.model.likelihood import add_likelihood
+from nlmebayes.model.priors import random_variable
+from nlmebayes.model.select import select_observations
+from nlmebayes.model.spec import ModelSpec
+from nlmebayes.pk import get_model
+
+__all__ = ["BuiltModel", "build_model", "covariate_effect", "occasions"]
+
+
+@dataclass
+class BuiltModel:
+    """A PyMC model with the data it was built for and the index maps between them.
+
+    Attributes
+    ----------
+    model : pymc.Model
+        The graph: population parameters, random effects, ``ipred`` and the likelihood ``DV``.
+    data : EventData
+        The data the graph was built for (after the spec's observation selection).
+    subjects : list of str
+        Subject labels, in the order of the ``subject`` dimension.
+    occasions : list of (int, object)
+        (subject index, occasion) of each row of the ``occasion`` dimension (IOV models only).
+    dose_index : int array or None
+        Row of the individual-parameter arrays used by each dose: its occasion with IOV,
+        else None (the dose's subject).
+    categorical_levels : dict
+        Categorical covariate effect name -> (reference level, other levels in order).
+    """
+
+    model: pm.Model
+    data: EventData
+    subjects: list[str]
+    occasions: list = field(default_factory=list)
+    dose_index: np.ndarray | None = None
+    categorical_levels: dict = field(default_factory=dict)
+
+    def __getitem__(self, name: str):
+        """The model's variable ``name`` (``built["DV"]`` for ``built.model["DV"]``)."""
+        return self.model[name]
+
+
+def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True) -> BuiltModel:
+    """Build the PyMC model of ``spec`` for ``data``.
+
+    The PK is one vectorised graph over all observations; etas are non-centred
+    (``eta = omega * z`` or ``L z`` for a block); the likelihood ``DV`` is stored per observation.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+    data : EventData
+        The data as read; the spec's observation selection is applied here.
+    deterministics : bool
+        With False the same density is built without the named deterministics (typical values,
+        etas, individual parameters, IPRED): the sampler then neither compiles nor evaluates
+        them per draw, and :func:`~nlmebayes.inference.fit` computes them afterwards for all
+        draws at once.
+
+    Returns
+    -------
+    BuiltModel
+
+    Examples
+    --------
+    >>> from nlmebayes import ModelSpec, IIV, datasets
+    >>> spec = ModelSpec("theo", "1cpt_oral", {"KA": 1.5, "CL": 2.7, "V": 31.5},
+    ...                  iiv=IIV(["CL"], sd=[0.3]))
+    >>> built = build_model(spec, datasets.theophylline())
+    >>> [v.name for v in built.model.free_RVs]
+    ['log_KA_pop', 'log_CL_pop', 'log_V_pop', 'z_0', 'omega_sd_0_CL', 'sigma_add']
+    """
+    struct = get_model(spec.structural)
+    data = select_observations(spec, data)
+    struct.check(data)
+    try:
+        struct.check_parameters(spec.parameter_names)
+    except ValueError as e:
+        raise ValueError(f"model {spec.name}: {e}") from None
+    _check_log_scale_data(spec, data)
+    cov_table = data.subject_covariates(sorted({c.covariate for c in spec.covariates}))
+    coords, cat_levels = _coords(spec, data, cov_table)
+
+    def det(name, var, dims=None):
+        return pm.Deterministic(name, var, dims=dims) if deterministics else var
+
+    built = BuiltModel(model=None, data=data, subjects=list(coords["subject"]),  # type: ignore[arg-type]
+                       categorical_levels=cat_levels)
+    with pm.Model(coords=coords, name="") as model:
+        tv = _typical_values(spec, det)
+        tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
+        _levels(spec, data, model, tv_i, det)
+        params = _inter_individual(spec, model, tv_i, det, deterministics)
+        if spec.iov:
+            params = _inter_occasion(spec, data, model, params, det, built)
+        if spec.flip_flop_guard:
+            k_el = params["K"] if "K" in params else params["CL"] / params["V"]
+            params["KA"] = k_el + params["KA"]
+            det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
+        ipred = det("ipred", struct.concentration(data, params, index=built.dose_index), dims="obs")
+        add_likelihood(spec, data, ipred)
+    built.model = model
+    return built
+
+
+def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:
+    if spec.log_scale_error and np.any(data.obs_dv <= 0):
+        j = int(np.flatnonzero(data.obs_dv <= 0)[0])
+        raise DataError(f"exponential (log) residual error needs DV > 0, got {data.obs_dv[j]:g}",
+                        source=data.source, row=int(data.obs_row[j]), column="DV")
+
+
+def _coords(spec: ModelSpec, data: EventData, cov_table: pd.DataFrame) -> tuple[dict, dict]:
+    """Model coordinates, and the levels of each categorical covariate (reference first)."""
+    coords = {"subject": [str(id_label(i)) for i in data.ids], "obs": np.arange(data.n_obs),
+              "iiv": spec.iiv_parameters}
+    for k, block in enumerate(spec.iiv):
+        coords[f"iiv_{k}"] = block.parameters
+    cat_levels = {}
+    for c in spec.covariates:
+        if c.kind == "categorical":
+            levels = sorted(cov_table[c.covariate].unique(), key=str)
+            ref = c.reference if c.reference in levels else levels[0]
+            cat_levels[c.name] = (ref, [lv for lv in levels if lv != ref])
+            coords[f"{c.name}_level"] = [str(lv) for lv in cat_levels[c.name][1]]
+        elif cov_table[c.covariate].dtype == object:
+            raise DataError(f"covariate {c.covariate} is not numeric; use kind='categorical' or an "
+                            f"indicator condition", source=data.source, column=c.covariate)
+    return coords, cat_levels
+
+
+def _typical_values(spec: ModelSpec, det) -> dict:
+    """Typical values on the natural scale; estimated ones as ``exp(log_P_pop)``."""
+    tv = {}
+    for p in spec.parameters:
+        if p.fixed:
+            tv[p.name] = pt.as_tensor_variable(p.initial)
+            continue
+        # The default prior is centred on log(initial), so sampling starts there.
+        log_tv = random_variable(f"log_{p.name}_pop", p.log_prior)
+        tv[p.name] = det(f"{p.name}_pop", pt.exp(log_tv))
+    return tv
+
+
+def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, tv) -> dict:
+    """Typical value per subject: TV * product of covariate effects."""
+    tv_i = {n: tv[n] * pt.ones(data.n_subjects) for n in spec.parameter_names}
+    for c in spec.covariates:
+        values = cov_table[c.covariate].to_numpy()
+        if c.kind == "categorical":
+            ref, others = cat_levels[c.name]
+            theta = (pt.as_tensor_variable(np.full(len(others), c.theta)) if c.fixed else
+                     random_variable(c.name, c.effect_prior, dims=f"{c.name}_level"))
+            lvl = np.array([others.index(v) if v in others else -1 for v in values])
+            eff = pt.exp(pt.switch(lvl >= 0, pt.concatenate([theta, [0.0]])[lvl], 0.0))
+        else:
+            theta = pt.as_tensor_variable(c.theta) if c.fixed else random_variable(c.name, c.effect_prior)
+            eff = covariate_effect(c.kind, values.astype(float), theta, c.reference, c.condition)
+        tv_i[c.parameter] = tv_i[c.parameter] * eff
+    return tv_i
+
+
+def covariate_effect(kind: str, values, theta, reference: float = 1.0, condition: str | None = None):
+    """Multiplicative covariate effect on a typical value, per subject (not categorical).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> float(covariate_effect("power", np.array([140.0]), 0.75, reference=70.0)[0])
+    1.681792830507429
+    """
+    if kind == "power":
+        return (values / reference) ** theta
+    if kind == "exponential":
+        return pt.exp(theta * (values - reference))
+    if kind == "linear":
+        return 1.0 + theta * (values - reference)
+    if kind == "indicator":
+        _, op, val = parse_condition(condition)
+        flag = OPS[op](values, val).astype(float)
+        return 1.0 + theta * flag
+    raise AssertionError(kind)
+
+
+def _levels(spec: ModelSpec, data: EventData, model: pm.Model, tv_i: dict, det) -> None:
+    """Levels above the subject (study, centre): TV_i *= exp(gamma_g(i)), non-centred."""
+    for k, lvl in enumerate(spec.levels):
+        groups = data.subject_covariates([lvl.column])[lvl.column].to_numpy()
+        labels = list(pd.unique(groups))
+        g_idx = np.array([labels.index(g) for g in groups])
+        model.add_coord(f"{lvl.column}", [str(id_label(g)) for g in labels])
+        model.add_coord(f"level_{k}", lvl.parameters)
+        zg = pm.Normal(f"z_level_{k}", 0.0, 1.0, dims=(lvl.column, f"level_{k}"))
+        sd = pt.stack([random_variable(f"level_sd_{lvl.column}_{p}", pr)
+                       for p, pr in zip(lvl.parameters, lvl.priors(), strict=True)])
+        gamma = det(f"gamma_{lvl.column}", zg * sd, dims=(lvl.column, f"level_{k}"))
+        for j, p in enumerate(lvl.parameters):
+            tv_i[p] = tv_i[p] * pt.exp(gamma[g_idx, j])
+
+
+def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: bool) -> dict:
+    """Non-centred etas per IIV block and the individual parameters ``P`` (subject)."""
+    etas, sds = [], []
+    for k, block in enumerate(spec.iiv):
+        z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
+        priors = block.priors()
+        if block.block:
+            sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
+            chol, corr, sd = pm.LKJCholeskyCov(f"omega_chol_{k}", n=len(block.parameters),
+                                               eta=block.lkj_eta, sd_dist=sd_dist,
+                                               compute_corr=True, store_in_trace=store)
+            etas.append(z @ chol.T)
+            model.add_coord(f"iiv_{k}_", block.parameters)
+            det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
+        else:
+            sd = pt.stack([random_variable(f"omega_sd_{k}_{p}", pr)
+                           for p, pr in zip(block.parameters, priors, strict=True)])
+            etas.append(z * sd)
+        sds.append(sd)
+    params = dict(tv_i)
+    if etas:
+        eta = det("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
+        det("omega_sd", pt.concatenate(sds), dims="iiv")
+        j = 0
+        for block in spec.iiv:
+            for p in block.parameters:
+                params[p] = tv_i[p] * pt.exp(eta[:, j]) if block.kind == "lognormal" else tv_i[p] + eta[:, j]
+                j += 1
+    for n in spec.parameter_names:
+        params[n] = det(n, params[n], dims="subject")
+    return params
+
+
+def _inter_occasion(spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det,
+                    built: BuiltModel) -> dict:
+    """One parameter row per (subject, occasion): P_ij = P_i * exp(kappa_ij). Each dose uses its
+    own occasion's parameters (exact when earlier occasions have washed out)."""
+    occ_subject, dose_row = occasions(spec, data)
+    model.add_coord("occasion", [f"{id_label(data.ids[s_])}:{id_label(o)}" for s_, o in occ_subject])
+    model.add_coord("iov", spec.iov_parameters)
+    row_subject = np.array([s_ for s_, _ in occ_subject])
+    z = pm.Normal("z_iov", 0.0, 1.0, dims=("occasion", "iov"))
+    pi_sd = pt.stack([random_variable(f"pi_sd_{p}", pr) for b in spec.iov
+                      for p, pr in zip(b.parameters, b.priors(), strict=True)])
+    det("pi_sd", pi_sd, dims="iov")
+    kappa = det("kappa", z * pi_sd, dims=("occasion", "iov"))
+    params = {n: v[row_subject] for n, v in params.items()}
+    for j, p in enumerate(spec.iov_parameters):
+        params[p] = params[p] * pt.exp(kappa[:, j])
+    built.occasions, built.dose_index = occ_subject, dose_row
+    return params
+
+
+def occasions(spec: ModelSpec, data: EventData) -> tuple[list, np.ndarray]:
+    """(subject, occasion) pairs in data order and each dose's row among them.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        A model with IOV (all blocks on one occasion column).
+    data : EventData
+        The data.
+
+    Returns
+    -------
+    pairs : list of (int, object)
+        Subject index and occasion of each (subject, occasion) row.
+    dose_row : int array
+        Row of ``pairs`` of each dose event.
+    """
+    col = spec.iov[0].occasion
+    if any(b.occasion != col for b in spec.iov):
+        raise ValueError("all IOV blocks must use the same occasion column")
+    if col == "OCC":
+        d_occ, o_occ = data.dose_occ, data.obs_occ
+    else:
+        d_occ = data.records.set_index("_ROW").loc[data.dose_row, col].to_numpy()
+        o_occ = data.records.set_index("_ROW").loc[data.obs_row, col].to_numpy()
+    pairs = list(dict.fromkeys(zip(np.r_[data.dose_subject, data.obs_subject].tolist(),
+                                   np.r_[d_occ, o_occ].tolist(), strict=True)))
+    pos = {p: i for i, p in enumerate(pairs)}
+    dose_row = np.array([pos[(s_, o)] for s_, o in zip(data.dose_subject.tolist(), d_occ.tolist(),
+                                                        strict=True)], dtype=int)
+    return pairs, dose_row

@@ -1,0 +1,127 @@
+"""Residual error and the observation likelihood ``DV`` of the graph (PyMC).
+
+Normal or Student-t per observation; censored observations (M3) contribute the probability of
+their censoring interval. Exponential error is a normal error on log(DV); several outputs
+(DVID) each have their own normal error model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from nlmebayes.data import EventData
+from nlmebayes.model.priors import random_variable
+from nlmebayes.model.spec import ModelSpec
+
+__all__ = ["add_likelihood", "residual_sd"]
+
+
+def residual_sd(kind: str, sig: dict, ipred):
+    """Residual SD of an additive/proportional/combined error (``sig`` by kind: add, prop).
+
+    Examples
+    --------
+    >>> import pytensor.tensor as pt
+    >>> sd = residual_sd("combined", {"add": 0.3, "prop": 0.1}, pt.as_tensor_variable([4.0]))
+    >>> round(float(sd.eval()[0]), 6)
+    0.5
+    """
+    f = pt.abs(ipred)
+    return {
+        "additive": lambda: sig["add"] * pt.ones_like(f),
+        "proportional": lambda: sig["prop"] * f,
+        "combined": lambda: pt.sqrt(sig["add"] ** 2 + (sig["prop"] * f) ** 2),
+        "combined_sd": lambda: sig["add"] + sig["prop"] * f,
+    }[kind]()
+
+
+def add_likelihood(spec: ModelSpec, data: EventData, ipred):
+    """Add the residual SDs (``sigma_<name>``), Student-t ``nu`` and ``DV`` to the model in context.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        Its ``error`` (one, or one per output) defines the residual model.
+    data : EventData
+        The observations (after selection).
+    ipred : TensorVariable
+        Individual predictions, one per observation.
+
+    Returns
+    -------
+    TensorVariable
+        The observed variable ``DV``.
+    """
+    sig = {name: random_variable(f"sigma_{name}", e.prior(kind)) for name, _, kind, e in spec.sigma_terms}
+    nu = None
+    dv, limit = data.obs_dv, data.obs_limit
+    if isinstance(spec.error, dict):
+        mu, sd = ipred, _per_output_sd(spec, data, sig, ipred)
+    else:
+        err = spec.error
+        if err.distribution == "student_t":
+            nu = pt.as_tensor_variable(err.nu) if err.nu is not None else random_variable("nu", err.prior("nu"))
+        if err.kind == "exponential":
+            # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
+            mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
+            with np.errstate(divide="ignore"):
+                dv, limit = np.log(dv), np.log(limit)
+        elif err.kind == "additive":
+            mu, sd = ipred, sig["add"]  # scalar SD
+        else:
+            # A zero prediction (before the first dose) with proportional error has no
+            # spread: floor it so the density stays finite.
+            mu, sd = ipred, pt.maximum(residual_sd(err.kind, sig, ipred), 1e-8)
+    return _observed(mu, sd, nu, dv, data.obs_cens, limit)
+
+
+def _per_output_sd(spec: ModelSpec, data: EventData, sig: dict, ipred):
+    """One output per DVID, each with its own (normal, not log-scale) error model."""
+    outputs = data.obs_output
+    sd = pt.zeros_like(ipred)
+    for out, e in spec.errors.items():
+        sd_k = residual_sd(e.kind, {k: sig[f"{out}_{k}"] for k in e.sigma_names}, ipred)
+        sd = pt.switch(outputs == out, sd_k, sd)
+    return pt.maximum(sd, 1e-8)
+
+
+def _residual_dist(mu, sd, nu):
+    return pm.Normal.dist(mu, sd) if nu is None else pm.StudentT.dist(nu=nu, mu=mu, sigma=sd)
+
+
+def _observed(mu, sd, nu, dv, cens, limit):
+    """``DV`` per observation: Normal or Student-t, and for censored observations (M3) the
+    probability of the censoring interval: ``P(y < DV)`` for CENS = 1 (BLQ, DV = LLOQ),
+    ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y < LIMIT``) when LIMIT is given.
+    """
+    if cens is None or not np.any(cens != 0):
+        if nu is None:
+            return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
+        return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
+    cens = np.asarray(cens)
+    has_lim = ~np.isnan(limit)
+    # The other end of each interval; -inf/+inf where there is none.
+    other = np.where(has_lim, limit, np.where(cens == 1, -np.inf, np.inf))
+    lo_end = np.where(cens == 1, other, dv)  # for CENS -1 the interval starts at DV
+    hi_end = np.where(cens == 1, dv, other)
+    safe_lo = np.where(np.isfinite(lo_end), lo_end, 0.0)
+    safe_hi = np.where(np.isfinite(hi_end), hi_end, 0.0)
+
+    def logp(value, mu, sd, *nu_):
+        base = _residual_dist(mu, sd, nu_[0] if nu_ else None)
+        dens = pm.logp(base, value)
+        lcdf_hi = pt.switch(np.isfinite(hi_end), pm.logcdf(base, safe_hi), 0.0)
+        lcdf_lo = pt.switch(np.isfinite(lo_end), pm.logcdf(base, safe_lo), -np.inf)
+        interval = pm.math.logdiffexp(lcdf_hi, lcdf_lo)
+        return pt.switch(cens == 0, dens, interval)
+
+    def random(mu, sd, *nu_, rng=None, size=None):
+        # Replicates before censoring: what the assay would have measured.
+        if nu_:
+            return mu + sd * rng.standard_t(nu_[0], size=size)
+        return rng.normal(mu, sd, size=size)
+
+    args = (mu, sd) if nu is None else (mu, sd, nu)
+    return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")

@@ -1,0 +1,68 @@
+"""Code generation: the right-hand side, its Jacobians and the sensitivity equations as one
+unrolled, allocation-free numba kernel, written from the symbolic derivatives of the expressions
+(:func:`~.expressions.derivative`); and the initial amounts with their sensitivities."""
+
+from __future__ import annotations
+
+import ast
+
+import numba
+import numpy as np
+
+from nlmebayes.pk.ode.expressions import derivative
+
+__all__ = ["kernel_source", "initial_source", "njit_source", "compile_kernel"]
+
+
+def kernel_source(states, rhs, param_names) -> str:
+    """Python source of ``kernel(z, p, r, out)``: ``z = (y, S.ravel())`` and
+    ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, unrolled, allocation-free."""
+    n, m = len(states), len(param_names)
+    trees = [ast.parse(rhs[s], mode="eval").body for s in states]
+    lines = ["def kernel(z, p, r, out):"]
+    lines += [f"    {s} = z[{i}]" for i, s in enumerate(states)]
+    lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    for i, tree in enumerate(trees):
+        lines.append(f"    out[{i}] = ({ast.unparse(tree)}) + r[{i}]")
+    for i, tree in enumerate(trees):
+        dy = [derivative(tree, s) for s in states]
+        dp = [derivative(tree, q) for q in param_names]
+        for k, e in enumerate(dy):
+            if e is not None:
+                lines.append(f"    jy{k} = {ast.unparse(e)}")
+        for j in range(m):
+            terms = [f"jy{k} * z[{n + k * m + j}]" for k, e in enumerate(dy) if e is not None]
+            if dp[j] is not None:
+                terms.append(f"({ast.unparse(dp[j])})")
+            lines.append(f"    out[{n + i * m + j}] = {' + '.join(terms) or '0.0'}")
+    return "\n".join(lines) + "\n"
+
+
+def initial_source(states, initial, param_names) -> str:
+    """Python source of ``init(p, y, S)``: the initial amounts ``y0(p)`` and their
+    sensitivities ``dy0/dp`` written into zeroed ``y`` and ``S``."""
+    lines = ["def init(p, y, S):"]
+    lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    for i, s in enumerate(states):
+        if s not in initial:
+            continue
+        tree = ast.parse(initial[s], mode="eval").body
+        lines.append(f"    y[{i}] = {ast.unparse(tree)}")
+        for j, q in enumerate(param_names):
+            e = derivative(tree, q)
+            if e is not None:
+                lines.append(f"    S[{i}, {j}] = {ast.unparse(e)}")
+    return "\n".join(lines + ["    return"]) + "\n"
+
+
+def njit_source(source: str, name: str):
+    """Compile generated Python ``source`` and return its function ``name`` jitted by numba
+    (no fast-math, no cache: the PyTensor Op caches the compiled model instead)."""
+    namespace = {"np": np}
+    exec(compile(source, f"<nlmebayes ode {name}>", "exec"), namespace)
+    return numba.njit(cache=False, fastmath=False)(namespace[name])
+
+
+def compile_kernel(states, rhs, param_names):
+    """The jitted kernel of :func:`kernel_source`."""
+    return njit_source(kernel_source(states, rhs, param_names), "kernel")

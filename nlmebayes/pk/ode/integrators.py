@@ -1,0 +1,229 @@
+"""Adaptive integrators of the state + sensitivity system, as module-level numba functions.
+
+The system is flat: ``z = (y, S.ravel())`` with ``n_states`` amounts ``y`` and their
+sensitivities ``S`` (``n_states x n_p``) to the subject's parameters. Both methods control the
+error of the states and of the (log-scaled) sensitivities (:func:`error_norm`):
+
+* :func:`dopri5`: Dormand-Prince 5(4), explicit, for non-stiff systems. It takes the generated
+  kernel (:mod:`.codegen`), steps over observation times and interpolates them with its order-4
+  continuous extension (Hairer, Norsett & Wanner, CONTD5), stopping only at doses.
+* :func:`rosenbrock23`: the L-stable Rosenbrock (2,3) pair of Shampine & Reichelt (1997,
+  MATLAB's ``ode23s``) for stiff systems, with the exact Jacobian of the state + sensitivity
+  system (second derivatives of the right-hand side included); it steps to each observation.
+
+The right-hand side arrives as a jitted function argument (``kernel``, or ``rhs`` and ``jac``
+for Rosenbrock): numba specialises these functions for each model's functions. Beyond
+``max_steps`` steps per segment a solve returns NaN, which the sampler rejects (this bounds the
+cost of extreme parameter values met during warm-up). None of this uses fast-math.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to"]
+
+# Dormand-Prince 5(4) tableau, error weights and the CONTD5 dense-output coefficients.
+A21 = 1 / 5
+A31, A32 = 3 / 40, 9 / 40
+A41, A42, A43 = 44 / 45, -56 / 15, 32 / 9
+A51, A52, A53, A54 = 19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729
+A61, A62, A63, A64, A65 = 9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656
+B1, B3, B4, B5, B6 = 35 / 384, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84
+E1, E3, E4, E5, E6, E7 = 71 / 57600, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40
+D1, D3, D4 = -12715105075 / 11282082432, 87487479700 / 32700410799, -10690763975 / 1880347072
+D5, D6, D7 = 701980252875 / 199316789632, -1453857185 / 822651844, 69997945 / 29380423
+
+# Rosenbrock (2,3) constants of Shampine & Reichelt.
+RB_D = 1.0 / (2.0 + np.sqrt(2.0))
+RB_E32 = 6.0 + np.sqrt(2.0)
+
+
+@numba.njit(cache=False)
+def error_norm(e, z, zn, rtol, atol, scale, n_states, n_p):
+    """RMS of the local error ``e`` of the flat state + sensitivity vector.
+
+    Each entry is weighted by ``atol + rtol * |value|``; sensitivities to p_j are scaled by
+    |p_j| (so they are compared as d amount / d log p_j, in amount units).
+    """
+    N = n_states * (1 + n_p)
+    acc = 0.0
+    for i in range(N):
+        if i < n_states:
+            w = atol + rtol * max(abs(z[i]), abs(zn[i]))
+            acc += (e[i] / w) ** 2
+        else:
+            sc = scale[(i - n_states) % n_p]
+            w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
+            acc += (sc * e[i] / w) ** 2
+    return np.sqrt(acc / N)
+
+
+@numba.njit(cache=False)
+def record(k, z, A, SA):
+    """Write the flat state ``z`` into row ``k`` of the amounts ``A`` and sensitivities ``SA``."""
+    n_states, n_p = SA.shape[1], SA.shape[2]
+    for i in range(n_states):
+        A[k, i] = z[i]
+        for j in range(n_p):
+            SA[k, i, j] = z[n_states + i * n_p + j]
+
+
+@numba.njit(cache=False)
+def _dense_output(th, h, z, zn, k1, k3, k4, k5, k6, k7, out):
+    """CONTD5: ``y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5)))`` with
+    ``dz = zn - z``, ``b = h k1 - dz``, ``c5 = h sum d_i k_i``."""
+    th1 = 1.0 - th
+    for i in range(z.shape[0]):
+        dz = zn[i] - z[i]
+        b = h * k1[i] - dz
+        c5 = h * (D1 * k1[i] + D3 * k3[i] + D4 * k4[i] + D5 * k5[i] + D6 * k6[i] + D7 * k7[i])
+        out[i] = z[i] + th * (dz + th1 * (b + th * (dz - h * k7[i] - b + th1 * c5)))
+
+
+@numba.njit(cache=False)
+def _dopri5_stages(kernel, z, p, r, h, k1, k2, k3, k4, k5, k6, k7, zt, zn):
+    """One Dormand-Prince step of size h from z (k1 = f(z) given): stages k2..k7, the new state
+    ``zn`` and, in ``zt``, the local error estimate."""
+    N = z.shape[0]
+    for i in range(N):
+        zt[i] = z[i] + h * A21 * k1[i]
+    kernel(zt, p, r, k2)
+    for i in range(N):
+        zt[i] = z[i] + h * (A31 * k1[i] + A32 * k2[i])
+    kernel(zt, p, r, k3)
+    for i in range(N):
+        zt[i] = z[i] + h * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
+    kernel(zt, p, r, k4)
+    for i in range(N):
+        zt[i] = z[i] + h * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
+    kernel(zt, p, r, k5)
+    for i in range(N):
+        zt[i] = z[i] + h * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i] + A65 * k5[i])
+    kernel(zt, p, r, k6)
+    for i in range(N):
+        zn[i] = z[i] + h * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i] + B6 * k6[i])
+    kernel(zn, p, r, k7)
+    for i in range(N):  # the local error estimate, in zt (free until the next step)
+        zt[i] = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i] + E7 * k7[i])
+
+
+@numba.njit(cache=False)
+def dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps):
+    """Dormand-Prince 5(4) from ``t0`` to ``t1`` (a dose or infusion change).
+
+    Allocation-free inside the step loop: the kernel writes into preallocated stage buffers.
+    The pending observations ``q_t`` (sorted, in ``(t0, t1]``) are interpolated, not stepped
+    to, and recorded into A/SA rows ``q_k``. ``counters`` = (steps, rejected, steps of this
+    segment). Returns the state and sensitivities at ``t1`` and the next step size.
+    """
+    n_states, n_p = S.shape
+    N = n_states * (1 + n_p)
+    t = t0
+    z = np.empty(N)
+    z[:n_states] = y
+    z[n_states:] = S.ravel()
+    k1, k2, k3, k4 = np.empty(N), np.empty(N), np.empty(N), np.empty(N)
+    k5, k6, k7 = np.empty(N), np.empty(N), np.empty(N)
+    zt, zn = np.empty(N), np.empty(N)
+    kernel(z, p, r, k1)
+    jq = 0
+    while t1 - t > 1e-13 * max(abs(t1), 1.0):
+        h = min(h, t1 - t)
+        _dopri5_stages(kernel, z, p, r, h, k1, k2, k3, k4, k5, k6, k7, zt, zn)
+        err = error_norm(zt, z, zn, rtol, atol, scale, n_states, n_p)
+        counters[0] += 1
+        if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
+            while jq < nq and q_t[jq] <= t + h:
+                _dense_output((q_t[jq] - t) / h, h, z, zn, k1, k3, k4, k5, k6, k7, zt)
+                record(q_k[jq], zt, A, SA)
+                jq += 1
+            t += h
+            for i in range(N):
+                z[i] = zn[i]
+                k1[i] = k7[i]
+            h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-0.2)))
+        else:
+            counters[1] += 1
+            h = h * max(0.2, 0.9 * err ** (-0.2))
+        counters[2] += 1
+        if counters[2] > max_steps:  # a runaway (stiff or extreme) solve: NaN, rejected
+            z[:] = np.nan
+            break
+    while jq < nq:  # at t1 itself (rounding), or NaN after a runaway solve
+        record(q_k[jq], z, A, SA)
+        jq += 1
+    return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
+
+
+@numba.njit(cache=False)
+def _augmented(rhs, z, p, r, n_states, n_p):
+    """``(f(y) + r, (df/dy S + df/dp).ravel())`` from ``rhs(y, p) -> (f, df/dy, df/dp)``."""
+    y = z[:n_states].copy()
+    S = z[n_states:].copy().reshape((n_states, n_p))
+    f, Jy, Jp = rhs(y, p)
+    out = np.empty(n_states * (1 + n_p))
+    out[:n_states] = f + r
+    out[n_states:] = (Jy @ S + Jp).ravel()
+    return out
+
+
+@numba.njit(cache=False)
+def rosenbrock23_to(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, max_steps):
+    """Rosenbrock (2,3) of Shampine & Reichelt (L-stable) from ``t0`` to ``t1`` on the state +
+    sensitivity system, with its exact Jacobian ``jac(y, S, p)``."""
+    n_states, n_p = S.shape
+    N = n_states * (1 + n_p)
+    t = t0
+    z = np.empty(N)
+    z[:n_states] = y
+    z[n_states:] = S.ravel()
+    F0 = _augmented(rhs, z, p, r, n_states, n_p)
+    J = jac(y, S.copy(), p)[0]
+    eye = np.eye(N)
+    while t1 - t > 1e-13 * max(abs(t1), 1.0):
+        h = min(h, t1 - t)
+        W = np.linalg.inv(eye - h * RB_D * J)
+        k1 = W @ F0
+        F1 = _augmented(rhs, z + 0.5 * h * k1, p, r, n_states, n_p)
+        k2 = W @ (F1 - k1) + k1
+        zn = z + h * k2
+        F2 = _augmented(rhs, zn, p, r, n_states, n_p)
+        k3 = W @ (F2 - RB_E32 * (k2 - F1) - 2.0 * (k1 - F0))
+        e = h / 6.0 * (k1 - 2.0 * k2 + k3)
+        err = error_norm(e, z, zn, rtol, atol, scale, n_states, n_p)
+        counters[0] += 1
+        if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
+            t += h
+            z = zn
+            F0 = F2
+            J = jac(z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), p)[0]
+            h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-1.0 / 3.0)))
+        else:
+            counters[1] += 1
+            h = h * max(0.2, 0.9 * err ** (-1.0 / 3.0))
+        counters[2] += 1
+        if counters[2] > max_steps:  # a runaway (stiff or extreme) solve: NaN, rejected
+            z = z * np.nan
+            break
+    return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
+
+
+@numba.njit(cache=False)
+def rosenbrock23(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA,
+                 max_steps):
+    """Rosenbrock through the pending observations (stepping to each), then to ``t1``."""
+    t = t0
+    for j in range(nq):
+        if q_t[j] > t:
+            h = min(h, q_t[j] - t)
+            y, S, h = rosenbrock23_to(rhs, jac, t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters,
+                                      max_steps)
+            t = q_t[j]
+        A[q_k[j]] = y
+        SA[q_k[j]] = S
+    if t1 > t:
+        h = min(h, t1 - t)
+        y, S, h = rosenbrock23_to(rhs, jac, t, t1, y, S, p, r, rtol, atol, h, scale, counters, max_steps)
+    return y, S, h

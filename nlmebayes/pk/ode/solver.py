@@ -1,0 +1,224 @@
+"""The event loop: every reset segment of every subject solved through its doses, infusions and
+observations, with the sensitivity jumps that TLAG and F cause (numba).
+
+Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
+and F (if the model has them) act on doses into the dose state, F scaling the amount (and the
+infusion's duration, as NONMEM does). Sensitivities jump at doses (F) and at event times that
+move with TLAG and F. Each segment starts from the initial amounts at its first record's time.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from nlmebayes.pk.ode.integrators import dopri5, rosenbrock23
+
+__all__ = ["make_solver", "solve_segments"]
+
+# Event kinds, and their order at equal times: doses before infusion ends before observations.
+_OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END = 0, 1, 2, 3
+
+
+def make_solver(method: str, n_states: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000):
+    """The jitted ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
+
+    Parameters
+    ----------
+    method : {"dopri5", "rosenbrock23"}
+        The integrator.
+    n_states : int
+        Number of states.
+    kernel, init : numba functions
+        The generated right-hand side + sensitivity kernel and initial amounts (:mod:`.codegen`).
+    rhs, jac : numba functions, optional
+        ``(y, p) -> (f, df/dy, df/dp)`` and the augmented system's Jacobian (Rosenbrock only).
+    max_steps : int
+        Steps allowed per segment before the solve returns NaN.
+
+    Returns
+    -------
+    numba function
+        Its arguments are the subjects' parameters ``P`` (n_subjects x n_p), the arrays of
+        :func:`~.schedule.schedule` and the tolerances.
+    """
+    if method == "rosenbrock23":
+
+        @numba.njit(cache=False)
+        def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
+            return rosenbrock23(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k,
+                                nq, A, SA, max_steps)
+    else:
+
+        @numba.njit(cache=False)
+        def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
+            return dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A,
+                          SA, max_steps)
+
+    @numba.njit(cache=False)
+    def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
+              seg_subject, seg_t0, i_lag, i_f, rtol, atol):
+        return solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t, dose_amt,
+                              dose_rate, dose_state, dose_lagf, dose_start, seg_subject, seg_t0, i_lag,
+                              i_f, rtol, atol)
+
+    return solve
+
+
+@numba.njit(cache=False)
+def rate_of(kernel, y, p, r):
+    """``f(y) + r`` from the generated kernel (sensitivity part unused)."""
+    n_states = y.shape[0]
+    N = n_states * (1 + p.shape[0])
+    z = np.zeros(N)
+    z[:n_states] = y
+    out = np.empty(N)
+    kernel(z, p, r, out)
+    return out[:n_states].copy()
+
+
+@numba.njit(cache=False)
+def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f):
+    """A segment's events (time, priority, kind, index) in time order: each dose (lagged), each
+    infusion's end (its length scaled by F) and each observation."""
+    n_ev = (o1 - o0) + 2 * (d1 - d0)
+    et = np.empty(n_ev)
+    pr = np.empty(n_ev)
+    kind = np.empty(n_ev, dtype=np.int64)
+    idx = np.empty(n_ev, dtype=np.int64)
+    m = 0
+    for k in range(d0, d1):
+        lag = p[i_lag] if (i_lag >= 0 and dose_lagf[k]) else 0.0
+        F = p[i_f] if (i_f >= 0 and dose_lagf[k]) else 1.0
+        et[m] = dose_t[k] + lag
+        pr[m] = 0.0
+        kind[m] = _BOLUS if dose_rate[k] <= 0 else _INFUSION_START
+        idx[m] = k
+        m += 1
+        if dose_rate[k] > 0:
+            et[m] = dose_t[k] + lag + F * dose_amt[k] / dose_rate[k]
+            pr[m] = 1.0
+            kind[m] = _INFUSION_END
+            idx[m] = k
+            m += 1
+    for j in range(o0, o1):
+        et[m] = obs_t[j]
+        pr[m] = 2.0
+        kind[m] = _OBSERVATION
+        idx[m] = j
+        m += 1
+    # order by (time, priority): insertion sort, events per subject are few
+    order = np.arange(m)
+    for a in range(1, m):
+        b = a
+        while b > 0 and (et[order[b - 1]] > et[order[b]]
+                         or (et[order[b - 1]] == et[order[b]] and pr[order[b - 1]] > pr[order[b]])):
+            tmp = order[b - 1]
+            order[b - 1] = order[b]
+            order[b] = tmp
+            b -= 1
+    return et, kind, idx, order, m
+
+
+@numba.njit(cache=False)
+def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
+    """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps:
+    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F)
+    makes the sensitivities jump by the change in the right-hand side."""
+    c = dose_state[k]
+    applies = dose_lagf[k]
+    F = p[i_f] if (i_f >= 0 and applies) else 1.0
+    f_before = rate_of(kernel, y, p, r)
+    if kind == _BOLUS:
+        y = y.copy()
+        y[c] += F * dose_amt[k]
+        if i_f >= 0 and applies:
+            S = S.copy()
+            S[c, i_f] += dose_amt[k]
+    elif kind == _INFUSION_START:
+        r = r.copy()
+        r[c] += dose_rate[k]
+    else:
+        r = r.copy()
+        r[c] -= dose_rate[k]
+        if abs(r[c]) < 1e-12 * dose_rate[k]:
+            r[c] = 0.0
+    f_after = rate_of(kernel, y, p, r)
+    jump = f_before - f_after
+    if i_lag >= 0 and applies:
+        S = S.copy()
+        S[:, i_lag] += jump
+    if kind == _INFUSION_END and i_f >= 0 and applies:
+        S = S.copy()
+        S[:, i_f] += jump * dose_amt[k] / dose_rate[k]
+    return y, S, r
+
+
+@numba.njit(cache=False)
+def solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t, dose_amt, dose_rate,
+                   dose_state, dose_lagf, dose_start, seg_subject, seg_t0, i_lag, i_f, rtol, atol):
+    """Amounts ``A`` (n_obs, n_states) and sensitivities ``SA`` (n_obs, n_states, n_p) at the
+    observations, and the step counters (steps, rejected, steps of the last segment).
+
+    Each reset segment (a subject's records up to a reset, EVID 3/4) starts from the initial
+    amounts at its first record's time, with its subject's parameters. Observations wait in a
+    queue until the next dose (or the end) is integrated to, so that the integrator can
+    interpolate them.
+    """
+    n_p = P.shape[1]
+    n_obs = obs_t.shape[0]
+    A = np.zeros((n_obs, n_states))
+    SA = np.zeros((n_obs, n_states, n_p))
+    counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this segment
+    for g in range(seg_subject.shape[0]):
+        counters[2] = 0
+        p = P[seg_subject[g]].copy()
+        o0, o1 = obs_start[g], obs_start[g + 1]
+        d0, d1 = dose_start[g], dose_start[g + 1]
+        if o1 == o0:
+            continue
+        scale = np.abs(p) + 1e-12
+        y = np.zeros(n_states)
+        S = np.zeros((n_states, n_p))
+        init(p, y, S)
+        amax = 1e-300
+        for k in range(d0, d1):
+            amax = max(amax, abs(dose_amt[k]))
+        for i in range(n_states):
+            amax = max(amax, abs(y[i]))
+        a_tol = atol * amax
+        et, kind, idx, order, m = _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate,
+                                                  dose_lagf, i_lag, i_f)
+        r = np.zeros(n_states)
+        t = seg_t0[g]
+        h = 1e-3
+        q_t = np.empty(m)
+        q_k = np.empty(m, dtype=np.int64)
+        nq = 0
+        for q in range(m):
+            e = order[q]
+            te = et[e]
+            k = idx[e]
+            if kind[e] == _OBSERVATION:
+                if te > t:
+                    q_t[nq] = te
+                    q_k[nq] = k
+                    nq += 1
+                else:
+                    A[k] = y
+                    SA[k] = S
+                continue
+            if te > t:
+                if h <= 0.0 or h > te - t:
+                    h = te - t
+                y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
+                nq = 0
+                t = te
+            y, S, r = _apply_dose_event(kernel, kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt,
+                                        dose_rate, i_lag, i_f)
+            h = 1e-3 * max(1.0, abs(t))
+        if nq:
+            if h <= 0.0 or h > q_t[nq - 1] - t:
+                h = q_t[nq - 1] - t
+            step_to(t, q_t[nq - 1], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
+    return A, SA, counters
