@@ -43,15 +43,28 @@ def main() -> None:
     spec = ModelSpec.from_toml(ROOT / "models" / "mm_1cpt_oral_ode.toml")
     covered = {k: [] for k in EXPECT}
     for rep in range(args.replicates):
-        sim = simulate(spec, design(), typical=TRUTH, omega=np.diag([0.09, 0.04]),
-                       sigma={"add": 0.05, "prop": 0.1}, seed=1000 + rep)
-        res = fit(spec, sim, draws=args.draws, tune=args.draws, chains=2, seed=rep,
-                  diagnostics=False, progressbar=False)
+        sim = simulate(
+            spec,
+            design(),
+            typical=TRUTH,
+            omega=np.diag([0.09, 0.04]),
+            sigma={"add": 0.05, "prop": 0.1},
+            seed=1000 + rep,
+        )
+        res = fit(
+            spec,
+            sim,
+            draws=args.draws,
+            tune=args.draws,
+            chains=2,
+            seed=rep,
+            diagnostics=False,
+            progressbar=False,
+        )
         tab = res.parameter_table(ci=0.90).set_index("parameter")
         for k, v in EXPECT.items():
             covered[k].append(bool(tab.loc[k, "lower"] < v < tab.loc[k, "upper"]))
-        print(f"replicate {rep}: {sum(c[-1] for c in covered.values())}/{len(EXPECT)} covered",
-              flush=True)
+        print(f"replicate {rep}: {sum(c[-1] for c in covered.values())}/{len(EXPECT)} covered", flush=True)
     n = args.replicates
     print(f"\n90% interval coverage over {n} simulated data sets (target 0.90):")
     for k, c in covered.items():

@@ -30,8 +30,16 @@ def full_fit(structural: str, draws: int, seed: int) -> float:
     spec = ModelSpec.from_toml(ROOT / "models" / "theophylline_1cpt_oral.toml")
     spec = dataclasses.replace(spec, structural=structural, name=structural)
     t0 = time.perf_counter()
-    fit(spec, datasets.theophylline(), draws=draws, tune=draws, chains=4, seed=seed,
-        diagnostics=False, progressbar=False)
+    fit(
+        spec,
+        datasets.theophylline(),
+        draws=draws,
+        tune=draws,
+        chains=4,
+        seed=seed,
+        diagnostics=False,
+        progressbar=False,
+    )
     return time.perf_counter() - t0
 
 
@@ -79,9 +87,12 @@ def ours_model(df) -> pm.Model:
     from nlmebayes.model.builder import build_model
 
     data = read_nonmem(df[(df["AMT"] > 0) | (df["TIME"] > 0)].reset_index(drop=True))
-    spec = ModelSpec(name="theo1", structural="1cpt_oral_ode",
-                     parameters={"KA": 1.57, "CL": 2.72, "V": 31.5},
-                     error=ResidualError("additive", add=0.7))
+    spec = ModelSpec(
+        name="theo1",
+        structural="1cpt_oral_ode",
+        parameters={"KA": 1.57, "CL": 2.72, "V": 31.5},
+        error=ResidualError("additive", add=0.7),
+    )
     return build_model(spec, data, deterministics=False).model
 
 
@@ -96,22 +107,34 @@ def main() -> None:
     w_o = full_fit("1cpt_oral_ode", 20, 0)
     a = full_fit("1cpt_oral", args.draws, 1)
     o = full_fit("1cpt_oral_ode", args.draws, 1)
-    print(f"Theophylline full NUTS fit, 4 chains x {args.draws} draws (+{args.draws} tune), "
-          f"build + compile + sampling:")
+    print(
+        f"Theophylline full NUTS fit, 4 chains x {args.draws} draws (+{args.draws} tune), "
+        f"build + compile + sampling:"
+    )
     print(f"  analytic {a:7.2f} s   ODE {o:7.2f} s   ratio ODE / analytic = {o / a:.2f} (target <= 5)")
-    print(f"  (first use in this process, 20 draws, compilation included: analytic {w_a:.1f} s, "
-          f"ODE {w_o:.1f} s)")
+    print(
+        f"  (first use in this process, 20 draws, compilation included: analytic {w_a:.1f} s, "
+        f"ODE {w_o:.1f} s)"
+    )
     _, df = subset()
     pc, ps, pg = _nutpie_run(pm_ode_model(df), args.ode_draws, 2)
     oc, os_, og = _nutpie_run(ours_model(df), args.ode_draws, 2)
-    print(f"Subject 1 only, typical values + sigma, nutpie, 1 chain x {args.ode_draws} draws "
-          f"(+{args.ode_draws} tune):")
-    print(f"  pm.ode.DifferentialEquation: compile {pc:6.2f} s  sampling {ps:7.2f} s  "
-          f"({pg} gradients, {1e3 * ps / pg:.3f} ms each)")
-    print(f"  nlmebayes ODE:               compile {oc:6.2f} s  sampling {os_:7.2f} s  "
-          f"({og} gradients, {1e3 * os_ / og:.3f} ms each)")
-    print(f"  speed-up: sampling {ps / os_:.1f}x, per gradient {(ps / pg) / (os_ / og):.1f}x "
-          f"(target >= 20); compile + sampling {(pc + ps) / (oc + os_):.1f}x")
+    print(
+        f"Subject 1 only, typical values + sigma, nutpie, 1 chain x {args.ode_draws} draws "
+        f"(+{args.ode_draws} tune):"
+    )
+    print(
+        f"  pm.ode.DifferentialEquation: compile {pc:6.2f} s  sampling {ps:7.2f} s  "
+        f"({pg} gradients, {1e3 * ps / pg:.3f} ms each)"
+    )
+    print(
+        f"  nlmebayes ODE:               compile {oc:6.2f} s  sampling {os_:7.2f} s  "
+        f"({og} gradients, {1e3 * os_ / og:.3f} ms each)"
+    )
+    print(
+        f"  speed-up: sampling {ps / os_:.1f}x, per gradient {(ps / pg) / (os_ / og):.1f}x "
+        f"(target >= 20); compile + sampling {(pc + ps) / (oc + os_):.1f}x"
+    )
 
 
 if __name__ == "__main__":

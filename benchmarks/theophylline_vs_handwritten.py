@@ -53,8 +53,10 @@ def run(make, seed):
     idata = make(seed)
     wall = time.perf_counter() - t0
     post = idata["posterior"]
-    e = min(float(ess(post[v], method="bulk").min()) for v in ("log_KA_pop", "log_CL_pop", "log_V_pop",
-                                                                "sigma_add"))
+    e = min(
+        float(ess(post[v], method="bulk").min())
+        for v in ("log_KA_pop", "log_CL_pop", "log_V_pop", "sigma_add")
+    )
     return wall, e
 
 
@@ -62,14 +64,28 @@ def _sample_direct(model, seed):
     """The hand-written model through nutpie's own API, as nlmebayes.fit calls it."""
     import nutpie
 
-    return nutpie.sample(nutpie.compile_pymc_model(model), draws=DRAWS, tune=TUNE, chains=CHAINS,
-                         seed=seed, save_warmup=False, progress_bar=False)
+    return nutpie.sample(
+        nutpie.compile_pymc_model(model),
+        draws=DRAWS,
+        tune=TUNE,
+        chains=CHAINS,
+        seed=seed,
+        save_warmup=False,
+        progress_bar=False,
+    )
 
 
 def _sample(model, seed):
     with model:
-        return pm.sample(draws=DRAWS, tune=TUNE, chains=CHAINS, random_seed=seed,
-                         nuts_sampler="nutpie", progressbar=False, compute_convergence_checks=False)
+        return pm.sample(
+            draws=DRAWS,
+            tune=TUNE,
+            chains=CHAINS,
+            random_seed=seed,
+            nuts_sampler="nutpie",
+            progressbar=False,
+            compute_convergence_checks=False,
+        )
 
 
 def main() -> None:
@@ -84,8 +100,18 @@ def main() -> None:
         pm.sample(draws=10, tune=10, chains=1, nuts_sampler="nutpie", progressbar=False)
     runs = {"nlmebayes fit": [], "hand-written, pm.sample": [], "hand-written, nutpie API": []}
     makers = {
-        "nlmebayes fit": lambda s: fit(spec, data, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=s,
-                                       diagnostics=False, progressbar=False).idata,
+        "nlmebayes fit": lambda s: (
+            fit(
+                spec,
+                data,
+                draws=DRAWS,
+                tune=TUNE,
+                chains=CHAINS,
+                seed=s,
+                diagnostics=False,
+                progressbar=False,
+            ).idata
+        ),
         "hand-written, pm.sample": lambda s: _sample(handwritten(data), s),
         "hand-written, nutpie API": lambda s: _sample_direct(handwritten(data), s),
     }
@@ -94,20 +120,26 @@ def main() -> None:
         for label in order:
             runs[label].append(run(makers[label], 100 + r))
     wall = {k: np.median([w for w, _ in v]) for k, v in runs.items()}
-    print(f"Theophylline, nutpie, {CHAINS} chains x {DRAWS} draws (+{TUNE} tune), median of "
-          f"{args.repeats} runs (build + compile + sampling):")
+    print(
+        f"Theophylline, nutpie, {CHAINS} chains x {DRAWS} draws (+{TUNE} tune), median of "
+        f"{args.repeats} runs (build + compile + sampling):"
+    )
     for k, v in runs.items():
-        print(f"  {k:<26} wall {wall[k]:6.2f} s   min ESS/s (typical values, sigma) "
-              f"{np.median([e / w for w, e in v]):7.1f}")
+        print(
+            f"  {k:<26} wall {wall[k]:6.2f} s   min ESS/s (typical values, sigma) "
+            f"{np.median([e / w for w, e in v]):7.1f}"
+        )
     for ref in ("hand-written, pm.sample", "hand-written, nutpie API"):
-        print(f"  wall-time ratio nlmebayes / {ref} = {wall['nlmebayes fit'] / wall[ref]:.2f} "
-              f"(target <= 1.1)")
-    res = fit(spec, data, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=1, diagnostics=False,
-              progressbar=False)
+        print(
+            f"  wall-time ratio nlmebayes / {ref} = {wall['nlmebayes fit'] / wall[ref]:.2f} (target <= 1.1)"
+        )
+    res = fit(spec, data, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=1, diagnostics=False, progressbar=False)
     t0 = time.perf_counter()
     add_marginal(res, seed=1)
-    print(f"  (not timed above) OFV, EBEs, CWRES and NPDE at the posterior median: "
-          f"{time.perf_counter() - t0:.2f} s")
+    print(
+        f"  (not timed above) OFV, EBEs, CWRES and NPDE at the posterior median: "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""Results of a fit: the ArviZ DataTree together with the spec and the data, saved and loaded
-without loss (NetCDF via h5netcdf, or zarr)."""
+"""Results of a fit.
+
+The ArviZ DataTree together with the spec and the data, saved and loaded without loss (NetCDF via h5netcdf, or
+zarr).
+"""
 
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class FitResult:
 
     @classmethod
     def from_sampling(cls, idata: xr.DataTree, spec: ModelSpec, data: EventData) -> FitResult:
+        """Attach the constant data, the records and the spec to a sampler's DataTree."""
         idata["constant_data"] = xr.DataTree(_constant_data(data))
         idata["records"] = xr.DataTree(_records(data))
         idata.attrs["nlmebayes_spec"] = spec.to_toml()
@@ -65,6 +69,7 @@ class FitResult:
 
     @property
     def posterior(self) -> xr.Dataset:
+        """The posterior group as a Dataset."""
         return self.idata["posterior"].to_dataset()
 
     def report(self, **kwargs) -> str:
@@ -72,6 +77,7 @@ class FitResult:
         return report(self, **kwargs)
 
     def parameter_table(self, **kwargs) -> pd.DataFrame:
+        """Parameter table (:func:`nlmebayes.report.parameter_table`)."""
         return parameter_table(self, **kwargs)
 
     def save(self, path: str | Path) -> Path:
@@ -80,8 +86,10 @@ class FitResult:
         idata = self.idata.copy()
         # netCDF attributes cannot hold dicts: PyMC/nutpie settings are stored as text.
         for node in idata.subtree:
-            node.attrs = {k: (v if isinstance(v, str | int | float | np.ndarray) else repr(v))
-                          for k, v in node.attrs.items()}
+            node.attrs = {
+                k: (v if isinstance(v, str | int | float | np.ndarray) else repr(v))
+                for k, v in node.attrs.items()
+            }
         if path.suffix == ".zarr":
             idata.to_zarr(path, mode="w")
         else:
@@ -90,6 +98,7 @@ class FitResult:
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
+        """Read a result written by :meth:`save` (NetCDF or zarr)."""
         path = Path(path)
         if path.suffix == ".zarr":
             idata = xr.open_datatree(path, engine="zarr").load()

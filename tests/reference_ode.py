@@ -40,8 +40,9 @@ def _integrate(M, x0, t0, t1, u):
     # would make the integrator crawl through sub-normal step sizes.
     if t1 - t0 <= 1e-12 * max(1.0, abs(t1)):
         return x0
-    sol = solve_ivp(lambda t, x: M @ x + u, (t0, t1), x0, method="LSODA", rtol=RTOL, atol=ATOL,
-                    jac=lambda t, x: M)
+    sol = solve_ivp(
+        lambda t, x: M @ x + u, (t0, t1), x0, method="LSODA", rtol=RTOL, atol=ATOL, jac=lambda t, x: M
+    )
     return sol.y[:, -1]
 
 

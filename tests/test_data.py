@@ -57,24 +57,31 @@ def test_warfarin_counts():
 
 # ------------------------------------------------------------------ NONMEM semantics
 def test_case_insensitive_dot_missing_and_whitespace(tmp_path):
-    p = _write(tmp_path, "id time amt dv wt\n@ a comment line\n1 0 100 . 70\n1 1 . 5.2 70\n",
-               "x.dta")
+    p = _write(tmp_path, "id time amt dv wt\n@ a comment line\n1 0 100 . 70\n1 1 . 5.2 70\n", "x.dta")
     d = read_nonmem(p)
     assert d.n_obs == 1 and d.n_doses == 1 and d.covariate_names == ("WT",)
     assert d.obs_row.tolist() == [2]
 
 
 def test_addl_expansion_and_pairs():
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 30], AMT=[100, 0], II=[12, 0], ADDL=[2, 0],
-                           DV=[0, 1.0]))
+    df = pd.DataFrame(dict(ID=1, TIME=[0, 30], AMT=[100, 0], II=[12, 0], ADDL=[2, 0], DV=[0, 1.0]))
     d = read_nonmem(df)
     np.testing.assert_array_equal(d.dose_time, [0, 12, 24])
     assert d.pair_obs.tolist() == [0, 0, 0]
 
 
 def test_reset_cuts_pairs_and_implied_doses():
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 5, 0, 20], AMT=[100, 0, 0, 0], II=[12, 0, 0, 0],
-                           ADDL=[3, 0, 0, 0], EVID=[1, 0, 3, 0], DV=[0, 1, 0, 1]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0, 5, 0, 20],
+            AMT=[100, 0, 0, 0],
+            II=[12, 0, 0, 0],
+            ADDL=[3, 0, 0, 0],
+            EVID=[1, 0, 3, 0],
+            DV=[0, 1, 0, 1],
+        )
+    )
     d = read_nonmem(df)
     # the reset at row 3 ends the segment: the observation at row 4 sees no dose, and the
     # ADDL doses declared before the reset (which would fall at or after it in time) ...
@@ -85,8 +92,7 @@ def test_reset_cuts_pairs_and_implied_doses():
 
 
 def test_mdv_rows_are_reported_not_dropped():
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 2, 3], AMT=[100, 0, 0, 0], DV=[0, 5, 4, 3],
-                           MDV=[1, 0, 1, 0]))
+    df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 2, 3], AMT=[100, 0, 0, 0], DV=[0, 5, 4, 3], MDV=[1, 0, 1, 0]))
     d = read_nonmem(df)
     assert d.n_obs == 2
     # NONMEM reads a non-dose MDV=1 record without EVID as EVID 2
@@ -95,8 +101,7 @@ def test_mdv_rows_are_reported_not_dropped():
 
 
 def test_time_varying_covariate_carried_and_checked():
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 2], AMT=[100, 0, 0], DV=[0, 5, 4],
-                           CRCL=[60, 60, 80]))
+    df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 2], AMT=[100, 0, 0], DV=[0, 5, 4], CRCL=[60, 60, 80]))
     d = read_nonmem(df)
     assert d.time_varying_covariates() == ("CRCL",)
     assert d.record_covariates(["CRCL"])["CRCL"].tolist() == [60, 80]
@@ -108,38 +113,30 @@ def test_time_varying_covariate_carried_and_checked():
 # Each case: (file text, expected row, expected column, a fragment of the message).
 # Rows are 1-based data records; the file line is row + 1 (the header).
 BAD = [
-    ("unsorted time", GOOD.replace("1,4,.,3.1,70", "1,0.5,.,3.1,70"), 3, "TIME",
-     "expected TIME >= 1"),
-    ("dose with DV", GOOD.replace("2,0,100,.,80", "2,0,100,7.5,80"), 4, "DV",
-     "dose record carries DV = 7.5"),
+    ("unsorted time", GOOD.replace("1,4,.,3.1,70", "1,0.5,.,3.1,70"), 3, "TIME", "expected TIME >= 1"),
+    ("dose with DV", GOOD.replace("2,0,100,.,80", "2,0,100,7.5,80"), 4, "DV", "dose record carries DV = 7.5"),
     ("missing ID", GOOD.replace("1,1,.,5.2,70", ".,1,.,5.2,70"), 2, "ID", "ID is missing"),
     ("missing TIME", GOOD.replace("2,2,.,4.0,80", "2,.,.,4.0,80"), 5, "TIME", "TIME is missing"),
-    ("negative AMT", GOOD.replace("2,0,100,.,80", "2,0,-100,.,80"), 4, "AMT",
-     "expected AMT >= 0"),
-    ("NaN covariate", GOOD.replace("1,4,.,3.1,70", "1,4,.,3.1,."), 3, "WT",
-     "covariate WT is missing"),
+    ("negative AMT", GOOD.replace("2,0,100,.,80", "2,0,-100,.,80"), 4, "AMT", "expected AMT >= 0"),
+    ("NaN covariate", GOOD.replace("1,4,.,3.1,70", "1,4,.,3.1,."), 3, "WT", "covariate WT is missing"),
     ("non-numeric DV", GOOD.replace("5.2", "5.2mg"), 2, "DV", "expected a number, got '5.2mg'"),
     ("missing DV on observation", GOOD.replace("3.1", "."), 3, "DV", "DV is missing"),
-    ("duplicated subject block", GOOD + "1,6,.,2.0,70\n", 6, "ID",
-     "subject 1 appears again"),
-    ("unknown EVID", "ID,TIME,AMT,DV,EVID\n1,0,100,.,1\n1,1,.,3,7\n", 2, "EVID",
-     "expected EVID 0"),
-    ("negative RATE", "ID,TIME,AMT,DV,RATE\n1,0,100,.,-5\n1,1,.,3,.\n", 1, "RATE",
-     "expected RATE >= 0"),
-    ("SS without II", "ID,TIME,AMT,DV,SS,II\n1,0,100,.,1,0\n1,1,.,3,0,0\n", 1, "II",
-     "needs II > 0"),
-    ("MDV=0 on a dose", "ID,TIME,AMT,DV,EVID,MDV\n1,0,100,.,1,0\n1,1,.,3,0,0\n", 1, "MDV",
-     "MDV must be 1"),
-    ("bad CENS", "ID,TIME,AMT,DV,CENS\n1,0,100,.,0\n1,1,.,3,2\n", 2, "CENS",
-     "expected CENS 0, 1"),
-    ("CENS on a dose", "ID,TIME,AMT,DV,CENS\n1,0,100,.,1\n1,1,.,3,0\n", 1, "CENS",
-     "only observations"),
-    ("LIMIT on the wrong side", "ID,TIME,AMT,DV,CENS,LIMIT\n1,0,100,.,0,.\n1,1,.,0.5,1,0.8\n",
-     2, "LIMIT", "must lie below DV"),
-    ("bad CMT", "ID,TIME,AMT,DV,CMT\n1,0,100,.,1.5\n1,1,.,3,1\n", 1, "CMT",
-     "positive integer"),
-    ("dose without amount", "ID,TIME,AMT,DV,EVID\n1,0,0,.,1\n1,1,.,3,0\n", 1, "AMT",
-     "needs AMT > 0"),
+    ("duplicated subject block", GOOD + "1,6,.,2.0,70\n", 6, "ID", "subject 1 appears again"),
+    ("unknown EVID", "ID,TIME,AMT,DV,EVID\n1,0,100,.,1\n1,1,.,3,7\n", 2, "EVID", "expected EVID 0"),
+    ("negative RATE", "ID,TIME,AMT,DV,RATE\n1,0,100,.,-5\n1,1,.,3,.\n", 1, "RATE", "expected RATE >= 0"),
+    ("SS without II", "ID,TIME,AMT,DV,SS,II\n1,0,100,.,1,0\n1,1,.,3,0,0\n", 1, "II", "needs II > 0"),
+    ("MDV=0 on a dose", "ID,TIME,AMT,DV,EVID,MDV\n1,0,100,.,1,0\n1,1,.,3,0,0\n", 1, "MDV", "MDV must be 1"),
+    ("bad CENS", "ID,TIME,AMT,DV,CENS\n1,0,100,.,0\n1,1,.,3,2\n", 2, "CENS", "expected CENS 0, 1"),
+    ("CENS on a dose", "ID,TIME,AMT,DV,CENS\n1,0,100,.,1\n1,1,.,3,0\n", 1, "CENS", "only observations"),
+    (
+        "LIMIT on the wrong side",
+        "ID,TIME,AMT,DV,CENS,LIMIT\n1,0,100,.,0,.\n1,1,.,0.5,1,0.8\n",
+        2,
+        "LIMIT",
+        "must lie below DV",
+    ),
+    ("bad CMT", "ID,TIME,AMT,DV,CMT\n1,0,100,.,1.5\n1,1,.,3,1\n", 1, "CMT", "positive integer"),
+    ("dose without amount", "ID,TIME,AMT,DV,EVID\n1,0,0,.,1\n1,1,.,3,0\n", 1, "AMT", "needs AMT > 0"),
 ]
 
 

@@ -60,8 +60,17 @@ def test_theophylline_matches_nlmixr2(theo_fit):
 
 def test_report_reads_like_a_pharmacometric_table(theo_fit):
     text = theo_fit.report()
-    for fragment in ("Fixed effects", "Inter-individual variability", "Residual error",
-                     "CV%(KA)", "omega2(CL)", "sigma_add", "R-hat", "ESS bulk", "12 subjects"):
+    for fragment in (
+        "Fixed effects",
+        "Inter-individual variability",
+        "Residual error",
+        "CV%(KA)",
+        "omega2(CL)",
+        "sigma_add",
+        "R-hat",
+        "ESS bulk",
+        "12 subjects",
+    ):
         assert fragment in text
 
 
@@ -104,8 +113,16 @@ def test_same_seed_same_draws_with_a_cold_or_warm_compile_cache(tmp_path):
 
     env = os.environ | {"PYTENSOR_FLAGS": f"base_compiledir={tmp_path / 'pytensor'}"}
     toml = str(MODEL_DIR / "theophylline_1cpt_oral.toml")
-    runs = [subprocess.run([sys.executable, "-c", _SAME_SEED_SCRIPT, toml], env=env, check=True,
-                           capture_output=True, text=True).stdout.split()[-1] for _ in range(2)]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _SAME_SEED_SCRIPT, toml],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()[-1]
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 
@@ -134,8 +151,13 @@ def test_warfarin_model_fits_and_agrees_with_nonmem_saem():
     assert res.data.n_obs == 247  # 251 cp minus the 4 zeros at 0.5 h (IGNORE=(DV == 0))
     assert (res.data.excluded["reason"] == "IGNORE (DV == 0)").sum() == 4
     tab = res.parameter_table(ci=0.90).set_index("parameter")
-    for name, ref in {"CL": 0.133, "V": 8.15, "TLAG": 0.875, "omega2(CL)": 0.069,
-                      "omega2(V)": 0.0188}.items():
+    for name, ref in {
+        "CL": 0.133,
+        "V": 8.15,
+        "TLAG": 0.875,
+        "omega2(CL)": 0.069,
+        "omega2(V)": 0.0188,
+    }.items():
         assert tab.loc[name, "lower"] < ref < tab.loc[name, "upper"], (name, tab.loc[name])
     # A clean run: divergences below 0.5% of draws. (0 with PyMC's seed stream, 1 of 1000 with
     # nutpie's own; the warm-up adapts to the same step size either way.)
@@ -154,7 +176,8 @@ def test_parameter_recovery_block_omega_and_covariate():
         rows += [dict(ID=i, TIME=t, AMT=0.0, DV=1.0, WT=wt) for t in times]
     design = read_nonmem(pd.DataFrame(rows))
     spec = ModelSpec(
-        name="recovery", structural="1cpt_oral",
+        name="recovery",
+        structural="1cpt_oral",
         parameters={"CL": 3.0, "V": 30.0, "KA": 1.0},
         covariates=[Covariate("CL", "WT", "power", reference=70, theta=0.5)],
         iiv=[IIV(["CL", "V"], sd=[0.3, 0.2], block=True), IIV(["KA"], sd=[0.4])],
@@ -162,11 +185,27 @@ def test_parameter_recovery_block_omega_and_covariate():
     )
     sd = np.array([0.3, 0.2, 0.4])
     corr = np.array([[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]])
-    truth = dict(CL=4.0, V=40.0, KA=1.5, theta_CL_WT=0.75, sigma_add=0.05, sigma_prop=0.12,
-                 omega_CL=0.3, omega_V=0.2, omega_KA=0.4, corr=0.5)
-    sim = simulate(spec, design, typical=dict(CL=4.0, V=40.0, KA=1.5),
-                   omega=np.outer(sd, sd) * corr, thetas={"theta_CL_WT": 0.75},
-                   sigma={"add": 0.05, "prop": 0.12}, seed=6)
+    truth = dict(
+        CL=4.0,
+        V=40.0,
+        KA=1.5,
+        theta_CL_WT=0.75,
+        sigma_add=0.05,
+        sigma_prop=0.12,
+        omega_CL=0.3,
+        omega_V=0.2,
+        omega_KA=0.4,
+        corr=0.5,
+    )
+    sim = simulate(
+        spec,
+        design,
+        typical=dict(CL=4.0, V=40.0, KA=1.5),
+        omega=np.outer(sd, sd) * corr,
+        thetas={"theta_CL_WT": 0.75},
+        sigma={"add": 0.05, "prop": 0.12},
+        seed=6,
+    )
     # The truth must be what the data carry: the realised standardised residuals have SD within
     # 3 standard errors of 1 (seed 5 gave 0.90, 2.7 SE low, and its sigma_prop interval sat
     # below 0.12 as it should for such data, so it is not a fair recovery set).
@@ -175,11 +214,23 @@ def test_parameter_recovery_block_omega_and_covariate():
     assert abs(r.std() - 1) < 3 / np.sqrt(2 * len(r))
     res = fit(spec, sim, seed=12, **SETTINGS)
     tab = res.parameter_table(ci=0.90).set_index("parameter")
-    names = {"CL": "CL", "V": "V", "KA": "KA", "theta_CL_WT": "theta_CL_WT",
-             "sigma_add": "sigma_add", "sigma_prop": "sigma_prop", "omega_CL": "omega(CL)",
-             "omega_V": "omega(V)", "omega_KA": "omega(KA)", "corr": "corr(CL,V)"}
-    missed = {k: (truth[k], tab.loc[v, "lower"], tab.loc[v, "upper"]) for k, v in names.items()
-              if not tab.loc[v, "lower"] < truth[k] < tab.loc[v, "upper"]}
+    names = {
+        "CL": "CL",
+        "V": "V",
+        "KA": "KA",
+        "theta_CL_WT": "theta_CL_WT",
+        "sigma_add": "sigma_add",
+        "sigma_prop": "sigma_prop",
+        "omega_CL": "omega(CL)",
+        "omega_V": "omega(V)",
+        "omega_KA": "omega(KA)",
+        "corr": "corr(CL,V)",
+    }
+    missed = {
+        k: (truth[k], tab.loc[v, "lower"], tab.loc[v, "upper"])
+        for k, v in names.items()
+        if not tab.loc[v, "lower"] < truth[k] < tab.loc[v, "upper"]
+    }
     assert not missed, missed
 
 
@@ -194,8 +245,16 @@ def test_map_is_a_quick_look_near_the_posterior(theo_fit):
 
 def test_pymc_sampler_option_and_posterior_predictive():
     spec = ModelSpec.from_toml(MODEL_DIR / "theophylline_1cpt_oral.toml")
-    res = fit(spec, datasets.theophylline(), draws=100, tune=100, chains=1, seed=1, sampler="pymc",
-              posterior_predictive=True)
+    res = fit(
+        spec,
+        datasets.theophylline(),
+        draws=100,
+        tune=100,
+        chains=1,
+        seed=1,
+        sampler="pymc",
+        posterior_predictive=True,
+    )
     assert res.idata.attrs["nlmebayes_sampler"] == "pymc"
     assert res.posterior["CL_pop"].shape == (1, 100)
     ppc = res.idata["posterior_predictive"]["DV"].values
@@ -211,7 +270,8 @@ def test_report_warns_when_chains_disagree(theo_fit):
     post = bad.idata["posterior"].to_dataset()
     shifted = post["log_CL_pop"].values.copy()
     shifted[1] += 1.0
-    bad.idata["posterior"] = bad.idata["posterior"].to_dataset().assign(
-        log_CL_pop=(post["log_CL_pop"].dims, shifted))
+    bad.idata["posterior"] = (
+        bad.idata["posterior"].to_dataset().assign(log_CL_pop=(post["log_CL_pop"].dims, shifted))
+    )
     text = bad.report()
     assert "Warnings:" in text and "R-hat up to" in text and "(in log_CL_pop)" in text

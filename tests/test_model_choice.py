@@ -110,10 +110,16 @@ def test_sparse_subjects_shrink_more():
         rows.append(dict(ID=i, TIME=0.0, AMT=100.0, DV=0.0))
         rows += [dict(ID=i, TIME=t, AMT=0.0, DV=1.0) for t in (rich if i <= 12 else sparse)]
     design = read_nonmem(pd.DataFrame(rows))
-    spec = ModelSpec(name="rich_sparse", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL", "V"], sd=[0.3, 0.3]), error=ResidualError("proportional", prop=0.1))
-    sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.09]),
-                   sigma={"prop": 0.1}, seed=3)
+    spec = ModelSpec(
+        name="rich_sparse",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL", "V"], sd=[0.3, 0.3]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    sim = simulate(
+        spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.09]), sigma={"prop": 0.1}, seed=3
+    )
     res = fit(spec, sim, draws=400, tune=400, chains=2, seed=4)
     sh = subject_shrinkage(res.posterior).sel(iiv="CL").values
     is_sparse = np.arange(24) >= 12

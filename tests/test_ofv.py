@@ -17,12 +17,17 @@ from nlmebayes.model.spec import IIV, ModelSpec, ResidualError
 MODELS = Path(__file__).parent.parent / "models"
 # NONMEM 7.4.2 pheno_real, FOCE INTERACTION (.ext), see ../shared/data/pheno/SOURCE.md
 PHENO_NONMEM = PopulationValues(
-    typical={"CL": 4.69555e-03, "V": 9.84258e-01}, thetas={"theta_V_APGR": 1.58920e-01},
-    omega=np.diag([2.93508e-02, 2.79060e-02]), sigma={"prop": np.sqrt(1.32410e-02)})
+    typical={"CL": 4.69555e-03, "V": 9.84258e-01},
+    thetas={"theta_V_APGR": 1.58920e-01},
+    omega=np.diag([2.93508e-02, 2.79060e-02]),
+    sigma={"prop": np.sqrt(1.32410e-02)},
+)
 # First rows of pheno_real.phi: ID, ETA(1), ETA(2), ETC(1,1), ETC(2,1), ETC(2,2), OBJ
-PHENO_PHI = np.array([
-    [1, -4.38608e-02, 5.43031e-03, 2.48833e-02, -2.99920e-03, 7.15713e-03, 5.9473520242962552],
-])
+PHENO_PHI = np.array(
+    [
+        [1, -4.38608e-02, 5.43031e-03, 2.48833e-02, -2.99920e-03, 7.15713e-03, 5.9473520242962552],
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +69,11 @@ def test_theophylline_ofv_matches_nlmixr2():
     # nlmixr2 FOCEi estimates (SOURCE.md B); omega^2 from the printed CV% (2 decimals), so the
     # omegas carry ~1e-4 relative rounding: the OFV is at its minimum, so this moves it < 1e-3.
     cv = np.array([70.00, 26.80, 13.88]) / 100
-    pv = PopulationValues(typical={"KA": np.exp(0.4663), "CL": np.exp(1.012), "V": np.exp(3.460)},
-                          omega=np.diag(np.log1p(cv**2)), sigma={"add": 0.6947})
+    pv = PopulationValues(
+        typical={"KA": np.exp(0.4663), "CL": np.exp(1.012), "V": np.exp(3.460)},
+        omega=np.diag(np.log1p(cv**2)),
+        sigma={"add": 0.6947},
+    )
     m = marginal_likelihood(spec, theophylline(), pv)
     # nlmixr2 prints OBJF 116.804, AIC 373.4038, BIC 393.5834; other versions 116.8036..116.8083.
     # Estimates printed to 4 digits move the OFV by up to ~0.01.
@@ -84,12 +92,18 @@ def test_theophylline_ofv_matches_nlmixr2():
 def test_theophylline_loglik_matches_nlme_fm3():
     # Pinheiro & Bates fm3: SSfol(Dose, Time, lKe, lKa, lCl), pdDiag(lKa + lCl), additive error,
     # dose in mg/kg. V = Cl / Ke is the "K replaces V" parameterisation.
-    spec = ModelSpec(name="theoph_fm3", structural="1cpt_oral",
-                     parameters={"K": 0.08, "KA": 1.5, "CL": 0.04},
-                     iiv=IIV(["KA", "CL"]), error=ResidualError("additive", add=0.7))
-    pv = PopulationValues(typical={"K": np.exp(-2.454704), "KA": np.exp(0.465734),
-                                   "CL": np.exp(-3.227223)},
-                          omega=np.diag([0.4141922, 0.0278650]), sigma={"add": 0.7092541})
+    spec = ModelSpec(
+        name="theoph_fm3",
+        structural="1cpt_oral",
+        parameters={"K": 0.08, "KA": 1.5, "CL": 0.04},
+        iiv=IIV(["KA", "CL"]),
+        error=ResidualError("additive", add=0.7),
+    )
+    pv = PopulationValues(
+        typical={"K": np.exp(-2.454704), "KA": np.exp(0.465734), "CL": np.exp(-3.227223)},
+        omega=np.diag([0.4141922, 0.0278650]),
+        sigma={"add": 0.7092541},
+    )
     m = marginal_likelihood(spec, theophylline_nlme_events(), pv)
     # nlme's logLik -177.0214391 (LME approximation at the conditional modes, which for additive
     # error is FOCE); estimates given to 7 digits, so we hold it to 0.01 (issue allows 0.5).
@@ -103,18 +117,35 @@ def test_ofv_is_invariant_to_compiled_reuse_and_fails_loudly():
     cm = ConditionalModel(spec, pheno())
     a = marginal_likelihood(spec, pheno(), PHENO_NONMEM, conditional=cm)
     # Moving away from NONMEM's optimum can only raise the OFV (it is the FOCE-I minimum).
-    worse = PopulationValues(typical={"CL": 5.2e-3, "V": 0.984258}, thetas=PHENO_NONMEM.thetas,
-                             omega=PHENO_NONMEM.omega, sigma=PHENO_NONMEM.sigma)
+    worse = PopulationValues(
+        typical={"CL": 5.2e-3, "V": 0.984258},
+        thetas=PHENO_NONMEM.thetas,
+        omega=PHENO_NONMEM.omega,
+        sigma=PHENO_NONMEM.sigma,
+    )
     b = marginal_likelihood(spec, pheno(), worse, conditional=cm)
     assert b.ofv > a.ofv + 1
     with pytest.raises(ValueError, match="theta_V_APGR"):
-        marginal_likelihood(spec, pheno(), PopulationValues(
-            typical=PHENO_NONMEM.typical, omega=PHENO_NONMEM.omega, sigma=PHENO_NONMEM.sigma),
-            conditional=cm)
+        marginal_likelihood(
+            spec,
+            pheno(),
+            PopulationValues(
+                typical=PHENO_NONMEM.typical, omega=PHENO_NONMEM.omega, sigma=PHENO_NONMEM.sigma
+            ),
+            conditional=cm,
+        )
     with pytest.raises(ValueError, match="2x2"):
-        marginal_likelihood(spec, pheno(), PopulationValues(
-            typical=PHENO_NONMEM.typical, thetas=PHENO_NONMEM.thetas, omega=np.eye(3),
-            sigma=PHENO_NONMEM.sigma), conditional=cm)
+        marginal_likelihood(
+            spec,
+            pheno(),
+            PopulationValues(
+                typical=PHENO_NONMEM.typical,
+                thetas=PHENO_NONMEM.thetas,
+                omega=np.eye(3),
+                sigma=PHENO_NONMEM.sigma,
+            ),
+            conditional=cm,
+        )
 
 
 def test_parameter_count_follows_nonmem():
@@ -126,8 +157,11 @@ def test_parameter_count_follows_nonmem():
 
 def _theo_nlmixr2():
     cv = np.array([70.00, 26.80, 13.88]) / 100
-    return PopulationValues(typical={"KA": np.exp(0.4663), "CL": np.exp(1.012), "V": np.exp(3.460)},
-                            omega=np.diag(np.log1p(cv**2)), sigma={"add": 0.6947})
+    return PopulationValues(
+        typical={"KA": np.exp(0.4663), "CL": np.exp(1.012), "V": np.exp(3.460)},
+        omega=np.diag(np.log1p(cv**2)),
+        sigma={"add": 0.6947},
+    )
 
 
 def test_importance_sampled_marginal_agrees_with_laplace():
@@ -145,12 +179,16 @@ def test_importance_sampled_marginal_agrees_with_laplace():
     lap = marginal_likelihood(spec, theophylline(), pv, method="laplace", conditional=cm)
     rng = np.random.default_rng(0)
     n = 400
-    eta = lap.eta[None] + np.einsum("sij,dsj->dsi", np.linalg.cholesky(lap.eta_cov),
-                                    rng.standard_normal((n, 12, 3)))
+    eta = lap.eta[None] + np.einsum(
+        "sij,dsj->dsi", np.linalg.cholesky(lap.eta_cov), rng.standard_normal((n, 12, 3))
+    )
     post = xr.Dataset(
         {k: (("chain", "draw"), np.full((1, n), v)) for k, v in pv.rv_values(spec).items()}
-        | {"eta": (("chain", "draw", "subject", "iiv"), eta[None]),
-           "omega_sd": (("chain", "draw", "iiv"), np.broadcast_to(np.sqrt(np.diag(pv.omega)), (1, n, 3)))})
+        | {
+            "eta": (("chain", "draw", "subject", "iiv"), eta[None]),
+            "omega_sd": (("chain", "draw", "iiv"), np.broadcast_to(np.sqrt(np.diag(pv.omega)), (1, n, 3))),
+        }
+    )
     ll = marginal_loglik_draws(post, spec, cm, n_eta=2000, max_draws=2, seed=1)
     assert ll.attrs["min_is_ess"] > 500
     np.testing.assert_allclose(ll.values[0, 0], -0.5 * lap.subject_m2ll, atol=0.1)
@@ -172,10 +210,18 @@ def test_cwres_and_npde_are_standard_normal_at_the_truth():
         rows.append(dict(ID=i, TIME=0.0, AMT=100.0, DV=0.0))
         rows += [dict(ID=i, TIME=t, AMT=0.0, DV=1.0) for t in (0.5, 1, 2, 4, 8, 12, 24)]
     design = read_nonmem(pd.DataFrame(rows))
-    spec = ModelSpec(name="sim", structural="1cpt_oral", parameters={"CL": 4.0, "V": 40.0, "KA": 1.5},
-                     iiv=IIV(["CL", "V", "KA"]), error=ResidualError("combined", add=0.05, prop=0.1))
-    truth = PopulationValues(typical={"CL": 4.0, "V": 40.0, "KA": 1.5},
-                             omega=np.diag([0.09, 0.04, 0.16]), sigma={"add": 0.05, "prop": 0.1})
+    spec = ModelSpec(
+        name="sim",
+        structural="1cpt_oral",
+        parameters={"CL": 4.0, "V": 40.0, "KA": 1.5},
+        iiv=IIV(["CL", "V", "KA"]),
+        error=ResidualError("combined", add=0.05, prop=0.1),
+    )
+    truth = PopulationValues(
+        typical={"CL": 4.0, "V": 40.0, "KA": 1.5},
+        omega=np.diag([0.09, 0.04, 0.16]),
+        sigma={"add": 0.05, "prop": 0.1},
+    )
     sim = simulate(spec, design, typical=truth.typical, omega=truth.omega, sigma=truth.sigma, seed=2)
     cm = ConditionalModel(spec, sim)
     r = residuals(marginal_likelihood(spec, sim, truth, conditional=cm), cm, n_sim=1000, seed=3)
@@ -195,8 +241,10 @@ def test_importance_sampling_ofv():
     spec = ModelSpec.from_toml(MODELS / "theophylline_1cpt_oral.toml")
     pv = _theo_nlmixr2()
     cm = ConditionalModel(spec, theophylline())
-    a, b = (marginal_likelihood(spec, theophylline(), pv, method="importance", seed=s,
-                                conditional=cm).ofv for s in (0, 1))
+    a, b = (
+        marginal_likelihood(spec, theophylline(), pv, method="importance", seed=s, conditional=cm).ofv
+        for s in (0, 1)
+    )
     assert abs(a - b) < 0.15
     lap = marginal_likelihood(spec, theophylline(), pv, method="laplace", conditional=cm).ofv
     assert abs(a - lap) < 1.0 and abs(a - 116.804) > 1.0

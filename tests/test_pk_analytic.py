@@ -38,10 +38,24 @@ def _event_table(regimens) -> pd.DataFrame:
     """One subject per regimen, records in time order (dose before observation at ties)."""
     rows = []
     for i, reg in enumerate(regimens, start=1):
-        recs = [dict(ID=i, TIME=d["time"], DV=0, AMT=d["amt"], EVID=1, CMT=d["cmt"],
-                     RATE=d["rate"], II=d["ii"], ADDL=d["addl"], SS=d["ss"]) for d in reg["doses"]]
-        recs += [dict(ID=i, TIME=t, DV=1.0, AMT=0, EVID=0, CMT=0, RATE=0, II=0, ADDL=0, SS=0)
-                 for t in reg["obs"]]
+        recs = [
+            dict(
+                ID=i,
+                TIME=d["time"],
+                DV=0,
+                AMT=d["amt"],
+                EVID=1,
+                CMT=d["cmt"],
+                RATE=d["rate"],
+                II=d["ii"],
+                ADDL=d["addl"],
+                SS=d["ss"],
+            )
+            for d in reg["doses"]
+        ]
+        recs += [
+            dict(ID=i, TIME=t, DV=1.0, AMT=0, EVID=0, CMT=0, RATE=0, II=0, ADDL=0, SS=0) for t in reg["obs"]
+        ]
         rows += sorted(recs, key=lambda r: r["TIME"])
     return pd.DataFrame(rows)
 
@@ -60,8 +74,17 @@ def reference(model, params, regimen):
         for k in range(d["addl"] + 1):
             t0 = d["time"] + k * d["ii"]
             dur = F * d["amt"] / d["rate"] if d["rate"] > 0 else 0.0
-            doses.append(dict(time0=t0, time=t0 + lag, state=state, amt=F * d["amt"], dur=dur,
-                              ss=d["ss"] if k == 0 else 0, ii=d["ii"]))
+            doses.append(
+                dict(
+                    time0=t0,
+                    time=t0 + lag,
+                    state=state,
+                    amt=F * d["amt"],
+                    dur=dur,
+                    ss=d["ss"] if k == 0 else 0,
+                    ii=d["ii"],
+                )
+            )
     return simulate(M, doses, np.asarray(regimen["obs"]), c_state) / params["V"]
 
 
@@ -69,10 +92,14 @@ def reference(model, params, regimen):
 def subject(draw, oral: bool):
     """Parameters and a random regimen: bolus/infusion, depot/central, lag, F, ADDL, SS."""
     p = {
-        "CL": draw(st.floats(0.5, 20)), "V": draw(st.floats(5, 100)),
-        "Q": draw(st.floats(0.5, 20)), "V2": draw(st.floats(5, 200)),
-        "Q3": draw(st.floats(0.2, 10)), "V3": draw(st.floats(10, 300)),
-        "KA": draw(st.floats(0.1, 5)), "TLAG": draw(st.floats(0, 1)),
+        "CL": draw(st.floats(0.5, 20)),
+        "V": draw(st.floats(5, 100)),
+        "Q": draw(st.floats(0.5, 20)),
+        "V2": draw(st.floats(5, 200)),
+        "Q3": draw(st.floats(0.2, 10)),
+        "V3": draw(st.floats(10, 300)),
+        "KA": draw(st.floats(0.1, 5)),
+        "TLAG": draw(st.floats(0, 1)),
         "F": draw(st.floats(0.3, 1)),
     }
     doses = []
@@ -87,8 +114,17 @@ def subject(draw, oral: bool):
         amt = draw(st.floats(10, 500))
         cmt = draw(st.sampled_from([0, 1, 2])) if oral else 0
         ii = ii if (ss or draw(st.booleans())) else 0.0
-        doses.append(dict(time=round(t, 3), amt=amt, rate=amt / dur if inf else 0.0, ii=ii,
-                          ss=ss, cmt=cmt, addl=draw(st.integers(0, 3)) if ii > 0 else 0))
+        doses.append(
+            dict(
+                time=round(t, 3),
+                amt=amt,
+                rate=amt / dur if inf else 0.0,
+                ii=ii,
+                ss=ss,
+                cmt=cmt,
+                addl=draw(st.integers(0, 3)) if ii > 0 else 0,
+            )
+        )
     obs = sorted(draw(st.lists(st.floats(0.05, 120), min_size=3, max_size=8, unique=True)))
     # Observations exactly at a dose or infusion end are kinks: keep them away (the tie rule
     # has its own test).
@@ -113,8 +149,7 @@ def _population_graph(model, subjects):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          phases=NO_SHRINK)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=NO_SHRINK)
 @given(data=st.data())
 def test_analytic_matches_ode(name, data):
     """Each example is a population of 12 random regimens (one compiled graph per example)."""
@@ -132,8 +167,7 @@ def test_analytic_matches_ode(name, data):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          phases=NO_SHRINK)
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=NO_SHRINK)
 @given(data=st.data())
 def test_gradient_matches_finite_differences(name, data):
     """Directional derivative (random projection of the outputs) vs central differences."""
@@ -143,9 +177,12 @@ def test_gradient_matches_finite_differences(name, data):
     w = np.random.default_rng(0).normal(size=ev.n_obs)
     inputs = list(syms.values())
     f = pytensor.function(inputs, (conc * w).sum(), on_unused_input="ignore", mode=GRAD_MODE)
-    g = pytensor.function(inputs, pytensor.grad((conc * w).sum(), inputs,
-                                                disconnected_inputs="ignore"),
-                          on_unused_input="ignore", mode=GRAD_MODE)
+    g = pytensor.function(
+        inputs,
+        pytensor.grad((conc * w).sum(), inputs, disconnected_inputs="ignore"),
+        on_unused_input="ignore",
+        mode=GRAD_MODE,
+    )
     grads = g(*values)
     f0 = abs(f(*values))
     # f's own precision: the 3-compartment roots (trigonometric cubic formula) are accurate to
@@ -171,10 +208,15 @@ def test_disposition_eigenvalues_match_numpy():
     rng = np.random.default_rng(1)
     for n_cpt in (2, 3):
         for _ in range(20):
-            p = dict(CL=rng.uniform(0.1, 30), V=rng.uniform(1, 100), Q=rng.uniform(0.1, 30),
-                     V2=rng.uniform(1, 300), Q3=rng.uniform(0.1, 30), V3=rng.uniform(1, 300))
-            lam, coef = disposition(n_cpt, *[pt.as_tensor(p[k]) for k in
-                                             ("CL", "V", "Q", "V2", "Q3", "V3")])
+            p = dict(
+                CL=rng.uniform(0.1, 30),
+                V=rng.uniform(1, 100),
+                Q=rng.uniform(0.1, 30),
+                V2=rng.uniform(1, 300),
+                Q3=rng.uniform(0.1, 30),
+                V3=rng.uniform(1, 300),
+            )
+            lam, coef = disposition(n_cpt, *[pt.as_tensor(p[k]) for k in ("CL", "V", "Q", "V2", "Q3", "V3")])
             lam, coef = pytensor.function([], [lam, coef], mode=MODE)()
             M = system_matrix(n_cpt, False, p)
             ev = np.sort(-np.linalg.eigvals(M).real)
@@ -185,8 +227,9 @@ def test_disposition_eigenvalues_match_numpy():
 
 def _single_oral(ka, k, t):
     CL, V, KA = pt.dscalar(), pt.dscalar(), pt.dscalar()
-    data = read_nonmem(pd.DataFrame(dict(ID=1, TIME=[0.0, *t], AMT=[100.0] + [0] * len(t),
-                                          DV=[0.0] + [1.0] * len(t))))
+    data = read_nonmem(
+        pd.DataFrame(dict(ID=1, TIME=[0.0, *t], AMT=[100.0] + [0] * len(t), DV=[0.0] + [1.0] * len(t)))
+    )
     c = get_model("1cpt_oral").concentration(data, dict(CL=CL, V=V, KA=KA))
     grads = pytensor.grad(c.sum(), [CL, V, KA])
     f = pytensor.function([CL, V, KA], [c, *grads])
@@ -214,10 +257,17 @@ def test_no_nan_at_extreme_legal_values(name):
     """Values and gradients stay finite for parameters over 8+ orders of magnitude and times
     far beyond elimination (where concentrations underflow to 0)."""
     m = get_model(name)
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 0.001, 1, 1e3, 1e5, 1e5, 1e5 + 1],
-                           AMT=[100, 0, 0, 0, 0, 50, 0], RATE=[0, 0, 0, 0, 0, 25, 0],
-                           II=[0, 0, 0, 0, 0, 12, 0], SS=[0, 0, 0, 0, 0, 1, 0],
-                           DV=[0, 1, 1, 1, 1, 0, 1]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0, 0.001, 1, 1e3, 1e5, 1e5, 1e5 + 1],
+            AMT=[100, 0, 0, 0, 0, 50, 0],
+            RATE=[0, 0, 0, 0, 0, 25, 0],
+            II=[0, 0, 0, 0, 0, 12, 0],
+            SS=[0, 0, 0, 0, 0, 1, 0],
+            DV=[0, 1, 1, 1, 1, 0, 1],
+        )
+    )
     data = read_nonmem(df)
     syms = {k: pt.dscalar(k) for k in m.parameters + ("TLAG",)}
     c = m.concentration(data, syms)
@@ -228,8 +278,9 @@ def test_no_nan_at_extreme_legal_values(name):
     for scale in (1e-4, 1.0, 1e4):
         for ka in (1e-4, 1.0, 1e3):
             vals = {k: scale * 1.0 for k in syms}
-            vals.update({k: v for k, v in dict(V=10.0, V2=50.0, V3=100.0, TLAG=0.0, KA=ka).items()
-                         if k in syms})
+            vals.update(
+                {k: v for k, v in dict(V=10.0, V2=50.0, V3=100.0, TLAG=0.0, KA=ka).items() if k in syms}
+            )
             out = f(*vals.values())
             for o in out:
                 assert np.all(np.isfinite(o)), (name, scale, ka, out)
@@ -237,8 +288,7 @@ def test_no_nan_at_extreme_legal_values(name):
 
 def test_bolus_at_observation_time_follows_record_order():
     """A bolus recorded before an observation at the same time is seen by it; after, not."""
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 2.0, 2.0, 2.0], AMT=[100, 0, 100, 0],
-                           DV=[0, 1.0, 0, 1.0]))
+    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 2.0, 2.0, 2.0], AMT=[100, 0, 100, 0], DV=[0, 1.0, 0, 1.0]))
     data = read_nonmem(df)
     c = get_model("1cpt_iv").concentration(data, dict(CL=1.0, V=10.0)).eval()
     np.testing.assert_allclose(c, [10 * np.exp(-0.2), 10 * np.exp(-0.2) + 10], rtol=1e-12)
@@ -246,8 +296,16 @@ def test_bolus_at_observation_time_follows_record_order():
 
 def test_reset_and_modelled_duration():
     """EVID 3 wipes earlier doses; RATE=-2 takes the infusion length from parameter D."""
-    df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 5, 0, 1], AMT=[100, 0, 0, 0, 0],
-                           EVID=[1, 0, 0, 3, 0], MDV=[1, 0, 0, 1, 0], DV=[0, 1, 1, 0, 1]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0, 1, 5, 0, 1],
+            AMT=[100, 0, 0, 0, 0],
+            EVID=[1, 0, 0, 3, 0],
+            MDV=[1, 0, 0, 1, 0],
+            DV=[0, 1, 1, 0, 1],
+        )
+    )
     c = get_model("1cpt_iv").concentration(read_nonmem(df), dict(CL=1.0, V=10.0)).eval()
     np.testing.assert_allclose(c, [10 * np.exp(-0.1), 10 * np.exp(-0.5), 0.0], rtol=1e-12)
     df = pd.DataFrame(dict(ID=1, TIME=[0, 1, 3], AMT=[100, 0, 0], RATE=[-2, 0, 0], DV=[0, 1, 1]))

@@ -33,12 +33,23 @@ def _regimens(oral: bool, n: int, seed: int) -> pd.DataFrame:
             cmt = (1 if rng.random() < 0.7 else 2) if oral else 1
             amt = rng.uniform(50, 500)
             addl = int(rng.integers(0, 3))
-            recs.append(dict(ID=i, TIME=t, DV=0.0, AMT=amt, EVID=1, CMT=cmt,
-                             RATE=amt / rng.uniform(0.5, 4) if inf else 0.0, II=12.0 if addl else 0.0,
-                             ADDL=addl))
+            recs.append(
+                dict(
+                    ID=i,
+                    TIME=t,
+                    DV=0.0,
+                    AMT=amt,
+                    EVID=1,
+                    CMT=cmt,
+                    RATE=amt / rng.uniform(0.5, 4) if inf else 0.0,
+                    II=12.0 if addl else 0.0,
+                    ADDL=addl,
+                )
+            )
         for tt in np.sort(rng.uniform(0, t + 48, 8)):
-            recs.append(dict(ID=i, TIME=tt, DV=1.0, AMT=0.0, EVID=0, CMT=2 if oral else 1, RATE=0.0,
-                             II=0.0, ADDL=0))
+            recs.append(
+                dict(ID=i, TIME=tt, DV=1.0, AMT=0.0, EVID=0, CMT=2 if oral else 1, RATE=0.0, II=0.0, ADDL=0)
+            )
         rows += sorted(recs, key=lambda r: (r["TIME"], -r["EVID"]))
     return pd.DataFrame(rows)
 
@@ -62,8 +73,12 @@ def test_ode_matches_analytic_values_and_gradients(name):
     data = read_nonmem(_regimens(oral, 6, seed=len(name)))
     rng = np.random.default_rng(3)
     n = data.n_subjects
-    values = {"CL": rng.uniform(1, 10, n), "V": rng.uniform(10, 60, n), "TLAG": rng.uniform(0, 1, n),
-              "F": rng.uniform(0.4, 1, n)}
+    values = {
+        "CL": rng.uniform(1, 10, n),
+        "V": rng.uniform(10, 60, n),
+        "TLAG": rng.uniform(0, 1, n),
+        "F": rng.uniform(0.4, 1, n),
+    }
     if name.startswith("2cpt"):
         values |= {"Q": rng.uniform(1, 10, n), "V2": rng.uniform(20, 100, n)}
     if oral:
@@ -82,15 +97,23 @@ def test_stiff_system_with_rosenbrock():
     per hour, a stiffness ratio of 4e4. The L-stable Rosenbrock pair (exact Jacobian of the state
     + sensitivity system) matches the closed form to 1e-5 in ~2000 steps at rtol 1e-8; the
     explicit method needs 30x as many (its step is capped by stability at ~1.5e-3 h)."""
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 0.5, 2, 10, 50, 100], AMT=[100.0, 0, 0, 0, 0, 0],
-                           DV=[0.0, 1, 1, 1, 1, 1], EVID=[1, 0, 0, 0, 0, 0]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0.0, 0.5, 2, 10, 50, 100],
+            AMT=[100.0, 0, 0, 0, 0, 0],
+            DV=[0.0, 1, 1, 1, 1, 1],
+            EVID=[1, 0, 0, 0, 0, 0],
+        )
+    )
     data = read_nonmem(df)
     values = {"CL": np.array([1.0]), "V": np.array([10.0]), "Q": np.array([1e4]), "V2": np.array([10.0])}
     ref = _values_and_grads(get_model("2cpt_iv"), data, values)
     steps = {}
     for method in ("rosenbrock23", "dopri5"):
-        system = ODESystem.from_spec(dataclasses.replace(ODE_MODELS["2cpt_iv_ode"], method=method,
-                                                         rtol=1e-8, atol=1e-10))
+        system = ODESystem.from_spec(
+            dataclasses.replace(ODE_MODELS["2cpt_iv_ode"], method=method, rtol=1e-8, atol=1e-10)
+        )
         out = _values_and_grads(system, data, values)
         np.testing.assert_allclose(out[0], ref[0], rtol=1e-5)
         op = ODESolve(system, data, ("CL", "Q", "V", "V2"), system.rtol, system.atol)
@@ -104,8 +127,7 @@ def test_rosenbrock_sensitivities():
     data = read_nonmem(_regimens(True, 3, seed=5))
     values = {"CL": np.array([3.0, 5, 8]), "V": np.array([20.0, 30, 50]), "KA": np.array([0.5, 1, 2])}
     ref = _values_and_grads(get_model("1cpt_oral"), data, values)
-    ode = dataclasses.replace(ODE_MODELS["1cpt_oral_ode"], method="rosenbrock23", rtol=1e-9,
-                              atol=1e-11)
+    ode = dataclasses.replace(ODE_MODELS["1cpt_oral_ode"], method="rosenbrock23", rtol=1e-9, atol=1e-11)
     out = _values_and_grads(get_model(ode), data, values)
     # an order-2 method at rtol 1e-9: about 1e-6 relative
     for ga, go in zip(ref, out, strict=True):
@@ -122,11 +144,18 @@ def test_expression_parser_is_safe_and_complete():
 
 
 def test_ode_spec_round_trip_and_one_word_switch():
-    mm = ODE(name="mm", states=["depot", "central"],
-             rhs={"depot": "-KA * depot", "central": "KA * depot - VMAX * central / (KM * V + central)"},
-             observe="central / V")
-    spec = ModelSpec(name="mm", structural=mm, parameters={"KA": 1.0, "V": 30.0, "VMAX": 10.0, "KM": 2.0},
-                     error=ResidualError("proportional"))
+    mm = ODE(
+        name="mm",
+        states=["depot", "central"],
+        rhs={"depot": "-KA * depot", "central": "KA * depot - VMAX * central / (KM * V + central)"},
+        observe="central / V",
+    )
+    spec = ModelSpec(
+        name="mm",
+        structural=mm,
+        parameters={"KA": 1.0, "V": 30.0, "VMAX": 10.0, "KM": 2.0},
+        error=ResidualError("proportional"),
+    )
     assert ModelSpec.from_toml(spec.to_toml()) == spec
     assert get_model(spec.structural).parameters == ("KA", "KM", "V", "VMAX")
     with pytest.raises(ValueError, match="one right-hand side per state"):
@@ -139,16 +168,22 @@ def test_reset_events_match_analytic():
     """EVID 3 (reset) and EVID 4 (reset and dose) restart a subject's system from zero, times
     starting again after the reset: the ODE path agrees with the closed form (whose pairs of
     doses and observations never cross a reset) to 1e-6 in values and gradients."""
-    df = pd.DataFrame([
-        dict(ID=1, TIME=0.0, AMT=100.0, EVID=1, CMT=1), dict(ID=1, TIME=2.0, AMT=0, EVID=0, CMT=2),
-        dict(ID=1, TIME=8.0, AMT=0, EVID=0, CMT=2),
-        dict(ID=1, TIME=1.0, AMT=0, EVID=3, CMT=2),  # reset: amounts back to 0, clock to 1 h
-        dict(ID=1, TIME=3.0, AMT=0, EVID=0, CMT=2), dict(ID=1, TIME=4.0, AMT=50.0, EVID=1, CMT=2),
-        dict(ID=1, TIME=6.0, AMT=0, EVID=0, CMT=2),
-        dict(ID=1, TIME=0.0, AMT=80.0, EVID=4, CMT=1),  # reset and dose
-        dict(ID=1, TIME=1.5, AMT=0, EVID=0, CMT=2), dict(ID=1, TIME=12.0, AMT=0, EVID=0, CMT=2),
-        dict(ID=2, TIME=0.0, AMT=60.0, EVID=1, CMT=1), dict(ID=2, TIME=5.0, AMT=0, EVID=0, CMT=2),
-    ]).assign(DV=lambda d: np.where(d["EVID"] == 0, 1.0, 0.0))
+    df = pd.DataFrame(
+        [
+            dict(ID=1, TIME=0.0, AMT=100.0, EVID=1, CMT=1),
+            dict(ID=1, TIME=2.0, AMT=0, EVID=0, CMT=2),
+            dict(ID=1, TIME=8.0, AMT=0, EVID=0, CMT=2),
+            dict(ID=1, TIME=1.0, AMT=0, EVID=3, CMT=2),  # reset: amounts back to 0, clock to 1 h
+            dict(ID=1, TIME=3.0, AMT=0, EVID=0, CMT=2),
+            dict(ID=1, TIME=4.0, AMT=50.0, EVID=1, CMT=2),
+            dict(ID=1, TIME=6.0, AMT=0, EVID=0, CMT=2),
+            dict(ID=1, TIME=0.0, AMT=80.0, EVID=4, CMT=1),  # reset and dose
+            dict(ID=1, TIME=1.5, AMT=0, EVID=0, CMT=2),
+            dict(ID=1, TIME=12.0, AMT=0, EVID=0, CMT=2),
+            dict(ID=2, TIME=0.0, AMT=60.0, EVID=1, CMT=1),
+            dict(ID=2, TIME=5.0, AMT=0, EVID=0, CMT=2),
+        ]
+    ).assign(DV=lambda d: np.where(d["EVID"] == 0, 1.0, 0.0))
     data = read_nonmem(df)
     values = {"CL": np.array([3.0, 5.0]), "V": np.array([20.0, 30.0]), "KA": np.array([1.2, 0.7])}
     ref = _values_and_grads(get_model("1cpt_oral"), data, values)
@@ -160,10 +195,16 @@ def test_reset_events_match_analytic():
 
 
 _TURNOVER = ODE(
-    name="pk_turnover", states=["depot", "central", "effect"],
-    rhs={"depot": "-KA * depot", "central": "KA * depot - CL / V * central",
-         "effect": "KOUT * E0 * (1 - central / V / (IC50 + central / V)) - KOUT * effect"},
-    observe={"cp": "central / V", "pd": "effect"}, initial={"effect": "E0"})
+    name="pk_turnover",
+    states=["depot", "central", "effect"],
+    rhs={
+        "depot": "-KA * depot",
+        "central": "KA * depot - CL / V * central",
+        "effect": "KOUT * E0 * (1 - central / V / (IC50 + central / V)) - KOUT * effect",
+    },
+    observe={"cp": "central / V", "pd": "effect"},
+    initial={"effect": "E0"},
+)
 
 
 def _turnover_reference(p, dose, t_obs):
@@ -172,11 +213,15 @@ def _turnover_reference(p, dose, t_obs):
 
     def f(t, y):
         c = y[1] / p["V"]
-        return [-p["KA"] * y[0], p["KA"] * y[0] - p["CL"] / p["V"] * y[1],
-                p["KOUT"] * p["E0"] * (1 - c / (p["IC50"] + c)) - p["KOUT"] * y[2]]
+        return [
+            -p["KA"] * y[0],
+            p["KA"] * y[0] - p["CL"] / p["V"] * y[1],
+            p["KOUT"] * p["E0"] * (1 - c / (p["IC50"] + c)) - p["KOUT"] * y[2],
+        ]
 
-    sol = solve_ivp(f, (0, t_obs.max()), [dose, 0.0, p["E0"]], t_eval=t_obs, method="LSODA",
-                    rtol=1e-11, atol=1e-12)
+    sol = solve_ivp(
+        f, (0, t_obs.max()), [dose, 0.0, p["E0"]], t_eval=t_obs, method="LSODA", rtol=1e-11, atol=1e-12
+    )
     return sol.y[1] / p["V"], sol.y[2]
 
 
@@ -188,8 +233,10 @@ def test_initial_amounts_and_two_outputs():
     t = np.array([0.0, 0.5, 2, 6, 12, 24, 48, 96])
     rows = [dict(ID=1, TIME=0.0, AMT=100.0, DV=0.0, EVID=1, DVID="cp")]
     for tt in t:
-        rows += [dict(ID=1, TIME=tt, AMT=0.0, DV=1.0, EVID=0, DVID="cp"),
-                 dict(ID=1, TIME=tt, AMT=0.0, DV=1.0, EVID=0, DVID="pd")]
+        rows += [
+            dict(ID=1, TIME=tt, AMT=0.0, DV=1.0, EVID=0, DVID="cp"),
+            dict(ID=1, TIME=tt, AMT=0.0, DV=1.0, EVID=0, DVID="pd"),
+        ]
     data = read_nonmem(pd.DataFrame(rows))
     p = {"KA": 1.1, "CL": 0.15, "V": 8.0, "E0": 95.0, "KOUT": 0.05, "IC50": 1.3}
     system = get_model(dataclasses.replace(_TURNOVER, rtol=1e-10, atol=1e-12))
@@ -220,14 +267,21 @@ def test_multiple_outputs_need_one_error_each_and_known_dvids():
         ModelSpec(name="t", structural=_TURNOVER, parameters=params, error=errors["cp"])
     with pytest.raises(ValueError, match="parameters only"):
         get_model(dataclasses.replace(_TURNOVER, initial={"effect": "E0 + central"}))
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0, 2.0], AMT=[100.0, 0, 0], DV=[0.0, 1, 1],
-                           EVID=[1, 0, 0], DVID=["cp", "cp", "pca"]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0.0, 1.0, 2.0],
+            AMT=[100.0, 0, 0],
+            DV=[0.0, 1, 1],
+            EVID=[1, 0, 0],
+            DVID=["cp", "cp", "pca"],
+        )
+    )
     with pytest.raises(DataError, match="row 3, column DVID: observation of DVID 'pca'"):
         get_model(_TURNOVER).check(read_nonmem(df))
 
 
 def test_ode_rejects_what_it_cannot_do_yet():
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0], AMT=[100.0, 0], DV=[0.0, 1.0], SS=[1, 0],
-                           II=[12.0, 0.0]))
+    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0], AMT=[100.0, 0], DV=[0.0, 1.0], SS=[1, 0], II=[12.0, 0.0]))
     with pytest.raises(DataError, match="steady-state"):
         get_model("1cpt_iv_ode").check(read_nonmem(df))

@@ -22,12 +22,14 @@ def _rich_spec() -> ModelSpec:
             Covariate("CL", "WT", "power", reference=70, theta=0.75, fixed=True),
             Covariate("V", "AGE", "exponential", reference=40, theta=0.01),
             Covariate("V", "APGR", "indicator", condition="APGR < 5", theta=0.1),
-            Covariate("CL", "SEX", "categorical", reference="male",
-                      prior=Prior("Normal", {"mu": 0.0, "sigma": 0.5})),
+            Covariate(
+                "CL", "SEX", "categorical", reference="male", prior=Prior("Normal", {"mu": 0.0, "sigma": 0.5})
+            ),
         ],
         iiv=[IIV(["CL", "V"], sd=[0.3, 0.2], block=True), IIV(["KA"], sd=[0.6], kind="additive")],
-        error=ResidualError("combined", add=0.1, prop=0.15,
-                            priors={"add": Prior("HalfNormal", {"sigma": 1.0})}),
+        error=ResidualError(
+            "combined", add=0.1, prop=0.15, priors={"add": Prior("HalfNormal", {"sigma": 1.0})}
+        ),
         observations={"dvid": "cp", "ignore": ["DV == 0"]},
         description="every feature once",
     )
@@ -49,18 +51,23 @@ def test_library_models_load_and_round_trip(path):
 
 
 def test_spec_and_data_do_not_import_pymc():
-    code = ("import sys, nlmebayes, nlmebayes.model, nlmebayes.model.spec, nlmebayes.data; "
-            "assert 'pymc' not in sys.modules and 'pytensor' not in sys.modules, "
-            "[m for m in sys.modules if m.startswith(('pymc', 'pytensor'))]")
+    code = (
+        "import sys, nlmebayes, nlmebayes.model, nlmebayes.model.spec, nlmebayes.data; "
+        "assert 'pymc' not in sys.modules and 'pytensor' not in sys.modules, "
+        "[m for m in sys.modules if m.startswith(('pymc', 'pytensor'))]"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(parameters={"CL": -1.0}), "must be > 0"),
-    (dict(iiv=IIV(["KA"])), "IIV on unknown parameter KA"),
-    (dict(covariates=[Covariate("Q", "WT")]), "unknown parameter Q"),
-    (dict(iiv=[IIV(["CL"]), IIV(["CL"])]), "IIV in two blocks"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(parameters={"CL": -1.0}), "must be > 0"),
+        (dict(iiv=IIV(["KA"])), "IIV on unknown parameter KA"),
+        (dict(covariates=[Covariate("Q", "WT")]), "unknown parameter Q"),
+        (dict(iiv=[IIV(["CL"]), IIV(["CL"])]), "IIV in two blocks"),
+    ],
+)
 def test_invalid_specs_are_rejected(kwargs, match):
     base = dict(name="x", structural="1cpt_iv", parameters={"CL": 1.0, "V": 10.0})
     with pytest.raises(ValueError, match=match):

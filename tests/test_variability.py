@@ -32,8 +32,11 @@ def _design(n, times, amt=100.0, **cols):
 
 
 def _covers(tab, truth):
-    missed = {k: (v, tab.loc[k, "lower"], tab.loc[k, "upper"]) for k, v in truth.items()
-              if not tab.loc[k, "lower"] < v < tab.loc[k, "upper"]}
+    missed = {
+        k: (v, tab.loc[k, "lower"], tab.loc[k, "upper"])
+        for k, v in truth.items()
+        if not tab.loc[k, "lower"] < v < tab.loc[k, "upper"]
+    }
     assert not missed, missed
 
 
@@ -47,11 +50,23 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
             rows.append(dict(ID=i, TIME=t0, AMT=100.0, DV=0.0, OCC=occ))
             rows += [dict(ID=i, TIME=t0 + t, AMT=0.0, DV=1.0, OCC=occ) for t in (0.5, 2, 6, 12)]
     design = read_nonmem(pd.DataFrame(rows))
-    spec = ModelSpec(name="iov", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL", "V"], sd=[0.3, 0.2]), iov=IOV(["CL", "V"], sd=[0.15, 0.1]),
-                     error=ResidualError("proportional", prop=0.1))
-    sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.04]),
-                   pi={"CL": 0.2, "V": 0.15}, sigma={"prop": 0.08}, seed=2)
+    spec = ModelSpec(
+        name="iov",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
+        iov=IOV(["CL", "V"], sd=[0.15, 0.1]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    sim = simulate(
+        spec,
+        design,
+        typical={"CL": 2.0, "V": 20.0},
+        omega=np.diag([0.09, 0.04]),
+        pi={"CL": 0.2, "V": 0.15},
+        sigma={"prop": 0.08},
+        seed=2,
+    )
     # A fair set: the realised SDs of the drawn etas and kappas are within 2 SE (1/sqrt(2 n))
     # of the truth. (Seed 1 drew eta SDs 0.84 x the truth and omega(V)'s interval ended at 0.197.)
     for drawn, sd in ((sim.records.attrs["eta"], [0.3, 0.2]), (sim.records.attrs["kappa"], [0.2, 0.15])):
@@ -66,8 +81,7 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
     assert "pi2(CL)" in res.report()
     # Without IOV the occasion-to-occasion changes land in the residual: sigma_prop more than
     # doubles, far outside the IOV fit's 90% interval.
-    res0 = fit(dataclasses.replace(spec, iov=None, name="no_iov"), sim, seed=2,
-               diagnostics=False, **SETTINGS)
+    res0 = fit(dataclasses.replace(spec, iov=None, name="no_iov"), sim, seed=2, diagnostics=False, **SETTINGS)
     tab0 = res0.parameter_table(ci=0.90).set_index("parameter")
     assert tab0.loc["sigma_prop", "median"] > 1.5 * tab.loc["sigma_prop", "upper"]
 
@@ -76,11 +90,23 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
 def test_study_level_variance_recovered():
     """10 studies x 8 subjects; CL varies between studies (SD 0.4) and between subjects (0.2)."""
     design = _design(80, (1, 4, 8, 12, 24), STUDY=lambda i: (i - 1) // 8 + 1)
-    spec = ModelSpec(name="study", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL", "V"], sd=[0.2, 0.2]), levels=Level("STUDY", ["CL"], sd=[0.3]),
-                     error=ResidualError("proportional", prop=0.1))
-    sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.04, 0.04]),
-                   level_sd={"STUDY": {"CL": 0.4}}, sigma={"prop": 0.1}, seed=5)
+    spec = ModelSpec(
+        name="study",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL", "V"], sd=[0.2, 0.2]),
+        levels=Level("STUDY", ["CL"], sd=[0.3]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    sim = simulate(
+        spec,
+        design,
+        typical={"CL": 2.0, "V": 20.0},
+        omega=np.diag([0.04, 0.04]),
+        level_sd={"STUDY": {"CL": 0.4}},
+        sigma={"prop": 0.1},
+        seed=5,
+    )
     res = fit(spec, sim, seed=6, target_accept=0.9, **SETTINGS)
     tab = res.parameter_table(ci=0.90).set_index("parameter")
     # Ten groups carry little information on an SD: the interval is wide, it must hold the truth.
@@ -95,10 +121,16 @@ def test_study_level_variance_recovered():
 def test_blq_m3_recovers_what_discarding_biases():
     """30 subjects sampled to 36 h, LLOQ 0.6 mg/L: 20-30% of observations BLQ, mostly late ones."""
     design = _design(30, (1, 4, 8, 12, 24, 36))
-    spec = ModelSpec(name="blq", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL", "V"], sd=[0.3, 0.2]), error=ResidualError("proportional", prop=0.3))
-    sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.04]),
-                   sigma={"prop": 0.3}, seed=1)
+    spec = ModelSpec(
+        name="blq",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
+        error=ResidualError("proportional", prop=0.3),
+    )
+    sim = simulate(
+        spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.04]), sigma={"prop": 0.3}, seed=1
+    )
     df = sim.input_frame()
     blq = (df["AMT"] == 0) & (df["DV"] < 0.6)
     assert 0.2 <= blq.sum() / (df["AMT"] == 0).sum() <= 0.3
@@ -120,21 +152,35 @@ def test_blq_m3_recovers_what_discarding_biases():
 
 def test_m3_likelihood_is_the_normal_cdf():
     """The censored-likelihood terms against scipy at one parameter point."""
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1, 2, 3, 4], AMT=[100.0, 0, 0, 0, 0],
-                           DV=[0.0, 4.0, 2.0, 1.0, 1.5], CENS=[0, 0, 1, 1, -1],
-                           LIMIT=[np.nan, np.nan, np.nan, 0.2, np.nan]))
+    df = pd.DataFrame(
+        dict(
+            ID=1,
+            TIME=[0.0, 1, 2, 3, 4],
+            AMT=[100.0, 0, 0, 0, 0],
+            DV=[0.0, 4.0, 2.0, 1.0, 1.5],
+            CENS=[0, 0, 1, 1, -1],
+            LIMIT=[np.nan, np.nan, np.nan, 0.2, np.nan],
+        )
+    )
     data = read_nonmem(df)
-    spec = ModelSpec(name="m3", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     error=ResidualError("additive", add=0.5))
+    spec = ModelSpec(
+        name="m3",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        error=ResidualError("additive", add=0.5),
+    )
     model = build_model(spec, data).model
     point = {"log_CL_pop": np.log(2.0), "log_V_pop": np.log(20.0), "sigma_add_log__": np.log(0.5)}
     logp = model.compile_fn(model.logp(vars=[model["DV"]], sum=False)[0], mode="FAST_COMPILE")(point)
     t = np.array([1.0, 2, 3, 4])
     f = 100 / 20 * np.exp(-0.1 * t)
     n = stats.norm(f, 0.5)
-    expected = [n.logpdf([4.0, 0, 0, 0])[0], n.logcdf([0, 2.0, 0, 0])[1],
-                np.log(n.cdf([0, 0, 1.0, 0])[2] - n.cdf([0, 0, 0.2, 0])[2]),
-                n.logsf([0, 0, 0, 1.5])[3]]
+    expected = [
+        n.logpdf([4.0, 0, 0, 0])[0],
+        n.logcdf([0, 2.0, 0, 0])[1],
+        np.log(n.cdf([0, 0, 1.0, 0])[2] - n.cdf([0, 0, 0.2, 0])[2]),
+        n.logsf([0, 0, 0, 1.5])[3],
+    ]
     # PyMC's normal log-CDF evaluates erfc through a series good to ~1e-8 relative.
     np.testing.assert_allclose(logp, expected, rtol=1e-7)
 
@@ -145,15 +191,27 @@ def test_flip_flop_warning_and_guard():
     posterior puts ~20% of its mass on KA < k and the report warns; guarded (KA = k + KA'),
     there is no such mass, no warning and no divergence."""
     design = _design(20, (0.5, 1, 2, 4, 6, 8, 12, 24))
-    spec = ModelSpec(name="ff", structural="1cpt_oral", parameters={"CL": 5.0, "V": 20.0, "KA": 0.25},
-                     iiv=IIV(["CL", "V"], sd=[0.2, 0.2]), error=ResidualError("proportional", prop=0.1))
-    sim = simulate(spec, design, typical={"CL": 5.0, "V": 20.0, "KA": 0.25},
-                   omega=np.diag([0.04, 0.04]), sigma={"prop": 0.1}, seed=3)
+    spec = ModelSpec(
+        name="ff",
+        structural="1cpt_oral",
+        parameters={"CL": 5.0, "V": 20.0, "KA": 0.25},
+        iiv=IIV(["CL", "V"], sd=[0.2, 0.2]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    sim = simulate(
+        spec,
+        design,
+        typical={"CL": 5.0, "V": 20.0, "KA": 0.25},
+        omega=np.diag([0.04, 0.04]),
+        sigma={"prop": 0.1},
+        seed=3,
+    )
     plain = fit(spec, sim, seed=4, diagnostics=False, **SETTINGS)
     assert flip_flop_warning(plain.posterior, spec) is not None
     assert "flip-flop" in plain.report()
-    guarded_spec = dataclasses.replace(spec, flip_flop_guard=True,
-                                       parameters={"CL": 5.0, "V": 20.0, "KA": 0.1})
+    guarded_spec = dataclasses.replace(
+        spec, flip_flop_guard=True, parameters={"CL": 5.0, "V": 20.0, "KA": 0.1}
+    )
     guarded = fit(guarded_spec, sim, seed=4, diagnostics=False, **SETTINGS)
     assert flip_flop_warning(guarded.posterior, guarded_spec) is None
     assert "flip-flop" not in guarded.report()
@@ -167,17 +225,24 @@ def test_student_t_residuals_resist_outliers():
     """Proportional error 10% plus 5% gross outliers (x3): Normal residuals inflate sigma, while
     Student-t keeps it near 0.1 and estimates few degrees of freedom (heavy tails)."""
     design = _design(20, (0.5, 1, 2, 4, 8, 12, 24))
-    spec = ModelSpec(name="t", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL", "V"], sd=[0.2, 0.2]), error=ResidualError("proportional", prop=0.1))
-    sim = simulate(spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.04, 0.04]),
-                   sigma={"prop": 0.1}, seed=7)
+    spec = ModelSpec(
+        name="t",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL", "V"], sd=[0.2, 0.2]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    sim = simulate(
+        spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.04, 0.04]), sigma={"prop": 0.1}, seed=7
+    )
     df = sim.input_frame()
     rng = np.random.default_rng(8)
     out = (df["AMT"] == 0) & (rng.random(len(df)) < 0.05)
     df.loc[out, "DV"] *= 3.0
     data = read_nonmem(df)
-    robust = dataclasses.replace(spec, error=ResidualError("proportional", prop=0.1,
-                                                           distribution="student_t"))
+    robust = dataclasses.replace(
+        spec, error=ResidualError("proportional", prop=0.1, distribution="student_t")
+    )
     rn = fit(spec, data, seed=9, diagnostics=False, **SETTINGS)
     rt = fit(robust, data, seed=9, **SETTINGS)
     sn = rn.parameter_table().set_index("parameter").loc["sigma_prop", "median"]
@@ -194,8 +259,14 @@ def test_student_t_residuals_resist_outliers():
 
 def test_design_warnings():
     one_occ = _design(5, (1, 2, 4))
-    spec = ModelSpec(name="w", structural="1cpt_iv", parameters={"CL": 2.0, "V": 20.0},
-                     iiv=IIV(["CL"]), iov=IOV(["CL"]), error=ResidualError("proportional"))
+    spec = ModelSpec(
+        name="w",
+        structural="1cpt_iv",
+        parameters={"CL": 2.0, "V": 20.0},
+        iiv=IIV(["CL"]),
+        iov=IOV(["CL"]),
+        error=ResidualError("proportional"),
+    )
     assert any("single occasion" in w for w in design_warnings(spec, one_occ))
     sparse = _design(5, (2,))
     spec2 = dataclasses.replace(spec, iov=None)

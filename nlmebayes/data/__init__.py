@@ -1,6 +1,8 @@
-"""NONMEM-style event data: reading and checking (:mod:`.read`), dosing expansion
-(:mod:`.dosing`), the flat arrays the graph builder uses (:mod:`.events`), conditions and ID
-labels (:mod:`.conditions`). PyMC-free."""
+"""NONMEM-style event data.
+
+Reading and checking (:mod:`.read`), dosing expansion (:mod:`.dosing`), the flat arrays the graph builder uses
+(:mod:`.events`), conditions and ID labels (:mod:`.conditions`). PyMC-free.
+"""
 
 from nlmebayes.data.conditions import OPS, format_id, id_label, parse_condition
 from nlmebayes.data.errors import DataError

@@ -1,5 +1,6 @@
-"""Dose events from dose records: ADDL/II expansion, cancellation at resets, and the
-dose-observation pairs that superposition sums over.
+"""Dose events from dose records.
+
+ADDL/II expansion, cancellation at resets, and the dose-observation pairs that superposition sums over.
 
 A reset segment is a subject's run of records up to a reset (EVID 3, EVID 4, or an SS=1 dose);
 segments are numbered in record order and never span subjects. Implied ADDL doses stay in the
@@ -77,13 +78,21 @@ def expand_doses(time, ii, addl, ss, is_dose, subject, segment) -> DoseEvents:
     order = np.lexsort((k, rep, dose_time, subject[rep]))
     rep, k, dose_time, dose_ss = rep[order], k[order], dose_time[order], dose_ss[order]
     keep = _not_cancelled(rep, k, dose_time, time, subject, segment)
-    return DoseEvents(record=rep[keep], k=k[keep], time=dose_time[keep], ss=dose_ss[keep],
-                      segment=segment[rep][keep], n_cancelled=int((~keep).sum()))
+    return DoseEvents(
+        record=rep[keep],
+        k=k[keep],
+        time=dose_time[keep],
+        ss=dose_ss[keep],
+        segment=segment[rep][keep],
+        n_cancelled=int((~keep).sum()),
+    )
 
 
 def _not_cancelled(rep, k, dose_time, time, subject, segment) -> np.ndarray:
-    """Mask of dose events that survive: implied doses at or after the next reset of their
-    subject are cancelled."""
+    """Mask of dose events that survive.
+
+    Implied doses at or after the next reset of their subject are cancelled.
+    """
     seg_start_time = {}
     for s_id in np.unique(segment):
         first = np.flatnonzero(segment == s_id)[0]
@@ -122,10 +131,10 @@ def dose_observation_pairs(doses: DoseEvents, obs_records, time, segment):
     for j, sgm in enumerate(doses.segment):
         by_seg.setdefault(int(sgm), []).append(j)
     for oi, r in enumerate(obs_records):
-        cand = by_seg.get(int(segment[r]))
-        if not cand:
+        in_segment = by_seg.get(int(segment[r]))
+        if not in_segment:
             continue
-        cand = np.asarray(cand)
+        cand = np.asarray(in_segment)
         t_d = doses.time[cand]
         before = (t_d < time[r]) | ((t_d == time[r]) & (doses.record[cand] < r))
         sel = cand[before]

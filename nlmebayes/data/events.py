@@ -61,24 +61,27 @@ class EventData:
     # ------------------------------------------------------------------ sizes
     @property
     def n_subjects(self) -> int:
+        """Number of subjects."""
         return len(self.ids)
 
     @property
     def n_obs(self) -> int:
+        """Number of observations in the likelihood."""
         return len(self.obs_time)
 
     @property
     def n_doses(self) -> int:
+        """Number of dose events after ADDL expansion."""
         return len(self.dose_time)
 
     @property
     def n_records(self) -> int:
+        """Number of data records."""
         return len(self.records)
 
     @property
     def obs_output(self) -> np.ndarray:
-        """Each observation's DVID as text ("1" for 1.0), the name of the model output it
-        belongs to."""
+        """Each observation's DVID as text ("1" for 1.0): the model output it belongs to."""
         return np.array([str(id_label(v)) for v in self.obs_dvid], dtype=object)
 
     # -------------------------------------------------------------- covariates
@@ -94,8 +97,11 @@ class EventData:
         names = list(self.covariate_names if names is None else names)
         for name in names:
             if name not in self.covariate_names:
-                raise DataError(f"no covariate named {name!r}; covariates are "
-                                f"{list(self.covariate_names)}", source=self.source, column=name)
+                raise DataError(
+                    f"no covariate named {name!r}; covariates are {list(self.covariate_names)}",
+                    source=self.source,
+                    column=name,
+                )
             col = self.records[name]
             changed = col.ne(col.groupby(self.records["ID"]).transform("first"))
             if changed.any():
@@ -105,7 +111,11 @@ class EventData:
                     f"covariate {name} is used as time-constant but changes within subject "
                     f"{format_id(r['ID'])} (first value {col[self.records['ID'] == r['ID']].iloc[0]!r}, "
                     f"here {col.iloc[i]!r})",
-                    source=self.source, row=int(r["_ROW"]), line=record_line(r), column=name)
+                    source=self.source,
+                    row=int(r["_ROW"]),
+                    line=record_line(r),
+                    column=name,
+                )
         return self.records.groupby("ID", sort=False)[names].first().loc[self.ids]
 
     def time_varying_covariates(self) -> tuple[str, ...]:
@@ -133,23 +143,29 @@ class EventData:
     def select_dvid(self, dvid) -> EventData:
         """Keep only observations of type ``dvid``; the others are reported as excluded."""
         if "DVID" not in self.records.columns:
-            raise DataError("the data have no DVID column to select observations by",
-                            source=self.source, column="DVID")
+            raise DataError(
+                "the data have no DVID column to select observations by", source=self.source, column="DVID"
+            )
         known = set(pd.unique(self.obs_dvid))
         if dvid not in known:
-            raise DataError(f"no observations with DVID {dvid!r}; DVID values are {sorted(known, key=str)}",
-                            source=self.source, column="DVID")
+            raise DataError(
+                f"no observations with DVID {dvid!r}; DVID values are {sorted(known, key=str)}",
+                source=self.source,
+                column="DVID",
+            )
         other = self.records["_IS_OBS"].to_numpy() & (self.records["DVID"].to_numpy() != dvid)
         return self._without(other, f"observation of another DVID (not {dvid})")
 
     def ignore(self, condition: str) -> EventData:
-        """Take observations matching ``condition`` (e.g. ``"DV == 0"``) out of the likelihood,
-        like NONMEM's ``IGNORE=(DV.EQ.0)``; they are reported as excluded with the condition."""
+        """Take observations matching ``condition`` (e.g.
+
+        ``"DV == 0"``) out of the likelihood, like NONMEM's ``IGNORE=(DV.EQ.0)``; they are reported as
+        excluded with the condition.
+        """
         col, op, val = parse_condition(condition)
         col = col.upper()
         if col not in self.records.columns:
-            raise DataError(f"IGNORE condition {condition!r} names no column", source=self.source,
-                            column=col)
+            raise DataError(f"IGNORE condition {condition!r} names no column", source=self.source, column=col)
         hit = OPS[op](self.records[col].to_numpy(), val) & self.records["_IS_OBS"].to_numpy()
         return self._without(hit, f"IGNORE ({condition})")
 
@@ -167,8 +183,10 @@ class EventData:
         new = build_events(df, self.records["_LINE"].to_numpy(), self.source)
         gone = set(self.records["_ROW"].to_numpy()[rows])
         old = self.excluded.set_index("row")["reason"]
-        new_reason = [reason if r in gone else old.get(r, why)
-                      for r, why in zip(new.excluded["row"], new.excluded["reason"], strict=True)]
+        new_reason = [
+            reason if r in gone else old.get(r, why)
+            for r, why in zip(new.excluded["row"], new.excluded["reason"], strict=True)
+        ]
         object.__setattr__(new, "excluded", new.excluded.assign(reason=new_reason))
         return new
 
@@ -195,8 +213,10 @@ class EventData:
             lines += [f"    {n:5d}  {reason}" for reason, n in counts.items()]
         if self.covariate_names:
             tv = set(self.time_varying_covariates())
-            lines.append("  covariates:     " + ", ".join(
-                c + (" (time-varying)" if c in tv else "") for c in self.covariate_names))
+            lines.append(
+                "  covariates:     "
+                + ", ".join(c + (" (time-varying)" if c in tv else "") for c in self.covariate_names)
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -29,14 +29,51 @@ __all__ = ["RESERVED_COLUMNS", "read_nonmem", "build_events", "check_compartment
 
 #: Data items with a NONMEM meaning. Every other column is a covariate.
 RESERVED_COLUMNS = (
-    "ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS", "OCC",
-    "DVID", "CENS", "LIMIT",
+    "ID",
+    "TIME",
+    "DV",
+    "AMT",
+    "EVID",
+    "MDV",
+    "CMT",
+    "RATE",
+    "DUR",
+    "II",
+    "ADDL",
+    "SS",
+    "OCC",
+    "DVID",
+    "CENS",
+    "LIMIT",
 )
-_NUMERIC = ("ID", "TIME", "DV", "AMT", "EVID", "MDV", "CMT", "RATE", "DUR", "II", "ADDL", "SS",
-            "OCC", "CENS", "LIMIT")
+_NUMERIC = (
+    "ID",
+    "TIME",
+    "DV",
+    "AMT",
+    "EVID",
+    "MDV",
+    "CMT",
+    "RATE",
+    "DUR",
+    "II",
+    "ADDL",
+    "SS",
+    "OCC",
+    "CENS",
+    "LIMIT",
+)
 # Defaults NONMEM applies when an item is absent.
-_DEFAULTS = (("AMT", 0.0), ("RATE", 0.0), ("II", 0.0), ("ADDL", 0.0), ("SS", 0.0), ("CMT", 0.0),
-             ("OCC", 1.0), ("CENS", 0.0))
+_DEFAULTS = (
+    ("AMT", 0.0),
+    ("RATE", 0.0),
+    ("II", 0.0),
+    ("ADDL", 0.0),
+    ("SS", 0.0),
+    ("CMT", 0.0),
+    ("OCC", 1.0),
+    ("CENS", 0.0),
+)
 
 
 def read_nonmem(
@@ -112,8 +149,9 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         kept.append(raw)
         line_no.append(i)
     sep = "," if "," in header else r"\s+"
-    df = pd.read_csv(io.StringIO("\n".join(kept)), sep=sep, na_values=["."], keep_default_na=True,
-                     skipinitialspace=True)
+    df = pd.read_csv(
+        io.StringIO("\n".join(kept)), sep=sep, na_values=["."], keep_default_na=True, skipinitialspace=True
+    )
     df.columns = [str(c).strip().strip('"') for c in df.columns]
     return df, np.asarray(line_no, dtype=int)
 
@@ -196,9 +234,12 @@ def _normalise_columns(df: pd.DataFrame, lines, src: str, rename: dict, drop: tu
     df["_LINE"] = lines if lines is not None else np.nan
     for req in ("ID", "TIME"):
         if req not in df.columns:
-            raise DataError(f"required data item {req} is missing; columns are "
-                            f"{[c for c in df.columns if not c.startswith('_')]}",
-                            source=src, column=req)
+            raise DataError(
+                f"required data item {req} is missing; columns are "
+                f"{[c for c in df.columns if not c.startswith('_')]}",
+                source=src,
+                column=req,
+            )
     return df
 
 
@@ -237,8 +278,11 @@ def _check_amounts_and_rates(rec: _Records) -> None:
         v = rec.col(c)
         rec.fail_first(v < 0, c, lambda i, c=c, v=v: f"expected {c} >= 0, got {v[i]:g}")
     rate = rec.col("RATE")
-    rec.fail_first((rate < 0) & (rate != -2), "RATE",
-                   lambda i: f"expected RATE >= 0 (or -2 for a modelled duration), got {rate[i]:g}")
+    rec.fail_first(
+        (rate < 0) & (rate != -2),
+        "RATE",
+        lambda i: f"expected RATE >= 0 (or -2 for a modelled duration), got {rate[i]:g}",
+    )
     if "DUR" in df.columns:
         dur = rec.col("DUR")
         rec.fail_first(dur < 0, "DUR", lambda i: f"expected DUR >= 0, got {dur[i]:g}")
@@ -250,8 +294,11 @@ def _check_amounts_and_rates(rec: _Records) -> None:
     allowed = (0, 1, 2)
     rec.fail_first(~np.isin(ss, allowed), "SS", lambda i: f"expected one of {allowed}, got {ss[i]:g}")
     cmt = rec.col("CMT")
-    rec.fail_first((cmt < 0) | (cmt != np.round(cmt)), "CMT",
-                   lambda i: f"expected a positive integer compartment number, got {cmt[i]:g}")
+    rec.fail_first(
+        (cmt < 0) | (cmt != np.round(cmt)),
+        "CMT",
+        lambda i: f"expected a positive integer compartment number, got {cmt[i]:g}",
+    )
 
 
 def _infer_evid_mdv(rec: _Records) -> np.ndarray:
@@ -262,9 +309,14 @@ def _infer_evid_mdv(rec: _Records) -> np.ndarray:
     if "EVID" in has:
         evid = rec.col("EVID")
         rec.fail_first(np.isnan(evid), "EVID", "EVID is missing")
-        rec.fail_first(~np.isin(evid, (0, 1, 2, 3, 4)), "EVID",
-                       lambda i: f"expected EVID 0 (observation), 1 (dose), 2 (other), 3 (reset) "
-                                 f"or 4 (reset and dose), got {evid[i]:g}")
+        rec.fail_first(
+            ~np.isin(evid, (0, 1, 2, 3, 4)),
+            "EVID",
+            lambda i: (
+                f"expected EVID 0 (observation), 1 (dose), 2 (other), 3 (reset) "
+                f"or 4 (reset and dose), got {evid[i]:g}"
+            ),
+        )
     else:
         mdv0 = df["MDV"].fillna(0).to_numpy() if "MDV" in has else np.zeros(len(df))
         evid = np.where(amt > 0, 1.0, np.where(mdv0 == 1, 2.0, 0.0))
@@ -275,9 +327,11 @@ def _infer_evid_mdv(rec: _Records) -> np.ndarray:
             # An empty MDV cell means the NONMEM default for that record.
             mdv = np.where(np.isnan(mdv), (evid != 0).astype(float), mdv)
         rec.fail_first(~np.isin(mdv, (0, 1)), "MDV", lambda i: f"expected MDV 0 or 1, got {mdv[i]:g}")
-        rec.fail_first((evid != 0) & (mdv == 0), "MDV",
-                       lambda i: f"MDV must be 1 on an EVID {evid[i]:g} record (only EVID 0 "
-                                 f"records are observations)")
+        rec.fail_first(
+            (evid != 0) & (mdv == 0),
+            "MDV",
+            lambda i: f"MDV must be 1 on an EVID {evid[i]:g} record (only EVID 0 records are observations)",
+        )
     else:
         mdv = (evid != 0).astype(float)
     df["MDV"] = mdv
@@ -285,40 +339,63 @@ def _infer_evid_mdv(rec: _Records) -> np.ndarray:
 
 
 def _check_dose_and_observation_rows(rec: _Records, evid, is_dose, is_obs) -> None:
-    """Doses: positive amount (or an SS=1 infusion with AMT 0), nothing observed on the row;
-    observations: a DV."""
+    """Check dose and observation records.
+
+    Doses: positive amount (or an SS=1 infusion with AMT 0), nothing observed on the row;
+    observations: a DV.
+    """
     amt, dv, ss, rate = rec.col("AMT"), rec.col("DV"), rec.col("SS"), rec.col("RATE")
     no_amt = is_dose & (amt <= 0) & ~((ss == 1) & (rate > 0))
     rec.fail_first(no_amt, "AMT", lambda i: f"a dose record (EVID {evid[i]:g}) needs AMT > 0")
-    rec.fail_first(~is_dose & (amt > 0), "AMT",
-                   lambda i: f"AMT > 0 on an EVID {evid[i]:g} record; a dose needs EVID 1 or 4")
+    rec.fail_first(
+        ~is_dose & (amt > 0),
+        "AMT",
+        lambda i: f"AMT > 0 on an EVID {evid[i]:g} record; a dose needs EVID 1 or 4",
+    )
     # NONMEM ignores DV on dose rows, and exports often put 0 there, so only a real value is an error.
-    rec.fail_first(is_dose & ~np.isnan(dv) & (dv != 0), "DV",
-                   lambda i: f"a dose record carries DV = {dv[i]:g}; put the observation on its own "
-                             f"record (EVID 0) or leave DV empty/0 on the dose")
-    rec.fail_first(is_obs & np.isnan(dv), "DV",
-                   "DV is missing on an observation record; set MDV=1 to keep the record out of "
-                   "the likelihood")
+    rec.fail_first(
+        is_dose & ~np.isnan(dv) & (dv != 0),
+        "DV",
+        lambda i: (
+            f"a dose record carries DV = {dv[i]:g}; put the observation on its own "
+            f"record (EVID 0) or leave DV empty/0 on the dose"
+        ),
+    )
+    rec.fail_first(
+        is_obs & np.isnan(dv),
+        "DV",
+        "DV is missing on an observation record; set MDV=1 to keep the record out of the likelihood",
+    )
 
 
 def _check_censoring(rec: _Records, evid, is_obs) -> None:
-    """Censoring (Monolix/nlmixr2 convention): CENS 1 = below the limit in DV (left, BLQ),
-    -1 = above it (right); LIMIT, if given, is the other end of the interval."""
+    """Censoring (Monolix/nlmixr2 convention).
+
+    CENS 1 = below the limit in DV (left, BLQ), -1 = above it (right); LIMIT, if given, is the other end of
+    the interval.
+    """
     cens, dv = rec.col("CENS"), rec.col("DV")
-    rec.fail_first(~np.isin(cens, (-1.0, 0.0, 1.0)), "CENS",
-                   lambda i: f"expected CENS 0, 1 (below DV: BLQ) or -1 (above DV), got {cens[i]:g}")
+    rec.fail_first(
+        ~np.isin(cens, (-1.0, 0.0, 1.0)),
+        "CENS",
+        lambda i: f"expected CENS 0, 1 (below DV: BLQ) or -1 (above DV), got {cens[i]:g}",
+    )
     # an MDV=1 observation record may keep its flag
-    rec.fail_first((cens != 0) & (evid != 0), "CENS",
-                   lambda i: f"CENS is set on an EVID {evid[i]:g} record; only observations "
-                             f"(EVID 0) can be censored")
+    rec.fail_first(
+        (cens != 0) & (evid != 0),
+        "CENS",
+        lambda i: f"CENS is set on an EVID {evid[i]:g} record; only observations (EVID 0) can be censored",
+    )
     if "LIMIT" in rec.df.columns:
         lim = rec.col("LIMIT")
         wrong = is_obs & ~np.isnan(lim) & (((cens == 1) & (lim >= dv)) | ((cens == -1) & (lim <= dv)))
 
         def msg(i):
             side = "below" if cens[i] == 1 else "above"
-            return (f"LIMIT {lim[i]:g} must lie {side} DV {dv[i]:g} (the interval of a CENS "
-                    f"{cens[i]:g} observation)")
+            return (
+                f"LIMIT {lim[i]:g} must lie {side} DV {dv[i]:g} (the interval of a CENS "
+                f"{cens[i]:g} observation)"
+            )
 
         rec.fail_first(wrong, "LIMIT", msg)
 
@@ -336,21 +413,32 @@ def _check_steady_state_and_addl(rec: _Records, is_dose) -> None:
 
 def _check_subject_order(rec: _Records, evid) -> np.ndarray:
     """Subjects are contiguous blocks and times do not decrease within a block except at resets.
-    Returns the mask of each subject's first record."""
+
+    Returns the mask of each subject's first record.
+    """
     ids, time = rec.col("ID"), rec.col("TIME")
     new_block = np.r_[True, ids[1:] != ids[:-1]]
     seen: dict = {}
     for i in np.flatnonzero(new_block):
         if ids[i] in seen:
-            raise rec.error(int(i), "ID", f"subject {format_id(ids[i])} appears again after other "
-                                          f"subjects (its records start at row {seen[ids[i]] + 1}); "
-                                          f"keep each subject's records together")
+            raise rec.error(
+                int(i),
+                "ID",
+                f"subject {format_id(ids[i])} appears again after other "
+                f"subjects (its records start at row {seen[ids[i]] + 1}); "
+                f"keep each subject's records together",
+            )
         seen[ids[i]] = int(i)
     back = ~new_block & (time < np.r_[np.inf, time[:-1]]) & ~np.isin(evid, (3, 4))
-    rec.fail_first(back, "TIME",
-                   lambda i: f"expected TIME >= {time[i - 1]:g} (the previous record of subject "
-                             f"{format_id(ids[i])}), got {time[i]:g}; times must not decrease "
-                             f"within a subject except at a reset (EVID 3 or 4)")
+    rec.fail_first(
+        back,
+        "TIME",
+        lambda i: (
+            f"expected TIME >= {time[i - 1]:g} (the previous record of subject "
+            f"{format_id(ids[i])}), got {time[i]:g}; times must not decrease "
+            f"within a subject except at a reset (EVID 3 or 4)"
+        ),
+    )
     return new_block
 
 
@@ -360,8 +448,11 @@ def _check_covariates(rec: _Records) -> tuple[str, ...]:
     covariates = tuple(c for c in df.columns if c not in RESERVED_COLUMNS and not c.startswith("_"))
     for c in covariates:
         col = df[c]
-        rec.fail_first(col.isna().to_numpy(), c,
-                       f"covariate {c} is missing (NaN); give a value on every record (or drop the column)")
+        rec.fail_first(
+            col.isna().to_numpy(),
+            c,
+            f"covariate {c} is missing (NaN); give a value on every record (or drop the column)",
+        )
         num = pd.to_numeric(col, errors="coerce")
         if not num.isna().any():
             df[c] = num.astype(float)
@@ -395,15 +486,27 @@ def _events(rec: _Records, evid, is_dose, is_obs, new_block, covariates) -> Even
 
     doses = expand_doses(time, rec.col("II"), rec.col("ADDL"), ss, is_dose, subj_index, segment)
     if doses.n_cancelled:
-        excluded = pd.concat([excluded, pd.DataFrame(
-            {"row": [0], "ID": [np.nan], "TIME": [np.nan],
-             "reason": [f"ADDL-implied doses cancelled by a later reset ({doses.n_cancelled})"]})],
-            ignore_index=True)
+        excluded = pd.concat(
+            [
+                excluded,
+                pd.DataFrame(
+                    {
+                        "row": [0],
+                        "ID": [np.nan],
+                        "TIME": [np.nan],
+                        "reason": [f"ADDL-implied doses cancelled by a later reset ({doses.n_cancelled})"],
+                    }
+                ),
+            ],
+            ignore_index=True,
+        )
     obs_idx = np.flatnonzero(is_obs)
     pair_obs, pair_dose = dose_observation_pairs(doses, obs_idx, time, segment)
     rep = doses.record
     dvid = rec.col("DVID")[obs_idx] if "DVID" in df.columns else np.zeros(len(obs_idx), dtype=int)
-    limit = rec.col("LIMIT")[obs_idx].astype(float) if "LIMIT" in df.columns else np.full(len(obs_idx), np.nan)
+    limit = (
+        rec.col("LIMIT")[obs_idx].astype(float) if "LIMIT" in df.columns else np.full(len(obs_idx), np.nan)
+    )
     return EventData(
         source=rec.src,
         records=df,
@@ -433,8 +536,9 @@ def _events(rec: _Records, evid, is_dose, is_obs, new_block, covariates) -> Even
     )
 
 
-def check_compartments(data: EventData, dose_cmts: dict[int, str], obs_cmts: dict[int, str],
-                       model: str) -> None:
+def check_compartments(
+    data: EventData, dose_cmts: dict[int, str], obs_cmts: dict[int, str], model: str
+) -> None:
     """Check that every CMT in the data names a compartment the model has.
 
     Parameters
@@ -452,8 +556,10 @@ def check_compartments(data: EventData, dose_cmts: dict[int, str], obs_cmts: dic
         At the first dose or observation into a compartment the model does not have.
     """
     rec = data.records
-    for kind, allowed, mask in (("dose", dose_cmts, rec["_IS_DOSE"]),
-                                ("observation", obs_cmts, rec["_IS_OBS"])):
+    for kind, allowed, mask in (
+        ("dose", dose_cmts, rec["_IS_DOSE"]),
+        ("observation", obs_cmts, rec["_IS_OBS"]),
+    ):
         cm = rec["CMT"].to_numpy()
         bad = mask.to_numpy() & (cm != 0) & ~np.isin(cm, list(allowed))
         if bad.any():
@@ -462,4 +568,8 @@ def check_compartments(data: EventData, dose_cmts: dict[int, str], obs_cmts: dic
             raise DataError(
                 f"unknown {kind} compartment CMT={cm[i]:g} for model {model}; expected one of "
                 + ", ".join(f"{k} ({v})" for k, v in allowed.items()),
-                source=data.source, row=int(r["_ROW"]), line=record_line(r), column="CMT")
+                source=data.source,
+                row=int(r["_ROW"]),
+                line=record_line(r),
+                column="CMT",
+            )

@@ -36,15 +36,38 @@ def theophylline_nlme() -> pd.DataFrame:
 
 
 def theophylline_nlme_events() -> EventData:
-    """``datasets::Theoph`` as event records: dose (mg/kg) into the depot at time 0, then the
-    observations (CMT 2), so that nlme's ``SSfol`` fits (Pinheiro & Bates 2000, 8.2) can be
-    reproduced. The time-0 samples (measured, non-zero) stay observations predicted as 0."""
+    """``datasets::Theoph`` as event records.
+
+    Dose (mg/kg) into the depot at time 0, then the observations (CMT 2), so that nlme's ``SSfol`` fits
+    (Pinheiro & Bates 2000, 8.2) can be reproduced. The time-0 samples (measured, non-zero) stay observations
+    predicted as 0.
+    """
     th = theophylline_nlme()
     first = th.groupby("Subject", sort=False).head(1)
-    doses = pd.DataFrame({"ID": first["Subject"], "TIME": 0.0, "AMT": first["Dose"], "DV": float("nan"),
-                          "EVID": 1, "CMT": 1, "WT": first["Wt"], "_order": 0})
-    obs = pd.DataFrame({"ID": th["Subject"], "TIME": th["Time"], "AMT": 0.0, "DV": th["conc"],
-                        "EVID": 0, "CMT": 2, "WT": th["Wt"], "_order": 1})
+    doses = pd.DataFrame(
+        {
+            "ID": first["Subject"],
+            "TIME": 0.0,
+            "AMT": first["Dose"],
+            "DV": float("nan"),
+            "EVID": 1,
+            "CMT": 1,
+            "WT": first["Wt"],
+            "_order": 0,
+        }
+    )
+    obs = pd.DataFrame(
+        {
+            "ID": th["Subject"],
+            "TIME": th["Time"],
+            "AMT": 0.0,
+            "DV": th["conc"],
+            "EVID": 0,
+            "CMT": 2,
+            "WT": th["Wt"],
+            "_order": 1,
+        }
+    )
     # Subjects keep the file's order; within a subject the dose comes first.
     order = {s: i for i, s in enumerate(th["Subject"].unique())}
     df = pd.concat([doses, obs])

@@ -1,7 +1,9 @@
-"""Diagnostics of a fit: the marginal likelihood and OFV (:mod:`.ofv`, with :mod:`.conditional`,
-:mod:`.ebe`, :mod:`.importance`, :mod:`.population`), residuals (:mod:`.residuals`), shrinkage
-(:mod:`.shrinkage`), LOO/WAIC/DIC (:mod:`.loo`), model comparison (:mod:`.comparison`),
-identifiability (:mod:`.identifiability`) and sampler convergence (:mod:`.convergence`).
+"""Diagnostics of a fit.
+
+The marginal likelihood and OFV (:mod:`.ofv`, with :mod:`.conditional`, :mod:`.ebe`, :mod:`.importance`,
+:mod:`.population`), residuals (:mod:`.residuals`), shrinkage (:mod:`.shrinkage`), LOO/WAIC/DIC (:mod:`.loo`),
+model comparison (:mod:`.comparison`), identifiability (:mod:`.identifiability`) and sampler convergence
+(:mod:`.convergence`).
 
 Names are loaded on first use, so that e.g. the shrinkage functions do not import PyMC.
 """

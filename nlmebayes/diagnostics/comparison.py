@@ -1,5 +1,7 @@
-"""Model comparison on one table: Bayesian (PSIS-LOO at observation, subject and marginal level,
-WAIC) next to the pharmacometric OFV, AIC and BIC from the FOCE-I marginal likelihood.
+"""Model comparison on one table.
+
+Bayesian (PSIS-LOO at observation, subject and marginal level, WAIC) next to the pharmacometric OFV, AIC and
+BIC from the FOCE-I marginal likelihood.
 
 Which LOO answers which question: the observation- and subject-level LOO condition on each
 subject's etas, so a covariate that only explains between-subject differences (which the etas
@@ -58,8 +60,14 @@ def compare(results, names=None) -> pd.DataFrame:
             lo = loo(r, level)
             loos.setdefault(level, {})[name] = lo
             pointwise[level][name] = np.asarray(lo.elpd_i).ravel()
-            row.update({f"elpd_loo_{level}": lo.elpd, f"se_{level}": lo.se, f"p_loo_{level}": lo.p,
-                        f"max_pareto_k_{level}": float(np.max(lo.pareto_k))})
+            row.update(
+                {
+                    f"elpd_loo_{level}": lo.elpd,
+                    f"se_{level}": lo.se,
+                    f"p_loo_{level}": lo.p,
+                    f"max_pareto_k_{level}": float(np.max(lo.pareto_k)),
+                }
+            )
         row["waic"] = waic(r)["waic"]
         if "marginal" in r.idata.children:
             at = r.idata["marginal"].attrs
@@ -75,7 +83,9 @@ def compare(results, names=None) -> pd.DataFrame:
         # SE of the paired pointwise difference (Vehtari, Gelman & Gabry 2017, eq. 24)
         table[f"d_se_{level}"] = [
             float(np.sqrt(len(d) * np.var(d, ddof=1))) if n != best else 0.0
-            for n in table.index for d in [pointwise[level][n] - pointwise[level][best]]]
+            for n in table.index
+            for d in [pointwise[level][n] - pointwise[level][best]]
+        ]
     if len(results) > 1:
         table["weight"] = _az_compare(loos["observation"])["weight"].reindex(table.index)
     for ic in ("AIC", "BIC"):
@@ -91,8 +101,10 @@ def _verdict(t: pd.DataFrame) -> str:
     if len(t) < 2:
         return f"Only one model ({t.index[0]})."
     parts = []
-    for level, what in (("marginal", "for a new subject (etas integrated out)"),
-                        ("observation", "for a new observation of a known subject")):
+    for level, what in (
+        ("marginal", "for a new subject (etas integrated out)"),
+        ("observation", "for a new observation of a known subject"),
+    ):
         if f"d_elpd_loo_{level}" not in t:
             continue
         d = t[f"d_elpd_loo_{level}"]
@@ -101,10 +113,12 @@ def _verdict(t: pd.DataFrame) -> str:
         gap, se = -d[runner], t.loc[runner, f"d_se_{level}"]
         z = gap / se if se > 0 else np.inf
         sure = "clearly" if z > 4 else "probably" if z > 2 else "not distinguishably"
-        parts.append(f"LOO {what} prefers {best} over {runner} by {gap:.1f} elpd (SE {se:.1f}): "
-                     f"{sure} better.")
+        parts.append(
+            f"LOO {what} prefers {best} over {runner} by {gap:.1f} elpd (SE {se:.1f}): {sure} better."
+        )
     if "AIC" in t:
         aic_best = t["AIC"].idxmin()
-        parts.append(f"AIC prefers {aic_best} (largest dAIC {t['d_AIC'].max():.1f}); BIC prefers "
-                     f"{t['BIC'].idxmin()}.")
+        parts.append(
+            f"AIC prefers {aic_best} (largest dAIC {t['d_AIC'].max():.1f}); BIC prefers {t['BIC'].idxmin()}."
+        )
     return " ".join(parts)

@@ -1,6 +1,9 @@
-"""The model given the population parameters: per-observation mean ``f``, residual variance
-``R`` and their derivatives with respect to each subject's etas, compiled once from the builder's
-graph. The marginal likelihood, the residuals and the importance sampling all evaluate it."""
+"""The model given the population parameters.
+
+Per-observation mean ``f``, residual variance ``R`` and their derivatives with respect to each subject's etas,
+compiled once from the builder's graph. The marginal likelihood, the residuals and the importance sampling all
+evaluate it.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ __all__ = ["ConditionalModel"]
 
 
 class ConditionalModel:
-    """The model given the population parameters: per-observation mean ``f``, residual variance
-    ``R`` and their derivatives w.r.t. each subject's etas, compiled once from the builder's graph.
+    """The model given the population parameters.
+
+    Per-observation mean ``f``, residual variance ``R`` and their derivatives w.r.t. each subject's etas,
+    compiled once from the builder's graph.
 
     Parameters
     ----------
@@ -72,10 +77,8 @@ class ConditionalModel:
         self.mode = mode
         self._inputs, self._fR, self._batch = [*pop_in, eta_in], [f, R], None
         with compile_settings():
-            self._f = pytensor.function([*pop_in, eta_in], [f, R], mode=mode,
-                                        on_unused_input="ignore")
-            self._fg = pytensor.function([*pop_in, eta_in], outs, mode=mode,
-                                         on_unused_input="ignore")
+            self._f = pytensor.function([*pop_in, eta_in], [f, R], mode=mode, on_unused_input="ignore")
+            self._fg = pytensor.function([*pop_in, eta_in], outs, mode=mode, on_unused_input="ignore")
 
     def _args(self, pop: dict, eta):
         missing = [n for n in self.pop_names if n not in pop]
@@ -89,9 +92,12 @@ class ConditionalModel:
         return self._f(*self._args(pop, eta))
 
     def predict_batch(self, pop: dict, eta):
-        """``f`` and ``R`` for a batch: every value in ``pop`` has a leading batch axis (B,),
-        ``eta`` is (B, n_subjects, q); returns arrays (B, n_obs). One compiled call for the batch
-        (the graph vectorised over the batch axis), for simulation and importance sampling."""
+        """``f`` and ``R`` for a batch.
+
+        Every value in ``pop`` has a leading batch axis (B,), ``eta`` is (B, n_subjects, q); returns arrays
+        (B, n_obs). One compiled call for the batch (the graph vectorised over the batch axis), for simulation
+        and importance sampling.
+        """
         if self._batch is None:
             self._batch = batched_function(self._inputs, self._fR, mode=self.mode)
         eta = np.asarray(eta, dtype=float)

@@ -1,5 +1,8 @@
-"""Sampler diagnostics of a fit: divergences, tree-depth hits, worst R-hat and ESS, and the
-warnings they give (with the flip-flop and design warnings), from the stored draws."""
+"""Sampler diagnostics of a fit.
+
+Divergences, tree-depth hits, worst R-hat and ESS, and the warnings they give (with the flip-flop and design
+warnings), from the stored draws.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +23,14 @@ def sampler_diagnostics(result) -> dict:
     post = result.idata["posterior"].to_dataset()
     n_chains = post.sizes["chain"]
     div = int(stats["diverging"].sum()) if "diverging" in stats else 0
-    depth = next((int(stats[k].sum()) for k in ("maxdepth_reached", "reached_max_treedepth")
-                  if k in stats), 0)
-    free = [v for v in post.data_vars if v.startswith(("log_", "z_", "theta_", "omega_sd_",
-                                                       "omega_chol", "sigma_"))]
+    depth = next(
+        (int(stats[k].sum()) for k in ("maxdepth_reached", "reached_max_treedepth") if k in stats), 0
+    )
+    free = [
+        v
+        for v in post.data_vars
+        if v.startswith(("log_", "z_", "theta_", "omega_sd_", "omega_chol", "sigma_"))
+    ]
     worst_rhat, min_ess = 1.0, np.inf
     worst_var = ""
     for v in free:
@@ -35,13 +42,17 @@ def sampler_diagnostics(result) -> dict:
         min_ess = min(min_ess, float(np.nanmin(np.atleast_1d(e.values))))
     warnings = []
     if div:
-        warnings.append(f"{div} divergent transitions: the posterior geometry is hard; raise "
-                        f"target_accept or reparameterise")
+        warnings.append(
+            f"{div} divergent transitions: the posterior geometry is hard; raise "
+            f"target_accept or reparameterise"
+        )
     if worst_rhat > RHAT_MAX:
         warnings.append(f"R-hat up to {worst_rhat:.3f} (in {worst_var}) > {RHAT_MAX}: chains disagree")
     if min_ess < ESS_MIN_PER_CHAIN * n_chains:
-        warnings.append(f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
-                        f"({ESS_MIN_PER_CHAIN * n_chains}): draw more")
+        warnings.append(
+            f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
+            f"({ESS_MIN_PER_CHAIN * n_chains}): draw more"
+        )
     if depth:
         warnings.append(f"{depth} draws hit the maximum tree depth")
     ff = flip_flop_warning(post, result.spec)
@@ -49,6 +60,12 @@ def sampler_diagnostics(result) -> dict:
         warnings.append(ff)
     design = result.idata.attrs.get("nlmebayes_design_warnings", "")
     warnings += [w for w in str(design).split("\n") if w]
-    return {"divergences": div, "max_treedepth_hits": depth, "max_rhat": worst_rhat,
-            "min_ess_bulk": min_ess, "chains": n_chains, "draws": post.sizes["draw"],
-            "warnings": warnings}
+    return {
+        "divergences": div,
+        "max_treedepth_hits": depth,
+        "max_rhat": worst_rhat,
+        "min_ess_bulk": min_ess,
+        "chains": n_chains,
+        "draws": post.sizes["draw"],
+        "warnings": warnings,
+    }

@@ -1,6 +1,8 @@
-"""The joint objective of each subject's etas and its minimisation: the empirical Bayes
-estimates (EBEs, NONMEM's conditional modes) and the Hessians the Laplace and FOCE-I
-approximations need (see :mod:`.ofv` for the formulas)."""
+"""The joint objective of each subject's etas and its minimisation.
+
+The empirical Bayes estimates (EBEs, NONMEM's conditional modes) and the Hessians the Laplace and FOCE-I
+approximations need (see :mod:`.ofv` for the formulas).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class JointObjective:
         return np.bincount(self.s, weights=x, minlength=self.n)
 
     def value(self, eta):
+        """Joint objective ``obj_i(eta)`` per subject."""
         f, R = self.cm.predict(self.pop, eta)
         return self._value(eta, f, R)
 
@@ -51,8 +54,10 @@ class JointObjective:
         per_obs = dR / R[:, None] - 2.0 * (r / R)[:, None] * G - (r * r / R**2)[:, None] * dR
         grad = np.stack([self._sum(per_obs[:, k]) for k in range(self.q)], axis=1) + 2 * eta @ self.Oinv
         w1, w2 = 1.0 / R, 0.5 / R**2
-        outer = (w1[:, None, None] * G[:, :, None] * G[:, None, :]
-                 + w2[:, None, None] * dR[:, :, None] * dR[:, None, :])
+        outer = (
+            w1[:, None, None] * G[:, :, None] * G[:, None, :]
+            + w2[:, None, None] * dR[:, :, None] * dR[:, None, :]
+        )
         H = np.zeros((self.n, self.q, self.q))
         np.add.at(H, self.s, outer)
         H += self.Oinv
@@ -99,7 +104,10 @@ def conditional_modes(obj: JointObjective, eta0=None, tol=1e-9, maxiter=200):
                 break
             alpha[todo] *= 0.5
         eta = new
-    warnings.warn(f"EBEs not converged after {maxiter} iterations: the largest predicted OFV "
-                  f"change is {np.max(decrement):.1e} (subject index {int(np.argmax(decrement))})",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"EBEs not converged after {maxiter} iterations: the largest predicted OFV "
+        f"change is {np.max(decrement):.1e} (subject index {int(np.argmax(decrement))})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
     return eta, maxiter

@@ -1,5 +1,7 @@
-"""Identifiability checks: design problems found before sampling, and the flip-flop ambiguity of
-first-order absorption found in the posterior.
+"""Identifiability checks.
+
+Design problems found before sampling, and the flip-flop ambiguity of first-order absorption found in the
+posterior.
 
 Before sampling (:func:`design_warnings`, from the spec and the data only):
 
@@ -33,25 +35,34 @@ def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
         col = spec.iov[0].occasion
         occ = data.records.groupby("ID", sort=False)[col].nunique()
         if (occ <= 1).all():
-            out.append(f"IOV on {', '.join(spec.iov_parameters)} but every subject has a single "
-                       f"occasion ({col}): kappa cannot be told apart from eta")
+            out.append(
+                f"IOV on {', '.join(spec.iov_parameters)} but every subject has a single "
+                f"occasion ({col}): kappa cannot be told apart from eta"
+            )
     if spec.iiv and n_obs.max() <= 1:
-        out.append(f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one "
-                   f"observation: eta cannot be told apart from the residual error")
+        out.append(
+            f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one "
+            f"observation: eta cannot be told apart from the residual error"
+        )
     for lvl in spec.levels:
         groups = data.subject_covariates([lvl.column])[lvl.column]
         sizes = groups.value_counts()
         if len(sizes) < 2:
             out.append(f"level {lvl.column} has a single group: its variance is not identified")
         elif sizes.max() == 1:
-            out.append(f"level {lvl.column} has one subject per group: its variance cannot be "
-                       f"told apart from the IIV")
+            out.append(
+                f"level {lvl.column} has one subject per group: its variance cannot be "
+                f"told apart from the IIV"
+            )
     return out
 
 
 def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> str | None:
-    """A warning when the posterior puts more than ``threshold`` of its mass on each side of
-    ``KA_pop = k_pop`` (``k = CL/V`` at the typical values), or chains disagree on the side."""
+    """Warn of flip-flop: absorption and elimination rates not told apart by the posterior.
+
+    A warning when the posterior puts more than ``threshold`` of its mass on each side of
+    ``KA_pop = k_pop`` (``k = CL/V`` at the typical values), or chains disagree on the side.
+    """
     names = spec.parameter_names
     if "KA" not in names or spec.flip_flop_guard or "KA_pop" not in posterior:
         return None
@@ -65,8 +76,10 @@ def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> st
     below = float((log_ratio < 0).mean())
     chain_sides = np.sign(log_ratio.median("draw").values)
     if min(below, 1 - below) > threshold or len(set(chain_sides)) > 1:
-        return (f"flip-flop: P(KA < k) = {below:.2f} (chain medians of log(KA/k): "
-                f"{', '.join(f'{x:.2f}' for x in log_ratio.median('draw').values)}); absorption "
-                f"and elimination are not distinguished. Add IV data, or set flip_flop_guard=True "
-                f"if absorption is known to be faster")
+        return (
+            f"flip-flop: P(KA < k) = {below:.2f} (chain medians of log(KA/k): "
+            f"{', '.join(f'{x:.2f}' for x in log_ratio.median('draw').values)}); absorption "
+            f"and elimination are not distinguished. Add IV data, or set flip_flop_guard=True "
+            f"if absorption is known to be faster"
+        )
     return None

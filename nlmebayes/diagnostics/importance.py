@@ -1,6 +1,9 @@
-"""Importance sampling over the etas: each subject's marginal likelihood ``p(y_i | theta)`` from
-multivariate Student-t proposals, at one population vector (the OFV's ``method="importance"``)
-or for every posterior draw (the input of the marginal, leave-one-subject-out LOO)."""
+"""Importance sampling over the etas.
+
+Each subject's marginal likelihood ``p(y_i | theta)`` from multivariate Student-t proposals, at one population
+vector (the OFV's ``method="importance"``) or for every posterior draw (the input of the marginal, leave-one-
+subject-out LOO).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +18,18 @@ __all__ = ["importance_loglik", "t_proposals", "marginal_loglik_draws"]
 
 
 def importance_loglik(cm: ConditionalModel, pop: dict, omega, props, log_q):
-    """``log p(y_i | pop)`` per subject by importance sampling over the etas, and the weights'
-    effective sample size per subject. ``props`` (K, n_subjects, q) are proposal points with
-    log densities ``log_q`` (K, n_subjects); one batched model call evaluates them all."""
+    """Compute ``log p(y_i | pop)`` per subject by importance sampling over the etas.
+
+    Also returns the weights' effective sample size per subject. ``props`` (K, n_subjects, q)
+    are proposal points with log densities ``log_q`` (K, n_subjects); one batched model call
+    evaluates them all.
+    """
     from scipy.special import logsumexp
 
     K, n_sub, q = props.shape
-    f, R = cm.predict_batch({n: np.repeat(np.asarray(pop[n], dtype=float)[None], K, axis=0)
-                             for n in cm.pop_names}, props)
+    f, R = cm.predict_batch(
+        {n: np.repeat(np.asarray(pop[n], dtype=float)[None], K, axis=0) for n in cm.pop_names}, props
+    )
     ll_obs = -0.5 * (LOG_2PI + np.log(R) + (cm.y - f) ** 2 / R)
     ll = np.zeros((n_sub, K))
     np.add.at(ll, cm.data.obs_subject, ll_obs.T)
@@ -59,8 +66,10 @@ def marginal_loglik_draws(
     max_draws: int = 500,
     seed: int | None = 0,
 ):
-    """Per-draw, per-subject marginal log-likelihood ``log p(y_i | theta_s)``, the etas integrated
-    out by importance sampling; the input to the marginal (leave-one-subject-out) LOO.
+    """Per-draw, per-subject marginal log-likelihood ``log p(y_i | theta_s)``.
+
+    The etas are integrated out by importance sampling; this is the input to the marginal
+    (leave-one-subject-out) LOO.
 
     For each subject the proposal is a multivariate Student-t (5 degrees of freedom) centred on
     the posterior mean of its etas, with 1.2 times their posterior SD; the same ``n_eta`` proposal
@@ -85,10 +94,15 @@ def marginal_loglik_draws(
     rng = np.random.default_rng(seed)
     if q:
         omegas = omega_draws(post, spec)
-        eta_post = (posterior["eta"].stack(sample=("chain", "draw"))
-                    .transpose("sample", "subject", "iiv").values)
-        covs = np.stack([np.cov(eta_post[:, i, :], rowvar=False).reshape(q, q) * 1.2**2
-                         + 1e-12 * np.eye(q) for i in range(n_sub)])
+        eta_post = (
+            posterior["eta"].stack(sample=("chain", "draw")).transpose("sample", "subject", "iiv").values
+        )
+        covs = np.stack(
+            [
+                np.cov(eta_post[:, i, :], rowvar=False).reshape(q, q) * 1.2**2 + 1e-12 * np.eye(q)
+                for i in range(n_sub)
+            ]
+        )
         props, log_q = t_proposals(eta_post.mean(axis=0), covs, n_eta, rng)
     else:
         n_eta = 1
@@ -99,10 +113,14 @@ def marginal_loglik_draws(
         pop_s = {n: pop[n][s] for n in pop_names}
         out[s], ess = importance_loglik(cm, pop_s, omegas[s] if q else None, props, log_q)
         min_ess = min(min_ess, float(np.min(ess)))
-    da = xr.DataArray(out.reshape(post.sizes["chain"], post.sizes["draw"], n_sub),
-                      dims=("chain", "draw", "subject"),
-                      coords={"chain": post["chain"].values, "draw": post["draw"].values,
-                              "subject": posterior["subject"].values if "subject" in posterior.coords
-                              else np.arange(n_sub)})
+    da = xr.DataArray(
+        out.reshape(post.sizes["chain"], post.sizes["draw"], n_sub),
+        dims=("chain", "draw", "subject"),
+        coords={
+            "chain": post["chain"].values,
+            "draw": post["draw"].values,
+            "subject": posterior["subject"].values if "subject" in posterior.coords else np.arange(n_sub),
+        },
+    )
     da.attrs.update(n_eta=n_eta, thinning=step, min_is_ess=min_ess)
     return da

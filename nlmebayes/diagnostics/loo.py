@@ -1,5 +1,6 @@
-"""Predictive information criteria from the stored log-likelihoods: PSIS-LOO (through ArviZ),
-WAIC and DIC, at three levels.
+"""Predictive information criteria from the stored log-likelihoods.
+
+PSIS-LOO (through ArviZ), WAIC and DIC, at three levels.
 
 ==============  ===========================================================================
 observation     leave one observation out, conditional on the subject's etas (``DV``
@@ -8,8 +9,9 @@ subject         leave one subject out, conditional on its etas: the subject's ob
                 log-likelihoods summed per draw. Pareto k is often high, as each subject's etas
                 are informed by its own data only
 marginal        leave one subject out with the etas integrated out (importance sampling per
-                draw, :func:`nlmebayes.diagnostics.importance.marginal_loglik_draws`): how well the population model
-                predicts a new subject. Needs ``fit(..., marginal_loo=True)``
+                draw, :func:`~nlmebayes.diagnostics.importance.marginal_loglik_draws`): how
+                well the population model predicts a new subject. Needs
+                ``fit(..., marginal_loo=True)``
 ==============  ===========================================================================
 
 WAIC (Watanabe 2010) is computed here as ArviZ >= 1 no longer provides it:
@@ -38,17 +40,21 @@ def log_likelihood(result, level: str = "observation") -> xr.DataArray:
         ll = result.idata["log_likelihood"]["DV"]
         subj = result.idata["constant_data"]["subject_index"].values
         labels = result.posterior["subject"].values
-        out = xr.DataArray(np.zeros((ll.sizes["chain"], ll.sizes["draw"], len(labels))),
-                           dims=("chain", "draw", "subject"),
-                           coords={"chain": ll["chain"], "draw": ll["draw"], "subject": labels})
+        out = xr.DataArray(
+            np.zeros((ll.sizes["chain"], ll.sizes["draw"], len(labels))),
+            dims=("chain", "draw", "subject"),
+            coords={"chain": ll["chain"], "draw": ll["draw"], "subject": labels},
+        )
         vals = ll.transpose("chain", "draw", "obs").values
         for i in range(len(labels)):
             out.values[..., i] = vals[..., subj == i].sum(axis=-1)
         return out
     if level == "marginal":
         if "log_likelihood_marginal" not in result.idata.children:
-            raise ValueError("no marginal log-likelihood stored: fit with marginal_loo=True or call "
-                             "nlmebayes.diagnostics.add_marginal(result, marginal_loo=True)")
+            raise ValueError(
+                "no marginal log-likelihood stored: fit with marginal_loo=True or call "
+                "nlmebayes.diagnostics.add_marginal(result, marginal_loo=True)"
+            )
         return result.idata["log_likelihood_marginal"]["subject"]
     raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
 
@@ -63,8 +69,11 @@ def loo(result, level: str = "observation"):
 
 def _draws_by_point(ll: xr.DataArray) -> np.ndarray:
     point = [d for d in ll.dims if d not in ("chain", "draw")]
-    return ll.stack(sample=("chain", "draw")).transpose("sample", *point).values.reshape(
-        ll.sizes["chain"] * ll.sizes["draw"], -1)
+    return (
+        ll.stack(sample=("chain", "draw"))
+        .transpose("sample", *point)
+        .values.reshape(ll.sizes["chain"] * ll.sizes["draw"], -1)
+    )
 
 
 def waic(result, level: str = "observation") -> dict:
@@ -74,8 +83,12 @@ def waic(result, level: str = "observation") -> dict:
     p = a.var(axis=0, ddof=1)
     elpd_i = lppd - p
     n = elpd_i.size
-    return {"elpd_waic": float(elpd_i.sum()), "se": float(np.sqrt(n * elpd_i.var(ddof=1))),
-            "p_waic": float(p.sum()), "waic": float(-2 * elpd_i.sum())}
+    return {
+        "elpd_waic": float(elpd_i.sum()),
+        "se": float(np.sqrt(n * elpd_i.var(ddof=1))),
+        "p_waic": float(p.sum()),
+        "waic": float(-2 * elpd_i.sum()),
+    }
 
 
 def dic(result) -> dict:

@@ -1,5 +1,8 @@
-"""The ``marginal`` group of a fit: EBEs, OFV/AIC/BIC and residuals at one population vector,
-and optionally the per-draw marginal log-likelihood for the marginal LOO."""
+"""The ``marginal`` group of a fit.
+
+EBEs, OFV/AIC/BIC and residuals at one population vector, and optionally the per-draw marginal log-likelihood
+for the marginal LOO.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,15 @@ from nlmebayes.diagnostics.residuals import residuals
 __all__ = ["add_marginal"]
 
 
-def add_marginal(result, *, stat: str = "median", method: OFVMethod = "focei", marginal_loo: bool = False,
-                 n_sim: int = 1000, seed: int | None = 0):
+def add_marginal(
+    result,
+    *,
+    stat: str = "median",
+    method: OFVMethod = "focei",
+    marginal_loo: bool = False,
+    n_sim: int = 1000,
+    seed: int | None = 0,
+):
     """Add the ``marginal`` group to ``result`` in place (and return it).
 
     The EBEs, the OFV and the residuals are evaluated at the posterior ``stat`` of the

@@ -1,5 +1,7 @@
-"""Objective function value (OFV): the marginal likelihood with the etas integrated out, as NONMEM
-computes it, at any population parameter vector (posterior median, posterior mean or given values).
+"""Objective function value (OFV).
+
+The marginal likelihood with the etas integrated out, as NONMEM computes it, at any population parameter
+vector (posterior median, posterior mean or given values).
 
 For subject i with random effects eta (q of them), each observation is Gaussian given eta,
 ``y_ij ~ N(f_ij(eta), R_ij(eta))`` (on the log scale for exponential error). The joint objective
@@ -46,6 +48,7 @@ __all__ = ["Marginal", "marginal_likelihood", "OFVMethod"]
 
 #: Approximations of the marginal likelihood (see the module docstring).
 OFVMethod = Literal["focei", "laplace", "importance"]
+
 
 @dataclass
 class Marginal:
@@ -95,35 +98,56 @@ class Marginal:
 
     @property
     def loglik(self) -> float:
+        """Marginal log-likelihood (with the constant)."""
         return -0.5 * self.m2ll
 
     def to_dataset(self, spec: ModelSpec, subjects=None) -> xr.Dataset:
-        """The EBEs, per-subject -2LL, Omega and the OFV summary as a labelled Dataset (stored by
-        :func:`~nlmebayes.inference.fit` as the ``marginal`` group)."""
+        """Return the EBEs, per-subject -2LL, Omega and the OFV summary as a labelled Dataset.
+
+        :func:`~nlmebayes.inference.fit` stores it as the ``marginal`` group.
+        """
         n_sub = self.eta.shape[0]
         subjects = np.arange(n_sub) if subjects is None else np.asarray(subjects)
         iiv = spec.iiv_parameters
         ds = xr.Dataset(
-            {"eta_ebe": (("subject", "iiv"), self.eta),
-             "eta_cov": (("subject", "iiv", "iiv_col"), self.eta_cov),
-             "subject_m2ll": ("subject", self.subject_m2ll),
-             "omega": (("iiv", "iiv_col"), self.population.omega_matrix(spec))},
-            coords={"subject": subjects, "iiv": iiv, "iiv_col": iiv})
+            {
+                "eta_ebe": (("subject", "iiv"), self.eta),
+                "eta_cov": (("subject", "iiv", "iiv_col"), self.eta_cov),
+                "subject_m2ll": ("subject", self.subject_m2ll),
+                "omega": (("iiv", "iiv_col"), self.population.omega_matrix(spec)),
+            },
+            coords={"subject": subjects, "iiv": iiv, "iiv_col": iiv},
+        )
         pv = self.population
         ds.attrs.update(
-            ofv=self.ofv, m2ll=self.m2ll, aic=self.aic, bic=self.bic, n_obs=self.n_obs,
-            k_theta=self.k["theta"], k_omega=self.k["omega"], k_sigma=self.k["sigma"],
-            k=self.k["total"], method=self.method,
-            population=json.dumps({"typical": pv.typical, "sigma": pv.sigma,
-                                   "thetas": {k: np.asarray(v).tolist() for k, v in pv.thetas.items()}}))
+            ofv=self.ofv,
+            m2ll=self.m2ll,
+            aic=self.aic,
+            bic=self.bic,
+            n_obs=self.n_obs,
+            k_theta=self.k["theta"],
+            k_omega=self.k["omega"],
+            k_sigma=self.k["sigma"],
+            k=self.k["total"],
+            method=self.method,
+            population=json.dumps(
+                {
+                    "typical": pv.typical,
+                    "sigma": pv.sigma,
+                    "thetas": {k: np.asarray(v).tolist() for k, v in pv.thetas.items()},
+                }
+            ),
+        )
         return ds
 
     @property
     def aic(self) -> float:
+        """AIC = -2LL + 2k."""
         return self.m2ll + 2 * self.k["total"]
 
     @property
     def bic(self) -> float:
+        """BIC = -2LL + k ln N."""
         return self.m2ll + self.k["total"] * np.log(self.n_obs)
 
 
@@ -176,12 +200,28 @@ def marginal_likelihood(
         ll, ess = importance_loglik(cm, pop, omega, props, log_q)
         subject = -2.0 * ll
         if np.min(ess) < 50:
-            warnings.warn(f"importance sampling: weights' ESS as low as {np.min(ess):.0f} of {n_is}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"importance sampling: weights' ESS as low as {np.min(ess):.0f} of {n_is}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     m2ll = float(np.sum(subject))
     n_obs = cm.data.n_obs
     pred = cm.predict(pop, np.zeros_like(eta))[0]
     return Marginal(
-        ofv=m2ll - n_obs * LOG_2PI, m2ll=m2ll, n_obs=n_obs, k=n_parameters(spec, cm.data),
-        method=method, eta=eta, eta_cov=np.linalg.inv(H) if cm.q else H, subject_m2ll=subject,
-        y=cm.y, f=f, R=R, G=G, pred=pred, population=population, iterations=iters)
+        ofv=m2ll - n_obs * LOG_2PI,
+        m2ll=m2ll,
+        n_obs=n_obs,
+        k=n_parameters(spec, cm.data),
+        method=method,
+        eta=eta,
+        eta_cov=np.linalg.inv(H) if cm.q else H,
+        subject_m2ll=subject,
+        y=cm.y,
+        f=f,
+        R=R,
+        G=G,
+        pred=pred,
+        population=population,
+        iterations=iters,
+    )

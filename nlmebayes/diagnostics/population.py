@@ -1,5 +1,8 @@
-"""Population parameter vectors (NONMEM's THETA, OMEGA, SIGMA in our names), per-draw Omega,
-the parameter count of AIC/BIC, and what the marginal-likelihood code cannot integrate yet."""
+"""Population parameter vectors (NONMEM's THETA, OMEGA, SIGMA in our names).
+
+Also the per-draw Omega, the parameter count of AIC/BIC, and what the marginal-likelihood code
+cannot integrate yet.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class PopulationValues:
         return out
 
     def omega_matrix(self, spec: ModelSpec) -> np.ndarray:
+        """Omega as a checked (q, q) array, ordered as ``spec.iiv_parameters``."""
         q = len(spec.iiv_parameters)
         if q == 0:
             return np.zeros((0, 0))
@@ -70,8 +74,10 @@ class PopulationValues:
 
     @classmethod
     def from_posterior(cls, posterior, spec: ModelSpec, stat: str = "median") -> PopulationValues:
-        """Posterior median (or mean) of every population parameter; Omega is the elementwise
-        summary of the per-draw covariance matrices."""
+        """Posterior median (or mean) of every population parameter.
+
+        Omega is the elementwise summary of the per-draw covariance matrices.
+        """
         summ = {"median": lambda a: np.median(a, axis=0), "mean": lambda a: np.mean(a, axis=0)}[stat]
 
         def draws(name):
@@ -97,7 +103,7 @@ def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
         n = len(block.parameters)
         if block.block:
             c = posterior[f"omega_corr_{k}"].stack(sample=("chain", "draw"))
-            corr[:, j:j + n, j:j + n] = c.transpose("sample", ...).values
+            corr[:, j : j + n, j : j + n] = c.transpose("sample", ...).values
         j += n
     return sd[:, :, None] * corr * sd[:, None, :]
 
@@ -110,8 +116,12 @@ def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
         return "random effects above the subject"
     if spec.residual_distribution != "normal":
         return "Student-t residuals"
-    if (data is not None and data.obs_cens is not None and spec.observations.blq == "M3"
-            and np.any(data.obs_cens != 0)):
+    if (
+        data is not None
+        and data.obs_cens is not None
+        and spec.observations.blq == "M3"
+        and np.any(data.obs_cens != 0)
+    ):
         return "censored observations (M3)"
     return None
 
@@ -128,7 +138,8 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
             n_theta += data.subject_covariates([c.covariate])[c.covariate].nunique() - 1
         else:
             n_theta += 1
-    n_omega = sum(len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters)
-                  for b in spec.iiv)
+    n_omega = sum(
+        len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters) for b in spec.iiv
+    )
     n_sigma = len(spec.sigma_names)
     return {"theta": n_theta, "omega": n_omega, "sigma": n_sigma, "total": n_theta + n_omega + n_sigma}

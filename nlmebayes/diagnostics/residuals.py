@@ -44,8 +44,9 @@ def _decorrelate(cov, x):
     raise np.linalg.LinAlgError("covariance of the simulated observations is singular")
 
 
-def residuals(marginal: Marginal, conditional: ConditionalModel, *, n_sim: int = 1000,
-              seed: int | None = 0) -> xr.Dataset:
+def residuals(
+    marginal: Marginal, conditional: ConditionalModel, *, n_sim: int = 1000, seed: int | None = 0
+) -> xr.Dataset:
     """PRED, IPRED, RES, IWRES, CWRES, PDE and NPDE per observation (dimension ``obs``).
 
     Parameters
@@ -68,8 +69,11 @@ def residuals(marginal: Marginal, conditional: ConditionalModel, *, n_sim: int =
 
     rng = np.random.default_rng(seed)
     q = cm.q
-    eta_sim = (rng.multivariate_normal(np.zeros(q), omega, size=(n_sim, data.n_subjects))
-               if q else np.zeros((n_sim, data.n_subjects, 0)))
+    eta_sim = (
+        rng.multivariate_normal(np.zeros(q), omega, size=(n_sim, data.n_subjects))
+        if q
+        else np.zeros((n_sim, data.n_subjects, 0))
+    )
     batch = {k: np.full((n_sim,) + np.shape(v), v) for k, v in pop.items()}
     f_sim, R_sim = cm.predict_batch(batch, eta_sim)
     y_sim = f_sim + np.sqrt(R_sim) * rng.standard_normal(f_sim.shape)
@@ -91,10 +95,19 @@ def residuals(marginal: Marginal, conditional: ConditionalModel, *, n_sim: int =
         pde[j] = np.mean(dec_sim < dec_obs, axis=0)
     pde = np.clip(pde, 0.5 / n_sim, 1 - 0.5 / n_sim)
     ds = xr.Dataset(
-        {"dv": ("obs", y), "pred": ("obs", m.pred), "ipred": ("obs", f), "res": ("obs", y - f),
-         "iwres": ("obs", iwres), "cwres": ("obs", cwres), "pde": ("obs", pde),
-         "npde": ("obs", ndtri(pde))},
-        coords={"obs": np.arange(data.n_obs)})
-    ds.attrs.update(n_sim=n_sim, seed=-1 if seed is None else int(seed),
-                    scale="log" if cm.spec.log_scale_error else "DV")
+        {
+            "dv": ("obs", y),
+            "pred": ("obs", m.pred),
+            "ipred": ("obs", f),
+            "res": ("obs", y - f),
+            "iwres": ("obs", iwres),
+            "cwres": ("obs", cwres),
+            "pde": ("obs", pde),
+            "npde": ("obs", ndtri(pde)),
+        },
+        coords={"obs": np.arange(data.n_obs)},
+    )
+    ds.attrs.update(
+        n_sim=n_sim, seed=-1 if seed is None else int(seed), scale="log" if cm.spec.log_scale_error else "DV"
+    )
     return ds

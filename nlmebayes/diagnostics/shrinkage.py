@@ -1,5 +1,7 @@
-"""Shrinkage: how far the data leave the individual random effects and residuals pulled toward the
-population (Savic & Karlsson 2009; Gelman & Pardoe 2006).
+"""Shrinkage.
+
+How far the data leave the individual random effects and residuals pulled toward the population (Savic &
+Karlsson 2009; Gelman & Pardoe 2006).
 
 ========================  ==========================================================================
 eta shrinkage, SD         ``1 - SD_i(eta_i) / omega`` (NONMEM ETASHRINKSD; SD over subjects, n - 1)
@@ -25,8 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["eta_shrinkage", "epsilon_shrinkage", "pooling_factor", "subject_shrinkage",
-           "shrinkage_table"]
+__all__ = ["eta_shrinkage", "epsilon_shrinkage", "pooling_factor", "subject_shrinkage", "shrinkage_table"]
 
 
 def eta_shrinkage(eta, omega, kind: str = "sd") -> np.ndarray:
@@ -87,8 +88,10 @@ def subject_shrinkage(posterior: xr.Dataset) -> xr.DataArray:
 
 
 def shrinkage_table(result) -> pd.DataFrame:
-    """Shrinkage per random effect (percent): from EBEs (NONMEM), from posterior means, the
-    pooling factor, the mean per-subject shrinkage; and epsilon shrinkage from IWRES at the EBEs.
+    """Shrinkage per random effect (percent).
+
+    From EBEs (NONMEM), from posterior means, the pooling factor, the mean per-subject shrinkage; and epsilon
+    shrinkage from IWRES at the EBEs.
 
     Parameters
     ----------

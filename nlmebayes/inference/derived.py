@@ -1,6 +1,8 @@
-"""Derived quantities after sampling: the model's deterministics and the per-observation
-log-likelihood, for all draws at once (one vectorised, compiled evaluation, not per draw in the
-sampler)."""
+"""Derived quantities after sampling.
+
+The model's deterministics and the per-observation log-likelihood, for all draws at once (one vectorised,
+compiled evaluation, not per draw in the sampler).
+"""
 
 from __future__ import annotations
 
@@ -49,11 +51,15 @@ def add_derived(model: pm.Model, idata: xr.DataTree, chunk: int = 1000) -> None:
         dims = model.named_vars_to_dims.get(name, ())
         dims = list(dims) + [f"{name}_dim_{i}" for i in range(len(dims), arr.ndim - 1)]
         c = dict(coords) | {d: list(model.coords[d]) for d in dims if d in model.coords}
-        return xr.DataArray(arr.reshape(n_chain, n_draw, *arr.shape[1:]), dims=("chain", "draw", *dims), coords=c)
+        return xr.DataArray(
+            arr.reshape(n_chain, n_draw, *arr.shape[1:]), dims=("chain", "draw", *dims), coords=c
+        )
 
     new = {d.name: as_da(d.name, v) for d, v in zip(dets, values, strict=False)}
     idata["posterior"] = xr.DataTree(post.assign(new))
     idata["log_likelihood"] = xr.DataTree(xr.Dataset({"DV": as_da("DV", values[-1])}))
     if "observed_data" not in idata.children:
         y = np.asarray(model.rvs_to_values[dv].data)
-        idata["observed_data"] = xr.DataTree(xr.Dataset({"DV": ("obs", y)}, coords={"obs": list(model.coords["obs"])}))
+        idata["observed_data"] = xr.DataTree(
+            xr.Dataset({"DV": ("obs", y)}, coords={"obs": list(model.coords["obs"])})
+        )

@@ -102,13 +102,25 @@ def fit(
         warnings.warn(w, stacklevel=2)
     progressbar = _interactive() if progressbar is None else progressbar
     t0 = time.perf_counter()
-    idata = _sample(spec, data, sampler, draws=draws, tune=tune, chains=chains, seed=seed,
-                    target_accept=target_accept, progressbar=progressbar, cores=cores)
+    idata = _sample(
+        spec,
+        data,
+        sampler,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        target_accept=target_accept,
+        progressbar=progressbar,
+        cores=cores,
+    )
     wall = time.perf_counter() - t0
     add_derived(built.model, idata)
     if posterior_predictive:
         with built.model:
-            pm.sample_posterior_predictive(idata, extend_inferencedata=True, random_seed=seed, progressbar=False)
+            pm.sample_posterior_predictive(
+                idata, extend_inferencedata=True, random_seed=seed, progressbar=False
+            )
     idata.attrs["nlmebayes_sampler"] = sampler
     idata.attrs["nlmebayes_sampling_seconds"] = wall
     idata.attrs["nlmebayes_seed"] = -1 if seed is None else int(seed)
@@ -119,8 +131,19 @@ def fit(
     return result
 
 
-def _sample(spec: ModelSpec, data: EventData, sampler: str, *, draws, tune, chains, seed, target_accept,
-            progressbar, cores):
+def _sample(
+    spec: ModelSpec,
+    data: EventData,
+    sampler: str,
+    *,
+    draws,
+    tune,
+    chains,
+    seed,
+    target_accept,
+    progressbar,
+    cores,
+):
     """Sample the bare density (no deterministics).
 
     Deterministics and the pointwise log-likelihood follow for all draws in one vectorised
@@ -135,18 +158,38 @@ def _sample(spec: ModelSpec, data: EventData, sampler: str, *, draws, tune, chai
             import nutpie
 
             compiled = nutpie.compile_pymc_model(bare)
-            return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                                 save_warmup=False, progress_bar=progressbar, target_accept=target_accept)
+            return nutpie.sample(
+                compiled,
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores,
+                seed=seed,
+                save_warmup=False,
+                progress_bar=progressbar,
+                target_accept=target_accept,
+            )
         with bare:
-            return pm.sample(draws=draws, tune=tune, chains=chains, random_seed=seed, target_accept=target_accept,
-                             progressbar=progressbar, cores=cores, compute_convergence_checks=False)
+            return pm.sample(
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                random_seed=seed,
+                target_accept=target_accept,
+                progressbar=progressbar,
+                cores=cores,
+                compute_convergence_checks=False,
+            )
 
 
 def _add_marginal_or_warn(result: FitResult, *, marginal_loo: bool, n_sim: int, seed) -> None:
     why = unsupported(result.spec, result.data)
     if why:
-        warnings.warn(f"OFV, EBEs, CWRES/NPDE and the marginal LOO are skipped: the marginal "
-                      f"likelihood does not handle {why} yet", stacklevel=3)
+        warnings.warn(
+            f"OFV, EBEs, CWRES/NPDE and the marginal LOO are skipped: the marginal "
+            f"likelihood does not handle {why} yet",
+            stacklevel=3,
+        )
         result.idata.attrs["nlmebayes_marginal_skipped"] = why
     else:
         add_marginal(result, marginal_loo=marginal_loo, n_sim=n_sim, seed=seed)

@@ -1,5 +1,7 @@
-"""The model: a declarative spec (:mod:`.spec`, PyMC-free, TOML) and the builder that turns it
-into a PyMC graph (:mod:`.builder`, with :mod:`.likelihood` and :mod:`.priors`).
+"""The model.
+
+A declarative spec (:mod:`.spec`, PyMC-free, TOML) and the builder that turns it into a PyMC graph
+(:mod:`.builder`, with :mod:`.likelihood` and :mod:`.priors`).
 
 ``import nlmebayes.model`` stays light: the PyMC side loads on first use of
 :func:`build_model` / :class:`BuiltModel`.

@@ -1,5 +1,7 @@
-"""Graph builder: a :class:`~nlmebayes.model.spec.ModelSpec` plus
-:class:`~nlmebayes.data.EventData` becomes a PyMC model, one function per model part.
+r"""Graph builder.
+
+A :class:`~nlmebayes.model.spec.ModelSpec` plus :class:`~nlmebayes.data.EventData` becomes a PyMC model, one
+function per model part.
 
 Variable names (the report and the results rely on them):
 
@@ -121,8 +123,12 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
     def det(name, var, dims=None):
         return pm.Deterministic(name, var, dims=dims) if deterministics else var
 
-    built = BuiltModel(model=None, data=data, subjects=list(coords["subject"]),  # type: ignore[arg-type]
-                       categorical_levels=cat_levels)
+    built = BuiltModel(
+        model=None,
+        data=data,
+        subjects=list(coords["subject"]),  # type: ignore[arg-type]
+        categorical_levels=cat_levels,
+    )
     with pm.Model(coords=coords, name="") as model:
         tv = _typical_values(spec, det)
         tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
@@ -143,14 +149,21 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
 def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:
     if spec.log_scale_error and np.any(data.obs_dv <= 0):
         j = int(np.flatnonzero(data.obs_dv <= 0)[0])
-        raise DataError(f"exponential (log) residual error needs DV > 0, got {data.obs_dv[j]:g}",
-                        source=data.source, row=int(data.obs_row[j]), column="DV")
+        raise DataError(
+            f"exponential (log) residual error needs DV > 0, got {data.obs_dv[j]:g}",
+            source=data.source,
+            row=int(data.obs_row[j]),
+            column="DV",
+        )
 
 
 def _coords(spec: ModelSpec, data: EventData, cov_table: pd.DataFrame) -> tuple[dict, dict]:
     """Model coordinates, and the levels of each categorical covariate (reference first)."""
-    coords = {"subject": [str(id_label(i)) for i in data.ids], "obs": np.arange(data.n_obs),
-              "iiv": spec.iiv_parameters}
+    coords = {
+        "subject": [str(id_label(i)) for i in data.ids],
+        "obs": np.arange(data.n_obs),
+        "iiv": spec.iiv_parameters,
+    }
     for k, block in enumerate(spec.iiv):
         coords[f"iiv_{k}"] = block.parameters
     cat_levels = {}
@@ -161,8 +174,11 @@ def _coords(spec: ModelSpec, data: EventData, cov_table: pd.DataFrame) -> tuple[
             cat_levels[c.name] = (ref, [lv for lv in levels if lv != ref])
             coords[f"{c.name}_level"] = [str(lv) for lv in cat_levels[c.name][1]]
         elif cov_table[c.covariate].dtype == object:
-            raise DataError(f"covariate {c.covariate} is not numeric; use kind='categorical' or an "
-                            f"indicator condition", source=data.source, column=c.covariate)
+            raise DataError(
+                f"covariate {c.covariate} is not numeric; use kind='categorical' or an indicator condition",
+                source=data.source,
+                column=c.covariate,
+            )
     return coords, cat_levels
 
 
@@ -186,8 +202,11 @@ def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, 
         values = cov_table[c.covariate].to_numpy()
         if c.kind == "categorical":
             ref, others = cat_levels[c.name]
-            theta = (pt.as_tensor_variable(np.full(len(others), c.theta)) if c.fixed else
-                     random_variable(c.name, c.effect_prior, dims=f"{c.name}_level"))
+            theta = (
+                pt.as_tensor_variable(np.full(len(others), c.theta))
+                if c.fixed
+                else random_variable(c.name, c.effect_prior, dims=f"{c.name}_level")
+            )
             lvl = np.array([others.index(v) if v in others else -1 for v in values])
             eff = pt.exp(pt.switch(lvl >= 0, pt.concatenate([theta, [0.0]])[lvl], 0.0))
         else:
@@ -228,8 +247,12 @@ def _levels(spec: ModelSpec, data: EventData, model: pm.Model, tv_i: dict, det) 
         model.add_coord(f"{lvl.column}", [str(id_label(g)) for g in labels])
         model.add_coord(f"level_{k}", lvl.parameters)
         zg = pm.Normal(f"z_level_{k}", 0.0, 1.0, dims=(lvl.column, f"level_{k}"))
-        sd = pt.stack([random_variable(f"level_sd_{lvl.column}_{p}", pr)
-                       for p, pr in zip(lvl.parameters, lvl.priors(), strict=True)])
+        sd = pt.stack(
+            [
+                random_variable(f"level_sd_{lvl.column}_{p}", pr)
+                for p, pr in zip(lvl.parameters, lvl.priors(), strict=True)
+            ]
+        )
         gamma = det(f"gamma_{lvl.column}", zg * sd, dims=(lvl.column, f"level_{k}"))
         for j, p in enumerate(lvl.parameters):
             tv_i[p] = tv_i[p] * pt.exp(gamma[g_idx, j])
@@ -243,15 +266,24 @@ def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: 
         priors = block.priors()
         if block.block:
             sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
-            chol, corr, sd = pm.LKJCholeskyCov(f"omega_chol_{k}", n=len(block.parameters),
-                                               eta=block.lkj_eta, sd_dist=sd_dist,
-                                               compute_corr=True, store_in_trace=store)
+            chol, corr, sd = pm.LKJCholeskyCov(
+                f"omega_chol_{k}",
+                n=len(block.parameters),
+                eta=block.lkj_eta,
+                sd_dist=sd_dist,
+                compute_corr=True,
+                store_in_trace=store,
+            )
             etas.append(z @ chol.T)
             model.add_coord(f"iiv_{k}_", block.parameters)
             det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
         else:
-            sd = pt.stack([random_variable(f"omega_sd_{k}_{p}", pr)
-                           for p, pr in zip(block.parameters, priors, strict=True)])
+            sd = pt.stack(
+                [
+                    random_variable(f"omega_sd_{k}_{p}", pr)
+                    for p, pr in zip(block.parameters, priors, strict=True)
+                ]
+            )
             etas.append(z * sd)
         sds.append(sd)
     params = dict(tv_i)
@@ -268,17 +300,26 @@ def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: 
     return params
 
 
-def _inter_occasion(spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det,
-                    built: BuiltModel) -> dict:
-    """One parameter row per (subject, occasion): P_ij = P_i * exp(kappa_ij). Each dose uses its
-    own occasion's parameters (exact when earlier occasions have washed out)."""
+def _inter_occasion(
+    spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det, built: BuiltModel
+) -> dict:
+    """One parameter row per (subject, occasion).
+
+    P_ij = P_i * exp(kappa_ij). Each dose uses its own occasion's parameters (exact when earlier occasions
+    have washed out).
+    """
     occ_subject, dose_row = occasions(spec, data)
     model.add_coord("occasion", [f"{id_label(data.ids[s_])}:{id_label(o)}" for s_, o in occ_subject])
     model.add_coord("iov", spec.iov_parameters)
     row_subject = np.array([s_ for s_, _ in occ_subject])
     z = pm.Normal("z_iov", 0.0, 1.0, dims=("occasion", "iov"))
-    pi_sd = pt.stack([random_variable(f"pi_sd_{p}", pr) for b in spec.iov
-                      for p, pr in zip(b.parameters, b.priors(), strict=True)])
+    pi_sd = pt.stack(
+        [
+            random_variable(f"pi_sd_{p}", pr)
+            for b in spec.iov
+            for p, pr in zip(b.parameters, b.priors(), strict=True)
+        ]
+    )
     det("pi_sd", pi_sd, dims="iov")
     kappa = det("kappa", z * pi_sd, dims=("occasion", "iov"))
     params = {n: v[row_subject] for n, v in params.items()}
@@ -313,9 +354,15 @@ def occasions(spec: ModelSpec, data: EventData) -> tuple[list, np.ndarray]:
     else:
         d_occ = data.records.set_index("_ROW").loc[data.dose_row, col].to_numpy()
         o_occ = data.records.set_index("_ROW").loc[data.obs_row, col].to_numpy()
-    pairs = list(dict.fromkeys(zip(np.r_[data.dose_subject, data.obs_subject].tolist(),
-                                   np.r_[d_occ, o_occ].tolist(), strict=True)))
+    pairs = list(
+        dict.fromkeys(
+            zip(
+                np.r_[data.dose_subject, data.obs_subject].tolist(), np.r_[d_occ, o_occ].tolist(), strict=True
+            )
+        )
+    )
     pos = {p: i for i, p in enumerate(pairs)}
-    dose_row = np.array([pos[(s_, o)] for s_, o in zip(data.dose_subject.tolist(), d_occ.tolist(),
-                                                        strict=True)], dtype=int)
+    dose_row = np.array(
+        [pos[(s_, o)] for s_, o in zip(data.dose_subject.tolist(), d_occ.tolist(), strict=True)], dtype=int
+    )
     return pairs, dose_row

@@ -1,5 +1,8 @@
-"""How nlmebayes compiles the graphs it builds: one set of PyTensor settings, and one helper that
-vectorises a graph over a leading batch axis (posterior draws, simulation replicates)."""
+"""How nlmebayes compiles the graphs it builds.
+
+One set of PyTensor settings, and one helper that vectorises a graph over a leading batch axis (posterior
+draws, simulation replicates).
+"""
 
 from __future__ import annotations
 

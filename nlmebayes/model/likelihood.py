@@ -62,7 +62,11 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred):
     else:
         err = spec.error
         if err.distribution == "student_t":
-            nu = pt.as_tensor_variable(err.nu) if err.nu is not None else random_variable("nu", err.prior("nu"))
+            nu = (
+                pt.as_tensor_variable(err.nu)
+                if err.nu is not None
+                else random_variable("nu", err.prior("nu"))
+            )
         if err.kind == "exponential":
             # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
             mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
@@ -92,9 +96,11 @@ def _residual_dist(mu, sd, nu):
 
 
 def _observed(mu, sd, nu, dv, cens, limit):
-    """``DV`` per observation: Normal or Student-t, and for censored observations (M3) the
-    probability of the censoring interval: ``P(y < DV)`` for CENS = 1 (BLQ, DV = LLOQ),
-    ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y < LIMIT``) when LIMIT is given.
+    """``DV`` per observation.
+
+    Normal or Student-t, and for censored observations (M3) the probability of the censoring interval: ``P(y <
+    DV)`` for CENS = 1 (BLQ, DV = LLOQ), ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y <
+    LIMIT``) when LIMIT is given.
     """
     if cens is None or not np.any(cens != 0):
         if nu is None:

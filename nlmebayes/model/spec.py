@@ -34,13 +34,28 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from nlmebayes.data.conditions import parse_condition
 
-__all__ = ["Prior", "Parameter", "Covariate", "IIV", "IOV", "Level", "ResidualError", "ODE",
-           "Observations", "ModelSpec", "CovariateKind", "EtaKind", "ErrorKind",
-           "ResidualDistribution", "ODEMethod", "BLQMethod"]
+__all__ = [
+    "Prior",
+    "Parameter",
+    "Covariate",
+    "IIV",
+    "IOV",
+    "Level",
+    "ResidualError",
+    "ODE",
+    "Observations",
+    "ModelSpec",
+    "CovariateKind",
+    "EtaKind",
+    "ErrorKind",
+    "ResidualDistribution",
+    "ODEMethod",
+    "BLQMethod",
+]
 
 #: How a covariate acts on a typical value (see :class:`Covariate`).
 CovariateKind = Literal["power", "exponential", "linear", "indicator", "categorical"]
@@ -56,10 +71,18 @@ BLQMethod = Literal["M3", "M1"]
 # Accepted for EtaKind and read as "lognormal": NONMEM calls TV * EXP(ETA) exponential IIV.
 _ETA_ALIASES = {"exponential": "lognormal"}
 
-_DISTS = {"Normal": ("mu", "sigma"), "HalfNormal": ("sigma",), "LogNormal": ("mu", "sigma"),
-          "TruncatedNormal": ("mu", "sigma", "lower", "upper"), "HalfCauchy": ("beta",),
-          "Exponential": ("lam",), "Uniform": ("lower", "upper"), "StudentT": ("nu", "mu", "sigma"),
-          "HalfStudentT": ("nu", "sigma"), "Gamma": ("alpha", "beta")}
+_DISTS = {
+    "Normal": ("mu", "sigma"),
+    "HalfNormal": ("sigma",),
+    "LogNormal": ("mu", "sigma"),
+    "TruncatedNormal": ("mu", "sigma", "lower", "upper"),
+    "HalfCauchy": ("beta",),
+    "Exponential": ("lam",),
+    "Uniform": ("lower", "upper"),
+    "StudentT": ("nu", "mu", "sigma"),
+    "HalfStudentT": ("nu", "sigma"),
+    "Gamma": ("alpha", "beta"),
+}
 
 
 @dataclass(frozen=True)
@@ -77,10 +100,12 @@ class Prior:
             raise ValueError(f"prior {self.dist} takes {_DISTS[self.dist]}, not {sorted(unknown)}")
 
     def to_dict(self) -> dict:
+        """Plain dict: ``{"dist": name, **args}``."""
         return {"dist": self.dist, **self.args}
 
     @classmethod
     def from_dict(cls, d: dict) -> Prior:
+        """Read a prior from ``{"dist": name, **args}``."""
         d = dict(d)
         return cls(d.pop("dist"), d)
 
@@ -99,8 +124,10 @@ class Parameter:
 
     def __post_init__(self):
         if not self.initial > 0:
-            raise ValueError(f"parameter {self.name}: the typical value must be > 0 (it is "
-                             f"estimated on the log scale), got {self.initial}")
+            raise ValueError(
+                f"parameter {self.name}: the typical value must be > 0 (it is "
+                f"estimated on the log scale), got {self.initial}"
+            )
 
     @property
     def log_prior(self) -> Prior:
@@ -148,8 +175,10 @@ class Covariate:
             try:
                 col = parse_condition(self.condition)[0]
             except ValueError:
-                raise ValueError(f"indicator covariate on {self.parameter} needs a condition like "
-                                 f"'APGR < 5', got {self.condition!r}") from None
+                raise ValueError(
+                    f"indicator covariate on {self.parameter} needs a condition like "
+                    f"'APGR < 5', got {self.condition!r}"
+                ) from None
             if col != self.covariate:
                 raise ValueError(f"condition {self.condition!r} must test covariate {self.covariate}")
         if self.kind == "power" and not self.reference > 0:
@@ -162,6 +191,7 @@ class Covariate:
 
     @property
     def effect_prior(self) -> Prior:
+        """Prior of theta: the given one, else the default for the kind."""
         if self.prior is not None:
             return self.prior
         if self.kind == "indicator":
@@ -169,6 +199,7 @@ class Covariate:
         return Prior("Normal", {"mu": 0.0, "sigma": 1.0})
 
     def parsed_condition(self) -> tuple[str, str, float | str]:
+        """The indicator condition as (column, operator, value)."""
         return parse_condition(self.condition)
 
 
@@ -219,19 +250,23 @@ class IIV:
         object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
         object.__setattr__(self, "kind", _ETA_ALIASES.get(self.kind, self.kind))
         if self.kind not in get_args(EtaKind):
-            raise ValueError(f"IIV kind must be 'lognormal' (alias 'exponential') or 'additive', "
-                             f"got {self.kind!r}")
+            raise ValueError(
+                f"IIV kind must be 'lognormal' (alias 'exponential') or 'additive', got {self.kind!r}"
+            )
         if self.block and len(self.parameters) < 2:
             raise ValueError("a block Omega needs at least two parameters")
 
     def priors(self) -> list[Prior]:
-        return _sd_priors(self.sd_prior, self.sd)
+        """Prior of each SD, in parameter order."""
+        return _sd_priors(self.sd_prior, self.sd or [])
 
 
 @dataclass(frozen=True)
 class IOV:
-    """Inter-occasion variability: ``P_ij = TV_i * exp(eta_i + kappa_ij)`` for occasion j of
-    subject i, kappa ~ N(0, diag(pi^2)) with one variance per parameter shared by all occasions.
+    """Inter-occasion variability.
+
+    ``P_ij = TV_i * exp(eta_i + kappa_ij)`` for occasion j of subject i, kappa ~ N(0, diag(pi^2)) with one
+    variance per parameter shared by all occasions.
 
     Parameters
     ----------
@@ -253,14 +288,16 @@ class IOV:
         object.__setattr__(self, "sd", _sds("IOV", self.parameters, self.sd))
 
     def priors(self) -> list[Prior]:
-        return _sd_priors(self.sd_prior, self.sd)
+        """Prior of each SD, in parameter order."""
+        return _sd_priors(self.sd_prior, self.sd or [])
 
 
 @dataclass(frozen=True)
 class Level:
-    """A random effect for a grouping above the subject (study, centre) on typical values:
-    ``TV_i = TV * exp(gamma_g(i))``, gamma ~ N(0, sd^2) per group g, for the chosen parameters.
-    Every subject must belong to one group (the column is constant within a subject).
+    """A random effect for a grouping above the subject (study, centre) on typical values.
+
+    ``TV_i = TV * exp(gamma_g(i))``, gamma ~ N(0, sd^2) per group g, for the chosen parameters. Every subject
+    must belong to one group (the column is constant within a subject).
 
     Parameters
     ----------
@@ -282,7 +319,8 @@ class Level:
         object.__setattr__(self, "sd", _sds(f"level {self.column}", self.parameters, self.sd))
 
     def priors(self) -> list[Prior]:
-        return _sd_priors(self.sd_prior, self.sd)
+        """Prior of each SD, in parameter order."""
+        return _sd_priors(self.sd_prior, self.sd or [])
 
 
 @dataclass(frozen=True)
@@ -347,8 +385,10 @@ class ODE:
         if unknown:
             raise ValueError(f"ODE {self.name}: initial amounts for unknown states {sorted(unknown)}")
         if set(self.rhs) != set(self.states):
-            raise ValueError(f"ODE {self.name}: give one right-hand side per state; states "
-                             f"{self.states}, right-hand sides for {sorted(self.rhs)}")
+            raise ValueError(
+                f"ODE {self.name}: give one right-hand side per state; states "
+                f"{self.states}, right-hand sides for {sorted(self.rhs)}"
+            )
         for s in (self.dose_state, self.observe_state):
             if s is not None and s not in self.states:
                 raise ValueError(f"ODE {self.name}: unknown state {s!r}")
@@ -388,8 +428,9 @@ class Observations:
         for cond in self.ignore:
             parse_condition(cond)  # raises with an example of the expected form
         if self.blq not in get_args(BLQMethod):
-            raise ValueError(f"observations.blq must be 'M3' (censored likelihood) or 'M1' "
-                             f"(discard), got {self.blq!r}")
+            raise ValueError(
+                f"observations.blq must be 'M3' (censored likelihood) or 'M1' (discard), got {self.blq!r}"
+            )
 
     def to_dict(self) -> dict:
         """The non-default entries (what the TOML section holds)."""
@@ -407,19 +448,25 @@ class Observations:
         """From the TOML section; unknown keys are an error naming the known ones."""
         unknown = set(d) - {"dvid", "ignore", "blq"}
         if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)} in [observations]; expected dvid, "
-                             f"ignore, blq")
+            raise ValueError(f"unknown keys {sorted(unknown)} in [observations]; expected dvid, ignore, blq")
         return cls(**d)
 
 
-_ERRORS = {"additive": ("add",), "proportional": ("prop",), "combined": ("add", "prop"),
-           "combined_sd": ("add", "prop"), "exponential": ("exp",)}
+_ERRORS = {
+    "additive": ("add",),
+    "proportional": ("prop",),
+    "combined": ("add", "prop"),
+    "combined_sd": ("add", "prop"),
+    "exponential": ("exp",),
+}
 
 
 @dataclass(frozen=True)
 class ResidualError:
-    """Residual error model. Sigma are SDs: ``add`` (DV units), ``prop`` (fraction), ``exp``
-    (log scale). Priors default to HalfNormal with twice the initial value as scale.
+    """Residual error model.
+
+    Sigma are SDs: ``add`` (DV units), ``prop`` (fraction), ``exp`` (log scale). Priors default to HalfNormal
+    with twice the initial value as scale.
 
     ``distribution="student_t"`` gives heavier-tailed residuals (robust to outliers) with
     ``nu`` degrees of freedom, fixed when given, else estimated with a Gamma(2, 0.1) prior.
@@ -437,22 +484,28 @@ class ResidualError:
         if self.kind not in _ERRORS:
             raise ValueError(f"residual error must be one of {sorted(_ERRORS)}, got {self.kind!r}")
         if self.distribution not in get_args(ResidualDistribution):
-            raise ValueError(f"residual distribution must be 'normal' or 'student_t', got "
-                             f"{self.distribution!r}")
+            raise ValueError(
+                f"residual distribution must be 'normal' or 'student_t', got {self.distribution!r}"
+            )
         if self.nu is not None and not self.nu > 0:
             raise ValueError("Student-t degrees of freedom nu must be > 0")
         defaults = {"add": 1.0, "prop": 0.2, "exp": 0.2}
         for k in _ERRORS[self.kind]:
             if getattr(self, k) is None:
                 object.__setattr__(self, k, defaults[k])
-        object.__setattr__(self, "priors", {k: (v if isinstance(v, Prior) else Prior.from_dict(v))
-                                            for k, v in self.priors.items()})
+        object.__setattr__(
+            self,
+            "priors",
+            {k: (v if isinstance(v, Prior) else Prior.from_dict(v)) for k, v in self.priors.items()},
+        )
 
     @property
     def sigma_names(self) -> tuple[str, ...]:
+        """Residual SDs of this error kind: ``add``, ``prop`` or ``exp``."""
         return _ERRORS[self.kind]
 
     def prior(self, which: str) -> Prior:
+        """Prior of sigma ``which`` (``add``, ``prop``, ``exp``) or of ``nu``."""
         if which == "nu":
             # Juarez & Steel (2010): Gamma(2, 0.1) keeps nu away from 0 yet allows ~normal tails.
             return self.priors.get("nu") or Prior("Gamma", {"alpha": 2.0, "beta": 0.1})
@@ -515,8 +568,13 @@ class ModelSpec:
         object.__setattr__(self, "iiv", iiv)
         iov = [] if self.iov is None else ([self.iov] if isinstance(self.iov, IOV) else list(self.iov))
         object.__setattr__(self, "iov", iov)
-        levels = ([] if self.levels is None else
-                  [self.levels] if isinstance(self.levels, Level) else list(self.levels))
+        levels = (
+            []
+            if self.levels is None
+            else [self.levels]
+            if isinstance(self.levels, Level)
+            else list(self.levels)
+        )
         object.__setattr__(self, "levels", levels)
         object.__setattr__(self, "covariates", list(self.covariates))
         self._check_errors()
@@ -548,24 +606,29 @@ class ModelSpec:
 
     def _check_errors(self):
         err = self.error
-        outputs = (list(self.structural.outputs) if isinstance(self.structural, ODE) else [None])
+        outputs = list(self.structural.outputs) if isinstance(self.structural, ODE) else [None]
         if isinstance(err, dict):
-            err = {str(k): v if isinstance(v, ResidualError) else ResidualError(**v)
-                   for k, v in err.items()}
+            err = {str(k): v if isinstance(v, ResidualError) else ResidualError(**v) for k, v in err.items()}
             object.__setattr__(self, "error", err)
             if sorted(err) != sorted(o for o in outputs if o is not None):
-                raise ValueError(f"model {self.name}: one residual error per output; outputs "
-                                 f"{[o for o in outputs if o is not None] or 'one (observe is a string)'}, "
-                                 f"errors for {sorted(err)}")
+                raise ValueError(
+                    f"model {self.name}: one residual error per output; outputs "
+                    f"{[o for o in outputs if o is not None] or 'one (observe is a string)'}, "
+                    f"errors for {sorted(err)}"
+                )
             for k, e in err.items():
                 # One Gaussian likelihood over all outputs keeps the marginal likelihood,
                 # residuals and simulation as they are for one output.
                 if e.distribution != "normal" or e.kind == "exponential":
-                    raise ValueError(f"model {self.name}: output {k}: several outputs support "
-                                     f"normal additive/proportional/combined errors only")
+                    raise ValueError(
+                        f"model {self.name}: output {k}: several outputs support "
+                        f"normal additive/proportional/combined errors only"
+                    )
         elif outputs != [None]:
-            raise ValueError(f"model {self.name}: the ODE has outputs {outputs}; give error as a "
-                             f"dict with one ResidualError per output")
+            raise ValueError(
+                f"model {self.name}: the ODE has outputs {outputs}; give error as a "
+                f"dict with one ResidualError per output"
+            )
 
     # ---------------------------------------------------------------- queries
     @property
@@ -575,13 +638,20 @@ class ModelSpec:
 
     @property
     def sigma_terms(self) -> list[tuple[str, str | None, str, ResidualError]]:
-        """``(name, output, kind, error)`` per residual SD: the variable is ``sigma_<name>``,
-        ``name`` being the kind (``add``, ``prop``, ``exp``) or ``<output>_<kind>``."""
-        return [(k if out is None else f"{out}_{k}", out, k, e)
-                for out, e in self.errors.items() for k in e.sigma_names]
+        """``(name, output, kind, error)`` per residual SD.
+
+        The variable is ``sigma_<name>``, ``name`` being the kind (``add``, ``prop``, ``exp``) or
+        ``<output>_<kind>``.
+        """
+        return [
+            (k if out is None else f"{out}_{k}", out, k, e)
+            for out, e in self.errors.items()
+            for k in e.sigma_names
+        ]
 
     @property
     def sigma_names(self) -> tuple[str, ...]:
+        """Names of all residual SDs (``sigma_<name>`` in the graph)."""
         return tuple(t[0] for t in self.sigma_terms)
 
     @property
@@ -591,21 +661,26 @@ class ModelSpec:
 
     @property
     def residual_distribution(self) -> str:
+        """``normal`` or ``student_t``."""
         return "normal" if isinstance(self.error, dict) else self.error.distribution
 
     @property
     def parameter_names(self) -> list[str]:
+        """Structural parameter names, in spec order."""
         return [p.name for p in self.parameters]
 
     @property
     def iiv_parameters(self) -> list[str]:
-        return [p for b in self.iiv for p in b.parameters]
+        """Parameters with IIV, in eta order."""
+        return [p for b in cast(list[IIV], self.iiv) for p in b.parameters]
 
     @property
     def iov_parameters(self) -> list[str]:
-        return [p for b in self.iov for p in b.parameters]
+        """Parameters with IOV, in kappa order."""
+        return [p for b in cast(list[IOV], self.iov) for p in b.parameters]
 
     def parameter(self, name: str) -> Parameter:
+        """The :class:`Parameter` called ``name`` (KeyError if none)."""
         for p in self.parameters:
             if p.name == name:
                 return p
@@ -614,9 +689,12 @@ class ModelSpec:
     # ---------------------------------------------------------------- (de)serialisation
     def to_dict(self) -> dict:
         """Plain dict (TOML-ready: no None values)."""
-        out: dict = {"name": self.name, "structural": (_drop_none(asdict(self.structural))
-                                                       if isinstance(self.structural, ODE)
-                                                       else self.structural)}
+        out: dict = {
+            "name": self.name,
+            "structural": (
+                _drop_none(asdict(self.structural)) if isinstance(self.structural, ODE) else self.structural
+            ),
+        }
         if self.description:
             out["description"] = self.description
         out["parameters"] = {}
@@ -628,25 +706,44 @@ class ModelSpec:
                 d["fixed"] = True
             out["parameters"][p.name] = d
         if self.covariates:
-            out["covariates"] = [_drop_none({**asdict(c), "prior": c.prior and c.prior.to_dict()})
-                                 for c in self.covariates]
+            out["covariates"] = [
+                _drop_none({**asdict(c), "prior": c.prior and c.prior.to_dict()}) for c in self.covariates
+            ]
+        # after __post_init__ each is a list of blocks
         for key, blocks in (("iiv", self.iiv), ("iov", self.iov), ("levels", self.levels)):
+            blocks = cast(list, blocks)
             if blocks:
-                out[key] = [_drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()})
-                            for b in blocks]
+                out[key] = [
+                    _drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()}) for b in blocks
+                ]
         if self.flip_flop_guard:
             out["flip_flop_guard"] = True
-        out["error"] = ({k: _error_dict(e) for k, e in self.error.items()}
-                        if isinstance(self.error, dict) else _error_dict(self.error))
+        out["error"] = (
+            {k: _error_dict(e) for k, e in self.error.items()}
+            if isinstance(self.error, dict)
+            else _error_dict(self.error)
+        )
         if self.observations.to_dict():
             out["observations"] = self.observations.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
+        """Read a spec from the plain dict of :meth:`to_dict` (TOML's structure)."""
         d = dict(d)
-        known = {"name", "structural", "description", "parameters", "covariates", "iiv", "error",
-                 "observations", "iov", "levels", "flip_flop_guard"}
+        known = {
+            "name",
+            "structural",
+            "description",
+            "parameters",
+            "covariates",
+            "iiv",
+            "error",
+            "observations",
+            "iov",
+            "levels",
+            "flip_flop_guard",
+        }
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model keys {sorted(unknown)}; expected {sorted(known)}")
@@ -662,7 +759,7 @@ class ModelSpec:
             if "prior" in c:
                 c["prior"] = Prior.from_dict(c["prior"])
             covs.append(Covariate(**c))
-        blocks = {}
+        blocks: dict[str, list] = {}
         for key, cls_ in (("iiv", IIV), ("iov", IOV), ("levels", Level)):
             blocks[key] = []
             for b in d.get(key, []):
@@ -670,17 +767,23 @@ class ModelSpec:
                 if "sd_prior" in b:
                     b["sd_prior"] = Prior.from_dict(b["sd_prior"])
                 blocks[key].append(cls_(**b))
-        err = dict(d.get("error", {"kind": "additive"}))
+        raw = dict(d.get("error", {"kind": "additive"}))
         # one error ({"kind": ...}) or one per output ({"cp": {"kind": ...}, ...})
-        err = (ResidualError(**err) if "kind" in err else
-               {k: ResidualError(**v) for k, v in err.items()})
+        err = ResidualError(**raw) if "kind" in raw else {k: ResidualError(**v) for k, v in raw.items()}
         structural = d["structural"]
         if isinstance(structural, dict):
             structural = ODE(**structural)
-        return cls(name=d["name"], structural=structural, parameters=params, covariates=covs,
-                   error=err, observations=d.get("observations", {}),
-                   description=d.get("description", ""), **blocks,
-                   flip_flop_guard=bool(d.get("flip_flop_guard", False)))
+        return cls(
+            name=d["name"],
+            structural=structural,
+            parameters=params,
+            covariates=covs,
+            error=err,
+            observations=d.get("observations", {}),
+            description=d.get("description", ""),
+            **blocks,
+            flip_flop_guard=bool(d.get("flip_flop_guard", False)),
+        )
 
     def to_toml(self, path: str | Path | None = None) -> str:
         """TOML text of the spec; also written to ``path`` if given."""
@@ -694,8 +797,9 @@ class ModelSpec:
     @classmethod
     def from_toml(cls, source: str | Path) -> ModelSpec:
         """Read a spec from a TOML file path or TOML text."""
-        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                        and source.endswith(".toml")):
+        if isinstance(source, Path) or (
+            isinstance(source, str) and "\n" not in source and source.endswith(".toml")
+        ):
             text = Path(source).read_text()
         else:
             text = source

@@ -74,8 +74,9 @@ def exp_diff(a, b, x):
 
 
 def disposition(n_cpt: int, CL, V, Q=None, V2=None, Q3=None, V3=None):
-    """Exponents and coefficients of the central amount after a unit bolus into the central
-    compartment: ``A(t) = sum_m coef[..., m] * exp(-lam[..., m] * t)``.
+    """Exponents and coefficients of the central amount after a unit bolus into the central compartment.
+
+    ``A(t) = sum_m coef[..., m] * exp(-lam[..., m] * t)``.
 
     Parameters
     ----------
@@ -141,12 +142,16 @@ def _u_bolus_ss(lam, x, D, tau):
 def _u_infusion_ss(lam, x, D, tau):
     # The current infusion (k = 0) plus all earlier ones, which have ended (D <= II).
     return _u_infusion(lam, x, D, tau) + pt.exp(-lam * (x + tau - D)) * D * phi(lam * D) / -pt.expm1(
-        -lam * tau)
+        -lam * tau
+    )
 
 
 def _divided_difference(u, a, b, x, D, tau):
-    """``(u(a) - u(b)) / (b - a)``; when ``|b - a| * (x + D + II)`` is tiny, ``-u'((a+b)/2)``
-    (error O((b-a)^2)), so neither branch ever divides 0 by 0."""
+    """``(u(a) - u(b)) / (b - a)``.
+
+    When ``|b - a| * (x + D + II)`` is tiny, ``-u'((a+b)/2)`` (error O((b-a)^2)), so neither branch ever
+    divides 0 by 0.
+    """
     scale = x + D + tau + 1e-300
     close = pt.abs(b - a) * scale < _DD_TOL
     b_far = pt.switch(close, a + 1.0 / scale, b)
@@ -184,8 +189,7 @@ class Compartmental:
     def check_parameters(self, names) -> None:
         """Raise if ``names`` do not form a valid parameter set of this model."""
         names = list(names)
-        missing = [p for p in self.parameters
-                   if p not in names and self.alternatives.get(p) not in names]
+        missing = [p for p in self.parameters if p not in names and self.alternatives.get(p) not in names]
         allowed = self.parameters + self.optional_parameters + tuple(self.alternatives.values())
         extra = [p for p in names if p not in allowed]
         both = [p for p, alt in self.alternatives.items() if p in names and alt in names]
@@ -193,15 +197,18 @@ class Compartmental:
             raise ValueError(
                 f"structural model {self.name} needs parameters {list(self.parameters)} "
                 f"(optional {list(self.optional_parameters)}; K may replace V); missing {missing}, "
-                f"unknown {extra}" + (f", give either of {both[0]} or {self.alternatives[both[0]]}"
-                                      if both else ""))
+                f"unknown {extra}"
+                + (f", give either of {both[0]} or {self.alternatives[both[0]]}" if both else "")
+            )
 
     @property
     def dose_compartments(self) -> dict[int, str]:
+        """CMT number -> name of the compartments that take doses."""
         return {1: "depot", 2: "central"} if self.oral else {1: "central"}
 
     @property
     def obs_compartments(self) -> dict[int, str]:
+        """CMT number -> name of the observed compartment."""
         return {2: "central"} if self.oral else {1: "central"}
 
     def check(self, data: EventData) -> None:
@@ -241,8 +248,9 @@ class Compartmental:
             return v * pt.ones(len(pd_idx)) if v.ndim == 0 else v[pd_idx]
 
         P = {k: per_pair(k) for k in self.parameters}
-        lam, coef = disposition(self.n_cpt, P["CL"], P["V"], P.get("Q"), P.get("V2"),
-                                P.get("Q3"), P.get("V3"))
+        lam, coef = disposition(
+            self.n_cpt, P["CL"], P["V"], P.get("Q"), P.get("V2"), P.get("Q3"), P.get("V3")
+        )
         V = P["V"]
 
         cmt = data.dose_cmt[d]
@@ -289,8 +297,12 @@ class Compartmental:
                     sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss))
                     if not len(sel):
                         continue
-                    u = {(False, False): _u_bolus, (True, False): _u_infusion,
-                         (False, True): _u_bolus_ss, (True, True): _u_infusion_ss}[(inf, is_ss)]
+                    u = {
+                        (False, False): _u_bolus,
+                        (True, False): _u_infusion,
+                        (False, True): _u_bolus_ss,
+                        (True, True): _u_infusion_ss,
+                    }[(inf, is_ss)]
                     xs = pt.shape_padright(pt.as_tensor_variable(x)[sel], 1)
                     Ds = pt.shape_padright(pt.as_tensor_variable(D)[sel], 1)
                     taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
@@ -306,8 +318,11 @@ class Compartmental:
                         resp = kas * dd
                     amount = pt.sum(coef[sel] * resp, axis=-1)
                     scale = R[sel] if inf else F[sel] * amt[sel]
-                    contrib = (scale * amount if len(sel) == len(d)
-                               else pt.set_subtensor(contrib[sel], scale * amount))
+                    contrib = (
+                        scale * amount
+                        if len(sel) == len(d)
+                        else pt.set_subtensor(contrib[sel], scale * amount)
+                    )
         if started is not None:
             contrib = pt.switch(started, contrib, 0.0)
         contrib = contrib / V
@@ -323,7 +338,10 @@ class Compartmental:
                 raise DataError(
                     f"steady-state infusion lasts AMT/RATE = {data.dose_amt[j] / r:g}, longer than "
                     f"II = {data.dose_ii[j]:g}; overlapping steady-state infusions are not supported",
-                    source=data.source, row=int(data.dose_row[j]), column="RATE")
+                    source=data.source,
+                    row=int(data.dose_row[j]),
+                    column="RATE",
+                )
 
 
 #: The analytic models by name (NONMEM's ADVAN1-4, 11, 12).

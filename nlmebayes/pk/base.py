@@ -30,18 +30,26 @@ class StructuralModel(Protocol):
         Parameters the model uses when the spec has them (TLAG, F, ...).
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        ...
 
     @property
     def parameters(self) -> tuple[str, ...]:
         """Required structural parameters."""
         ...
 
-    optional_parameters: tuple[str, ...]
+    @property
+    def optional_parameters(self) -> tuple[str, ...]:
+        """Parameters the model uses when the spec has them."""
+        ...
 
     def check(self, data: EventData) -> None:
-        """Raise a DataError naming the row if ``data`` do not suit the model (compartments,
-        unsupported dosing)."""
+        """Raise a DataError naming the row if ``data`` do not suit the model.
+
+        For example a compartment the model does not have, or dosing it does not support.
+        """
         ...
 
     def check_parameters(self, names) -> None:
@@ -80,8 +88,10 @@ def register_model(model: StructuralModel, name: str | None = None, *, replace: 
     ('CL', 'V')
     """
     if not isinstance(model, StructuralModel):
-        raise TypeError(f"{model!r} does not implement StructuralModel (name, parameters, "
-                        f"optional_parameters, check, check_parameters, concentration)")
+        raise TypeError(
+            f"{model!r} does not implement StructuralModel (name, parameters, "
+            f"optional_parameters, check, check_parameters, concentration)"
+        )
     name = name or model.name
     if name in _REGISTRY and not replace:
         raise ValueError(f"a structural model named {name!r} is registered already; pass replace=True")
@@ -131,8 +141,9 @@ def get_model(structural) -> StructuralModel:
             import nlmebayes.pk.ode  # noqa: F401  (registers the ODE library)
         if structural in _REGISTRY:
             return _REGISTRY[structural]
-        raise ValueError(f"unknown structural model {structural!r}; choose one of "
-                         f"{list(_REGISTRY)} or give an ODE")
+        raise ValueError(
+            f"unknown structural model {structural!r}; choose one of {list(_REGISTRY)} or give an ODE"
+        )
     from nlmebayes.pk.ode import ODESystem
 
     return ODESystem.from_spec(structural)

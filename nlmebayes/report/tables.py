@@ -20,10 +20,16 @@ def _row(name, kind, description, da: xr.DataArray, ci: float) -> dict:
     x = da.values.reshape(da.sizes["chain"], da.sizes["draw"])
     lo, hi = np.quantile(x, [(1 - ci) / 2, (1 + ci) / 2])
     return {
-        "parameter": name, "kind": kind, "description": description,
-        "median": float(np.median(x)), "mean": float(x.mean()), "sd": float(x.std(ddof=1)),
-        "lower": float(lo), "upper": float(hi),
-        "rhat": float(rhat(da)), "ess_bulk": float(ess(da, method="bulk")),
+        "parameter": name,
+        "kind": kind,
+        "description": description,
+        "median": float(np.median(x)),
+        "mean": float(x.mean()),
+        "sd": float(x.std(ddof=1)),
+        "lower": float(lo),
+        "upper": float(hi),
+        "rhat": float(rhat(da)),
+        "ess_bulk": float(ess(da, method="bulk")),
         "ess_tail": float(ess(da, method="tail")),
     }
 
@@ -61,13 +67,22 @@ def _theta_rows(spec, post, ci: float) -> list[dict]:
         da = post[c.name]
         if c.kind == "categorical":
             for lv in da[da.dims[-1]].values:
-                rows.append(_row(f"{c.name}[{lv}]", "theta", f"exp(theta): {c.covariate}={lv} vs "
-                                 f"reference", da.sel({da.dims[-1]: lv}), ci))
+                rows.append(
+                    _row(
+                        f"{c.name}[{lv}]",
+                        "theta",
+                        f"exp(theta): {c.covariate}={lv} vs reference",
+                        da.sel({da.dims[-1]: lv}),
+                        ci,
+                    )
+                )
         else:
-            desc = {"power": f"({c.covariate}/{c.reference:g})^theta",
-                    "exponential": f"exp(theta*({c.covariate}-{c.reference:g}))",
-                    "linear": f"1+theta*({c.covariate}-{c.reference:g})",
-                    "indicator": f"1+theta if {c.condition}"}[c.kind]
+            desc = {
+                "power": f"({c.covariate}/{c.reference:g})^theta",
+                "exponential": f"exp(theta*({c.covariate}-{c.reference:g}))",
+                "linear": f"1+theta*({c.covariate}-{c.reference:g})",
+                "indicator": f"1+theta if {c.condition}",
+            }[c.kind]
             rows.append(_row(c.name, "theta", f"{c.parameter} effect {desc}", da, ci))
     return rows
 
@@ -82,8 +97,9 @@ def _omega_rows(spec, post, ci: float) -> list[dict]:
             rows.append(_row(f"omega2({e})", "omega", "IIV variance", sd**2, ci))
             rows.append(_row(f"omega({e})", "omega", "IIV SD", sd, ci))
             if e in lognormal:
-                rows.append(_row(f"CV%({e})", "omega", "100*sqrt(exp(omega^2)-1)",
-                                 100 * np.sqrt(np.expm1(sd**2)), ci))
+                rows.append(
+                    _row(f"CV%({e})", "omega", "100*sqrt(exp(omega^2)-1)", 100 * np.sqrt(np.expm1(sd**2)), ci)
+                )
         for k, block in enumerate(spec.iiv):
             if not block.block:
                 continue
@@ -91,20 +107,29 @@ def _omega_rows(spec, post, ci: float) -> list[dict]:
             ps = block.parameters
             for i in range(len(ps)):
                 for j in range(i):
-                    rows.append(_row(f"corr({ps[j]},{ps[i]})", "omega", "eta correlation",
-                                     corr.isel({corr.dims[-2]: i, corr.dims[-1]: j}, drop=True), ci))
+                    rows.append(
+                        _row(
+                            f"corr({ps[j]},{ps[i]})",
+                            "omega",
+                            "eta correlation",
+                            corr.isel({corr.dims[-2]: i, corr.dims[-1]: j}, drop=True),
+                            ci,
+                        )
+                    )
     if "pi_sd" in post:
         for e in post["pi_sd"]["iov"].values:
             sd = post["pi_sd"].sel(iov=e, drop=True)
             rows.append(_row(f"pi2({e})", "omega", "IOV variance (between occasions)", sd**2, ci))
             rows.append(_row(f"pi({e})", "omega", "IOV SD", sd, ci))
-            rows.append(_row(f"CV%occ({e})", "omega", "100*sqrt(exp(pi^2)-1)",
-                             100 * np.sqrt(np.expm1(sd**2)), ci))
+            rows.append(
+                _row(f"CV%occ({e})", "omega", "100*sqrt(exp(pi^2)-1)", 100 * np.sqrt(np.expm1(sd**2)), ci)
+            )
     for lvl in spec.levels:
         for p in lvl.parameters:
             sd = post[f"level_sd_{lvl.column}_{p}"]
-            rows.append(_row(f"var_{lvl.column}({p})", "omega",
-                             f"variance between {lvl.column} groups", sd**2, ci))
+            rows.append(
+                _row(f"var_{lvl.column}({p})", "omega", f"variance between {lvl.column} groups", sd**2, ci)
+            )
             rows.append(_row(f"sd_{lvl.column}({p})", "omega", f"SD between {lvl.column} groups", sd, ci))
     return rows
 
@@ -117,15 +142,17 @@ def _sigma_rows(spec, post, ci: float) -> list[dict]:
     for s, out, kind, _ in spec.sigma_terms:
         da = post[f"sigma_{s}"]
         unit = {"add": "DV units", "prop": "fraction of IPRED", "exp": "log scale"}[kind]
-        rows.append(_row(f"sigma_{s}", "sigma", f"residual SD ({unit})" + (f", {out}" if out else ""),
-                         da, ci))
+        rows.append(
+            _row(f"sigma_{s}", "sigma", f"residual SD ({unit})" + (f", {out}" if out else ""), da, ci)
+        )
         rows.append(_row(f"sigma2_{s}", "sigma", "residual variance (NONMEM SIGMA)", da**2, ci))
     return rows
 
 
 def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
-    """Between-subject variance of each parameter with IIV, split into what the covariates
-    explain and what is left to the random effects (posterior median and interval).
+    """Split the between-subject variance of each parameter into covariates and random effects.
+
+    Posterior median and interval of what the covariates explain and what is left to the etas.
 
     For log-normal IIV, per draw: ``var_cov = Var_i(log TV_i)`` over subjects (TV_i the typical
     value given subject i's covariates), ``omega^2`` the IIV variance, and the covariates' share

@@ -1,5 +1,8 @@
-"""The text report of a fit: model, data, sampler run, parameter table, variability, OFV and
-shrinkage, and the diagnostics' warnings. Read from the stored results; nothing is refitted."""
+"""The text report of a fit.
+
+Model, data, sampler run, parameter table, variability, OFV and shrinkage, and the diagnostics' warnings. Read
+from the stored results; nothing is refitted.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ def report(result, ci: float = 0.95) -> str:
         f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, "
         + ", ".join(f"{e.kind}{f' ({o})' if o else ''}" for o, e in spec.errors.items())
         + " residual error",
-        f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, "
-        f"{data.n_doses} doses",
+        f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, {data.n_doses} doses",
         f"NUTS ({attrs.get('nlmebayes_sampler', '?')}): {d['chains']} chains x {d['draws']} draws"
-        + (f" in {attrs['nlmebayes_sampling_seconds']:.1f} s" if "nlmebayes_sampling_seconds" in attrs
-           else "")
+        + (
+            f" in {attrs['nlmebayes_sampling_seconds']:.1f} s"
+            if "nlmebayes_sampling_seconds" in attrs
+            else ""
+        )
         + f"; divergences {d['divergences']}, max R-hat {d['max_rhat']:.3f}, "
         f"min bulk ESS {d['min_ess_bulk']:.0f}",
         "",
@@ -51,21 +56,28 @@ def _parameter_lines(result, ci: float) -> list[str]:
     tab = parameter_table(result, ci=ci)
     pct = f"{100 * ci:g}%"
     lines = []
-    header = (f"{'parameter':<22} {'median':>10} {pct + ' interval':>23} {'sd':>9} {'R-hat':>6} "
-              f"{'ESS bulk':>8} {'ESS tail':>8}  description")
+    header = (
+        f"{'parameter':<22} {'median':>10} {pct + ' interval':>23} {'sd':>9} {'R-hat':>6} "
+        f"{'ESS bulk':>8} {'ESS tail':>8}  description"
+    )
     lines.append(header)
     lines.append("-" * len(header))
-    for kind, title in (("theta", "Fixed effects"), ("omega", "Inter-individual variability"),
-                        ("sigma", "Residual error")):
+    for kind, title in (
+        ("theta", "Fixed effects"),
+        ("omega", "Inter-individual variability"),
+        ("sigma", "Residual error"),
+    ):
         sub = tab[tab["kind"] == kind]
         if sub.empty:
             continue
         lines.append(title)
         for _, r in sub.iterrows():
             interval = f"[{_fmt(r['lower'])}, {_fmt(r['upper'])}]"
-            lines.append(f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
-                         f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
-                         f"{r['ess_tail']:>8.0f}  {r['description']}")
+            lines.append(
+                f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
+                f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
+                f"{r['ess_tail']:>8.0f}  {r['description']}"
+            )
     return lines
 
 
@@ -76,11 +88,15 @@ def _variability_lines(result) -> list[str]:
     if not vd.empty:
         lines += ["", "Between-subject variability (posterior medians)"]
         for _, r in vd.iterrows():
-            text = (f"  {r['parameter']:<8} omega2 {_fmt(r['omega2'])}, covariates explain "
-                    f"{100 * r['covariate_share']:.0f}%")
+            text = (
+                f"  {r['parameter']:<8} omega2 {_fmt(r['omega2'])}, covariates explain "
+                f"{100 * r['covariate_share']:.0f}%"
+            )
             if "pi2" in r and np.isfinite(r.get("pi2", np.nan)):
-                text += (f"; IOV pi2 {_fmt(r['pi2'])}, between-occasion share of the random "
-                         f"variance {100 * r['iov_fraction']:.0f}%")
+                text += (
+                    f"; IOV pi2 {_fmt(r['pi2'])}, between-occasion share of the random "
+                    f"variance {100 * r['iov_fraction']:.0f}%"
+                )
             lines.append(text)
     return lines
 
@@ -90,13 +106,19 @@ def _marginal_lines(result) -> list[str]:
     if "marginal" not in result.idata.children:
         return []
     at = result.idata["marginal"].attrs
-    lines = ["", f"Marginal likelihood ({str(at['method']).upper()}, at the {at['evaluated_at']}): "
-             f"OFV {at['ofv']:.3f} (-2LL without N log 2pi), -2LL {at['m2ll']:.3f}, "
-             f"AIC {at['aic']:.3f}, BIC {at['bic']:.3f} (k = {at['k']}, N = {at['n_obs']})"]
+    lines = [
+        "",
+        f"Marginal likelihood ({str(at['method']).upper()}, at the {at['evaluated_at']}): "
+        f"OFV {at['ofv']:.3f} (-2LL without N log 2pi), -2LL {at['m2ll']:.3f}, "
+        f"AIC {at['aic']:.3f}, BIC {at['bic']:.3f} (k = {at['k']}, N = {at['n_obs']})",
+    ]
     if result.spec.iiv:
         tab = shrinkage_table(result)
         lines += ["", "Shrinkage (%)", "  " + f"{'':<8}" + "".join(f"{c:>18}" for c in tab.columns)]
         for name, row in tab.iterrows():
-            lines.append("  " + f"{name:<8}" + "".join(
-                f"{'' if not np.isfinite(v) else f'{v:.1f}':>18}" for v in row.values))
+            lines.append(
+                "  "
+                + f"{name:<8}"
+                + "".join(f"{'' if not np.isfinite(v) else f'{v:.1f}':>18}" for v in row.values)
+            )
     return lines

@@ -81,8 +81,11 @@ def simulate(
         values[f"gamma_{lvl.column}"] = rng.standard_normal((len(model.coords[lvl.column]), len(sds))) * sds
     if nu is not None:
         values["nu"] = nu
-    missing = [v.name for v in model.free_RVs
-               if v.name not in values and not v.name.startswith(("z_", "omega_", "pi_sd_", "level_sd_"))]
+    missing = [
+        v.name
+        for v in model.free_RVs
+        if v.name not in values and not v.name.startswith(("z_", "omega_", "pi_sd_", "level_sd_"))
+    ]
     if missing:
         raise ValueError(f"give values for {missing}")
     with pm.do(model, values) as m:

@@ -32,10 +32,11 @@ derivatives of the right-hand side included). We chose numba over JAX/diffrax be
 default backend is numba and a JAX Op would only dispatch in JAX mode.
 
 The right-hand side, its Jacobians and the sensitivity equations are generated as one unrolled,
-allocation-free numba kernel (symbolic derivatives of the expression tree, :func:`~.expressions.derivative`). Speed:
-a theophylline gradient (12 subjects, rtol 1e-6) costs ~135 us against ~17 us for the closed
-form. :class:`ODESolve` has a cache key, so PyTensor keeps compiled ODE models on disk and a new
-process loads them instead of compiling again (~15 s saved per model and data set).
+allocation-free numba kernel (symbolic derivatives of the expression tree,
+:func:`~.expressions.derivative`). Speed: a theophylline gradient (12 subjects, rtol 1e-6)
+costs ~135 us against ~17 us for the closed form. :class:`ODESolve` has a cache key, so
+PyTensor keeps compiled ODE models on disk and a new process loads them instead of compiling
+again (~15 s saved per model and data set).
 
 Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
 and F (if the model has them) act on doses into ``dose_state`` (the first state by default), F
@@ -45,7 +46,6 @@ dose) restart the system from the initial amounts. Not yet supported, and reject
 error: steady-state doses (SS), modelled rates (RATE = -2), parameters that change within a
 subject (IOV), and right-hand sides that depend on time explicitly.
 """
-
 
 from nlmebayes.pk.ode.expressions import expression_names, parse_expression
 from nlmebayes.pk.ode.op import ODESolve

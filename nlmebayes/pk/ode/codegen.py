@@ -1,6 +1,9 @@
-"""Code generation: the right-hand side, its Jacobians and the sensitivity equations as one
-unrolled, allocation-free numba kernel, written from the symbolic derivatives of the expressions
-(:func:`~.expressions.derivative`); and the initial amounts with their sensitivities."""
+"""Code generation.
+
+The right-hand side, its Jacobians and the sensitivity equations as one unrolled, allocation-free numba
+kernel, written from the symbolic derivatives of the expressions (:func:`~.expressions.derivative`); and the
+initial amounts with their sensitivities.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ __all__ = ["kernel_source", "initial_source", "njit_source", "compile_kernel"]
 
 
 def kernel_source(states, rhs, param_names) -> str:
-    """Python source of ``kernel(z, p, r, out)``: ``z = (y, S.ravel())`` and
-    ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, unrolled, allocation-free."""
+    """Python source of ``kernel(z, p, r, out)``.
+
+    ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, unrolled, allocation-free.
+    """
     n, m = len(states), len(param_names)
     trees = [ast.parse(rhs[s], mode="eval").body for s in states]
     lines = ["def kernel(z, p, r, out):"]
@@ -39,8 +44,10 @@ def kernel_source(states, rhs, param_names) -> str:
 
 
 def initial_source(states, initial, param_names) -> str:
-    """Python source of ``init(p, y, S)``: the initial amounts ``y0(p)`` and their
-    sensitivities ``dy0/dp`` written into zeroed ``y`` and ``S``."""
+    """Python source of ``init(p, y, S)``.
+
+    The initial amounts ``y0(p)`` and their sensitivities ``dy0/dp`` written into zeroed ``y`` and ``S``.
+    """
     lines = ["def init(p, y, S):"]
     lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
     for i, s in enumerate(states):
@@ -56,8 +63,10 @@ def initial_source(states, initial, param_names) -> str:
 
 
 def njit_source(source: str, name: str):
-    """Compile generated Python ``source`` and return its function ``name`` jitted by numba
-    (no fast-math, no cache: the PyTensor Op caches the compiled model instead)."""
+    """Compile generated Python ``source`` and return its function ``name`` jitted by numba.
+
+    No fast-math, no numba cache: the PyTensor Op caches the compiled model instead.
+    """
     namespace = {"np": np}
     exec(compile(source, f"<nlmebayes ode {name}>", "exec"), namespace)
     return numba.njit(cache=False, fastmath=False)(namespace[name])

@@ -1,5 +1,6 @@
-"""Expressions of states and parameters (``"KA * depot - CL / V * central"``): parsing into
-PyTensor graphs, the names they use, and symbolic derivatives of their syntax trees (which the
+"""Expressions of states and parameters (``"KA * depot - CL / V * central"``).
+
+Parsing into PyTensor graphs, the names they use, and symbolic derivatives of their syntax trees (which the
 generated numba kernels of :mod:`.codegen` are written from).
 
 Allowed: numbers, names, ``+ - * / **``, unary minus, and ``exp``, ``log``, ``sqrt``, ``abs``.
@@ -14,8 +15,13 @@ import pytensor.tensor as pt
 __all__ = ["expression_names", "parse_expression", "derivative"]
 
 _FUNCS = {"exp": pt.exp, "log": pt.log, "sqrt": pt.sqrt, "abs": pt.abs}
-_BINOPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-           ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a**b}
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: lambda a, b: a**b,
+}
 
 
 def expression_names(text: str) -> set[str]:
@@ -26,8 +32,9 @@ def expression_names(text: str) -> set[str]:
     >>> sorted(expression_names("KA * depot - CL / V * central"))
     ['CL', 'KA', 'V', 'central', 'depot']
     """
-    return {n.id for n in ast.walk(ast.parse(text, mode="eval"))
-            if isinstance(n, ast.Name) and n.id not in _FUNCS}
+    return {
+        n.id for n in ast.walk(ast.parse(text, mode="eval")) if isinstance(n, ast.Name) and n.id not in _FUNCS
+    }
 
 
 def parse_expression(text: str, symbols: dict):
@@ -57,8 +64,13 @@ def parse_expression(text: str, symbols: dict):
             if node.id not in symbols:
                 raise ValueError(f"unknown name {node.id!r} in {text!r}")
             return symbols[node.id]
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-                and len(node.args) == 1 and not node.keywords):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and len(node.args) == 1
+            and not node.keywords
+        ):
             return _FUNCS[node.func.id](ev(node.args[0]))
         raise ValueError(f"unsupported syntax in {text!r}: {ast.dump(node)[:60]}")
 
@@ -103,9 +115,12 @@ def derivative(node, var):
         if da is None:
             return None
         fn = node.func.id
-        outer = {"exp": lambda: node, "log": lambda: _div(ast.Constant(1.0), a),
-                 "sqrt": lambda: _div(ast.Constant(0.5), node),
-                 "abs": lambda: _call("np.sign", a)}[fn]()
+        outer = {
+            "exp": lambda: node,
+            "log": lambda: _div(ast.Constant(1.0), a),
+            "sqrt": lambda: _div(ast.Constant(0.5), node),
+            "abs": lambda: _call("np.sign", a),
+        }[fn]()
         return _mul(outer, da)
     a, b = node.left, node.right
     da, db = derivative(a, var), derivative(b, var)
@@ -122,8 +137,11 @@ def derivative(node, var):
         t2 = _div(_mul(a, db), ast.BinOp(b, ast.Pow(), ast.Constant(2.0))) if db is not None else None
         return _add(t1, None if t2 is None else ast.UnaryOp(ast.USub(), t2))
     if isinstance(node.op, ast.Pow):
-        t1 = (_mul(_mul(b, ast.BinOp(a, ast.Pow(), ast.BinOp(b, ast.Sub(), ast.Constant(1.0)))), da)
-              if da is not None else None)
+        t1 = (
+            _mul(_mul(b, ast.BinOp(a, ast.Pow(), ast.BinOp(b, ast.Sub(), ast.Constant(1.0)))), da)
+            if da is not None
+            else None
+        )
         t2 = _mul(_mul(node, _call("np.log", a)), db) if db is not None else None
         return _add(t1, t2)
     raise ValueError(f"cannot differentiate {ast.dump(node)[:60]}")

@@ -72,8 +72,11 @@ def record(k, z, A, SA):
 
 @numba.njit(cache=False)
 def _dense_output(th, h, z, zn, k1, k3, k4, k5, k6, k7, out):
-    """CONTD5: ``y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5)))`` with
-    ``dz = zn - z``, ``b = h k1 - dz``, ``c5 = h sum d_i k_i``."""
+    """CONTD5.
+
+    ``y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5)))`` with ``dz = zn - z``, ``b = h
+    k1 - dz``, ``c5 = h sum d_i k_i``.
+    """
     th1 = 1.0 - th
     for i in range(z.shape[0]):
         dz = zn[i] - z[i]
@@ -84,8 +87,10 @@ def _dense_output(th, h, z, zn, k1, k3, k4, k5, k6, k7, out):
 
 @numba.njit(cache=False)
 def _dopri5_stages(kernel, z, p, r, h, k1, k2, k3, k4, k5, k6, k7, zt, zn):
-    """One Dormand-Prince step of size h from z (k1 = f(z) given): stages k2..k7, the new state
-    ``zn`` and, in ``zt``, the local error estimate."""
+    """One Dormand-Prince step of size h from z (k1 = f(z) given).
+
+    Stages k2..k7, the new state ``zn`` and, in ``zt``, the local error estimate.
+    """
     N = z.shape[0]
     for i in range(N):
         zt[i] = z[i] + h * A21 * k1[i]
@@ -171,8 +176,10 @@ def _augmented(rhs, z, p, r, n_states, n_p):
 
 @numba.njit(cache=False)
 def rosenbrock23_to(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, max_steps):
-    """Rosenbrock (2,3) of Shampine & Reichelt (L-stable) from ``t0`` to ``t1`` on the state +
-    sensitivity system, with its exact Jacobian ``jac(y, S, p)``."""
+    """Integrate from ``t0`` to ``t1`` with the Rosenbrock (2,3) pair of Shampine & Reichelt.
+
+    L-stable, on the state + sensitivity system, with its exact Jacobian ``jac(y, S, p)``.
+    """
     n_states, n_p = S.shape
     N = n_states * (1 + n_p)
     t = t0
@@ -211,15 +218,17 @@ def rosenbrock23_to(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters
 
 
 @numba.njit(cache=False)
-def rosenbrock23(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA,
-                 max_steps):
+def rosenbrock23(
+    rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
+):
     """Rosenbrock through the pending observations (stepping to each), then to ``t1``."""
     t = t0
     for j in range(nq):
         if q_t[j] > t:
             h = min(h, q_t[j] - t)
-            y, S, h = rosenbrock23_to(rhs, jac, t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters,
-                                      max_steps)
+            y, S, h = rosenbrock23_to(
+                rhs, jac, t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters, max_steps
+            )
             t = q_t[j]
         A[q_k[j]] = y
         SA[q_k[j]] = S

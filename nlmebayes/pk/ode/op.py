@@ -29,10 +29,12 @@ __all__ = ["ODESolve"]
 
 
 class ODESolve(Op):
-    """Solve every subject's ODE system with its doses: amounts ``A`` (n_obs, n_states) at the
-    observation times and their sensitivities ``S`` (n_obs, n_states, n_p) to the subject's
-    parameters (the input, n_subjects x n_p). The gradient uses ``S``; it is not differentiable
-    twice."""
+    """Solve every subject's ODE system with its doses.
+
+    Amounts ``A`` (n_obs, n_states) at the observation times and their sensitivities ``S`` (n_obs, n_states,
+    n_p) to the subject's parameters (the input, n_subjects x n_p). The gradient uses ``S``; it is not
+    differentiable twice.
+    """
 
     def __init__(self, system, data: EventData, param_names, rtol: float, atol: float):
         self.system = system
@@ -46,8 +48,11 @@ class ODESolve(Op):
         self._fn = None
 
     def cache_key(self) -> str:
-        """What the compiled function bakes in: the equations, the solver settings and the
-        dosing schedule (so PyTensor can cache the compiled model on disk)."""
+        """What the compiled function bakes in.
+
+        The equations, the solver settings and the dosing schedule (so PyTensor can cache the compiled model
+        on disk).
+        """
         h = hashlib.sha256(repr((self.system, self.param_names, self.rtol, self.atol)).encode())
         h.update(_SOURCE_HASH)
         for a in self.args:
@@ -55,10 +60,12 @@ class ODESolve(Op):
         return f"nlmebayes_ode_{h.hexdigest()}"
 
     def make_node(self, P):
+        """Apply the Op to the parameter matrix ``P`` (n_subjects x n_p)."""
         P = pt.as_tensor_variable(P)
         return Apply(self, [P], [pt.dmatrix(), pt.dtensor3()])
 
     def perform(self, node, inputs, outputs):
+        """Solve in Python mode (through the cached numba build)."""
         # Through a NUMBA-mode function of this Op alone rather than self.solver directly:
         # PyTensor caches that build on disk (see cache_key), so Python-mode graphs (the
         # vectorised deterministics after sampling) skip the solver's JIT compilation.
@@ -70,6 +77,7 @@ class ODESolve(Op):
         outputs[1][0] = S
 
     def pullback(self, inputs, outputs, output_grads):
+        """Vector-Jacobian product from the forward sensitivities."""
         (P,) = inputs
         A, S = outputs
         gA, gS = output_grads
@@ -81,6 +89,7 @@ class ODESolve(Op):
         return [pt.inc_subtensor(pt.zeros_like(P)[self.obs_subject], contrib)]
 
     def connection_pattern(self, node):
+        """Both outputs depend on the parameters."""
         return [[True, True]]
 
 
@@ -88,8 +97,10 @@ _SOLVERS: dict = {}
 
 
 def _source_hash() -> bytes:
-    """Hash of the ODE package's source, part of the on-disk cache key of compiled models: a
-    changed solver must not load an old build."""
+    """Hash of the ODE package's source, part of the on-disk cache key of compiled models.
+
+    A changed solver must not load an old build.
+    """
     h = hashlib.sha256()
     for f in sorted(Path(__file__).parent.glob("*.py")):
         h.update(f.name.encode())
@@ -101,18 +112,20 @@ _SOURCE_HASH = _source_hash()
 
 
 def _solver(system, param_names):
-    """The compiled solver for a system, reused by every model built from the same equations
-    (a fit builds the model more than once; numba compiles each new closure afresh)."""
-    key = (system.states, system.rhs, system.initial, tuple(param_names), system.method,
-           system.max_steps)
+    """Return the compiled solver for a system, reused by every model built from the same equations.
+
+    A fit builds the model more than once, and numba compiles each new closure afresh.
+    """
+    key = (system.states, system.rhs, system.initial, tuple(param_names), system.method, system.max_steps)
     if key not in _SOLVERS:
         kernel = compile_kernel(system.states, dict(system.rhs), param_names)
         init = njit_source(initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
             rhs, jac = system.rhs_function(param_names)
-        _SOLVERS[key] = make_solver(system.method, len(system.states), kernel, init, rhs, jac,
-                                    system.max_steps)
+        _SOLVERS[key] = make_solver(
+            system.method, len(system.states), kernel, init, rhs, jac, system.max_steps
+        )
     return _SOLVERS[key]
 
 

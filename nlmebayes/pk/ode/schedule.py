@@ -11,8 +11,11 @@ __all__ = ["schedule"]
 
 
 def schedule(system, data: EventData, param_names):
-    """Flat per-segment arrays for the solver: a segment is a subject's run of records between
-    resets (EVID 3/4), numbered in record order; doses are sorted by (segment, time)."""
+    """Flat per-segment arrays for the solver.
+
+    A segment is a subject's run of records between resets (EVID 3/4), numbered in record order; doses are
+    sorted by (segment, time).
+    """
     rec = data.records
     seg_ids, first, seg = np.unique(rec["_SEG"].to_numpy(), return_index=True, return_inverse=True)
     seg_subject = rec["_SUBJ"].to_numpy()[first].astype(np.int64)
@@ -32,7 +35,17 @@ def schedule(system, data: EventData, param_names):
     lagf = state == dose_state_idx
     i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
     i_f = param_names.index("F") if "F" in param_names else -1
-    return (data.obs_time.astype(float), obs_start.astype(np.int64),
-            data.dose_time[order].astype(float), data.dose_amt[order].astype(float),
-            data.dose_rate[order].astype(float), state, lagf, dose_start.astype(np.int64),
-            seg_subject, seg_t0, np.int64(i_lag), np.int64(i_f))
+    return (
+        data.obs_time.astype(float),
+        obs_start.astype(np.int64),
+        data.dose_time[order].astype(float),
+        data.dose_amt[order].astype(float),
+        data.dose_rate[order].astype(float),
+        state,
+        lagf,
+        dose_start.astype(np.int64),
+        seg_subject,
+        seg_t0,
+        np.int64(i_lag),
+        np.int64(i_f),
+    )

@@ -1,5 +1,7 @@
-"""The event loop: every reset segment of every subject solved through its doses, infusions and
-observations, with the sensitivity jumps that TLAG and F cause (numba).
+"""The event loop.
+
+Every reset segment of every subject solved through its doses, infusions and observations, with the
+sensitivity jumps that TLAG and F cause (numba).
 
 Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
 and F (if the model has them) act on doses into the dose state, F scaling the amount (and the
@@ -46,21 +48,56 @@ def make_solver(method: str, n_states: int, kernel, init, rhs=None, jac=None, ma
 
         @numba.njit(cache=False)
         def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
-            return rosenbrock23(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k,
-                                nq, A, SA, max_steps)
+            return rosenbrock23(
+                rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
+            )
     else:
 
         @numba.njit(cache=False)
         def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
-            return dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A,
-                          SA, max_steps)
+            return dopri5(
+                kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
+            )
 
     @numba.njit(cache=False)
-    def solve(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
-              seg_subject, seg_t0, i_lag, i_f, rtol, atol):
-        return solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t, dose_amt,
-                              dose_rate, dose_state, dose_lagf, dose_start, seg_subject, seg_t0, i_lag,
-                              i_f, rtol, atol)
+    def solve(
+        P,
+        obs_t,
+        obs_start,
+        dose_t,
+        dose_amt,
+        dose_rate,
+        dose_state,
+        dose_lagf,
+        dose_start,
+        seg_subject,
+        seg_t0,
+        i_lag,
+        i_f,
+        rtol,
+        atol,
+    ):
+        return solve_segments(
+            step_to,
+            kernel,
+            init,
+            n_states,
+            P,
+            obs_t,
+            obs_start,
+            dose_t,
+            dose_amt,
+            dose_rate,
+            dose_state,
+            dose_lagf,
+            dose_start,
+            seg_subject,
+            seg_t0,
+            i_lag,
+            i_f,
+            rtol,
+            atol,
+        )
 
     return solve
 
@@ -79,8 +116,10 @@ def rate_of(kernel, y, p, r):
 
 @numba.njit(cache=False)
 def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f):
-    """A segment's events (time, priority, kind, index) in time order: each dose (lagged), each
-    infusion's end (its length scaled by F) and each observation."""
+    """A segment's events (time, priority, kind, index) in time order.
+
+    Each dose (lagged), each infusion's end (its length scaled by F) and each observation.
+    """
     n_ev = (o1 - o0) + 2 * (d1 - d0)
     et = np.empty(n_ev)
     pr = np.empty(n_ev)
@@ -111,8 +150,10 @@ def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_
     order = np.arange(m)
     for a in range(1, m):
         b = a
-        while b > 0 and (et[order[b - 1]] > et[order[b]]
-                         or (et[order[b - 1]] == et[order[b]] and pr[order[b - 1]] > pr[order[b]])):
+        while b > 0 and (
+            et[order[b - 1]] > et[order[b]]
+            or (et[order[b - 1]] == et[order[b]] and pr[order[b - 1]] > pr[order[b]])
+        ):
             tmp = order[b - 1]
             order[b - 1] = order[b]
             order[b] = tmp
@@ -122,9 +163,11 @@ def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_
 
 @numba.njit(cache=False)
 def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
-    """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps:
-    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F)
-    makes the sensitivities jump by the change in the right-hand side."""
+    """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps.
+
+    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F) makes the
+    sensitivities jump by the change in the right-hand side.
+    """
     c = dose_state[k]
     applies = dose_lagf[k]
     F = p[i_f] if (i_f >= 0 and applies) else 1.0
@@ -155,10 +198,31 @@ def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_a
 
 
 @numba.njit(cache=False)
-def solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t, dose_amt, dose_rate,
-                   dose_state, dose_lagf, dose_start, seg_subject, seg_t0, i_lag, i_f, rtol, atol):
-    """Amounts ``A`` (n_obs, n_states) and sensitivities ``SA`` (n_obs, n_states, n_p) at the
-    observations, and the step counters (steps, rejected, steps of the last segment).
+def solve_segments(
+    step_to,
+    kernel,
+    init,
+    n_states,
+    P,
+    obs_t,
+    obs_start,
+    dose_t,
+    dose_amt,
+    dose_rate,
+    dose_state,
+    dose_lagf,
+    dose_start,
+    seg_subject,
+    seg_t0,
+    i_lag,
+    i_f,
+    rtol,
+    atol,
+):
+    """Solve every segment: amounts and sensitivities at the observations, and step counters.
+
+    Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
+    rejected, steps of the last segment).
 
     Each reset segment (a subject's records up to a reset, EVID 3/4) starts from the initial
     amounts at its first record's time, with its subject's parameters. Observations wait in a
@@ -187,8 +251,9 @@ def solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t,
         for i in range(n_states):
             amax = max(amax, abs(y[i]))
         a_tol = atol * amax
-        et, kind, idx, order, m = _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate,
-                                                  dose_lagf, i_lag, i_f)
+        et, kind, idx, order, m = _segment_events(
+            p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f
+        )
         r = np.zeros(n_states)
         t = seg_t0[g]
         h = 1e-3
@@ -214,8 +279,9 @@ def solve_segments(step_to, kernel, init, n_states, P, obs_t, obs_start, dose_t,
                 y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
                 nq = 0
                 t = te
-            y, S, r = _apply_dose_event(kernel, kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt,
-                                        dose_rate, i_lag, i_f)
+            y, S, r = _apply_dose_event(
+                kernel, kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
+            )
             h = 1e-3 * max(1.0, abs(t))
         if nq:
             if h <= 0.0 or h > q_t[nq - 1] - t:

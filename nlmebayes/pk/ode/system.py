@@ -1,6 +1,8 @@
-"""ODE systems as structural models: :class:`ODESystem` implements
-:class:`~nlmebayes.pk.base.StructuralModel` for an :class:`~nlmebayes.model.spec.ODE`, and
-:data:`ODE_MODELS` holds ready ODE twins of the 1- and 2-compartment models.
+"""ODE systems as structural models.
+
+:class:`ODESystem` implements :class:`~nlmebayes.pk.base.StructuralModel` for an
+:class:`~nlmebayes.model.spec.ODE`, and :data:`ODE_MODELS` holds ready ODE twins of the 1- and 2-compartment
+models.
 
 Several outputs: ``observe={"cp": "central / V", "pca": "effect"}`` gives each observation the
 output named by its DVID. Initial amounts: ``initial={"effect": "E0"}`` (expressions of
@@ -28,8 +30,12 @@ __all__ = ["ODESystem", "ODE_MODELS"]
 
 @dataclass(frozen=True)
 class ODESystem:
-    """The structural-model interface of :class:`~nlmebayes.pk.analytic.Compartmental` for an
-    ODE system given as expressions (see :class:`nlmebayes.model.spec.ODE` for the fields)."""
+    """An ODE system given as expressions, as a structural model.
+
+    It implements :class:`~nlmebayes.pk.base.StructuralModel` like
+    :class:`~nlmebayes.pk.analytic.Compartmental`; see :class:`nlmebayes.model.spec.ODE` for
+    the fields.
+    """
 
     name: str
     states: tuple
@@ -47,62 +53,91 @@ class ODESystem:
 
     @classmethod
     def from_spec(cls, ode) -> ODESystem:
+        """The system of an :class:`~nlmebayes.model.spec.ODE` spec."""
         outputs = tuple(ode.outputs.items())
         observe_state = ode.observe_state or (_observed_state(ode) if len(outputs) == 1 else None)
-        system = cls(name=ode.name, states=tuple(ode.states),
-                     rhs=tuple((s, ode.rhs[s]) for s in ode.states), outputs=outputs,
-                     dose_state=ode.dose_state or ode.states[0], observe_state=observe_state,
-                     initial=tuple((s, ode.initial[s]) for s in ode.states if s in ode.initial),
-                     rtol=ode.rtol, atol=ode.atol, method=ode.method, max_steps=ode.max_steps)
+        system = cls(
+            name=ode.name,
+            states=tuple(ode.states),
+            rhs=tuple((s, ode.rhs[s]) for s in ode.states),
+            outputs=outputs,
+            dose_state=ode.dose_state or ode.states[0],
+            observe_state=observe_state,
+            initial=tuple((s, ode.initial[s]) for s in ode.states if s in ode.initial),
+            rtol=ode.rtol,
+            atol=ode.atol,
+            method=ode.method,
+            max_steps=ode.max_steps,
+        )
         for s, e in system.initial:
             used = expression_names(e) & set(system.states)
             if used:
-                raise ValueError(f"ODE {ode.name}: the initial amount of {s} may use parameters "
-                                 f"only, not states {sorted(used)}")
+                raise ValueError(
+                    f"ODE {ode.name}: the initial amount of {s} may use parameters "
+                    f"only, not states {sorted(used)}"
+                )
         return system
 
     @property
     def parameters(self) -> tuple[str, ...]:
+        """Parameters the expressions use (every name that is not a state)."""
         exprs = [e for _, e in self.rhs] + [e for _, e in self.outputs] + [e for _, e in self.initial]
         names = set().union(*(expression_names(e) for e in exprs))
         return tuple(sorted(names - set(self.states)))
 
     def check_parameters(self, names) -> None:
+        """Raise ValueError unless ``names`` are the parameters the system uses (plus optional ones)."""
         names = list(names)
         missing = [p for p in self.parameters if p not in names]
         extra = [p for p in names if p not in self.parameters + self.optional_parameters]
         if missing or extra:
-            raise ValueError(f"ODE model {self.name} uses parameters {list(self.parameters)} "
-                             f"(optional {list(self.optional_parameters)}); missing {missing}, "
-                             f"unknown {extra}")
+            raise ValueError(
+                f"ODE model {self.name} uses parameters {list(self.parameters)} "
+                f"(optional {list(self.optional_parameters)}); missing {missing}, "
+                f"unknown {extra}"
+            )
 
     def check(self, data: EventData) -> None:
+        """Raise a DataError naming the row for compartments, DVIDs or dosing the path cannot take."""
         dose = {i + 1: s for i, s in enumerate(self.states)}
-        obs = ({self.states.index(self.observe_state) + 1: self.observe_state}
-               if self.observe_state is not None else dose)
+        obs = (
+            {self.states.index(self.observe_state) + 1: self.observe_state}
+            if self.observe_state is not None
+            else dose
+        )
         check_compartments(data, dose, obs, self.name)
         rec = data.records
         for col, bad, what in (
-                ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0), "steady-state doses"),
-                ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations")):
+            ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0), "steady-state doses"),
+            ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations"),
+        ):
             if bad.any():
                 r = rec[bad].iloc[0]
-                raise DataError(f"the ODE path does not support {what} yet ({self.name})",
-                                source=data.source, row=int(r["_ROW"]), column=col)
+                raise DataError(
+                    f"the ODE path does not support {what} yet ({self.name})",
+                    source=data.source,
+                    row=int(r["_ROW"]),
+                    column=col,
+                )
         names = [o for o, _ in self.outputs]
         if names != [None]:
             labels = data.obs_output
             bad = ~np.isin(labels, names)
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                raise DataError(f"observation of DVID {labels[j]!r}, but model {self.name} has "
-                                f"outputs {names}", source=data.source, row=int(data.obs_row[j]),
-                                column="DVID")
+                raise DataError(
+                    f"observation of DVID {labels[j]!r}, but model {self.name} has outputs {names}",
+                    source=data.source,
+                    row=int(data.obs_row[j]),
+                    column="DVID",
+                )
 
     def rhs_function(self, param_names):
-        """numba functions ``(y, p) -> (f, df/dy, df/dp)`` and, for the Rosenbrock method, the
-        Jacobian of the state + sensitivity system ``(y, S, p) -> J``, compiled from the
-        expressions."""
+        """Compile the right-hand side and its Jacobians from the expressions.
+
+        Returns numba functions ``(y, p) -> (f, df/dy, df/dp)`` and, for the Rosenbrock method,
+        the Jacobian of the state + sensitivity system ``(y, S, p) -> J`` (else None).
+        """
         y = pt.dvector("y")
         p = pt.dvector("p")
         sym = {s: y[i] for i, s in enumerate(self.states)}
@@ -116,17 +151,24 @@ class ODESystem:
         # Jacobian of (f, Jy S + Jp) w.r.t. (y, S): Rosenbrock needs it exactly for stability.
         S = pt.dmatrix("S")
         g = pt.concatenate([f, (pt.dot(Jy, S) + Jp).ravel()])
-        Jg = pt.concatenate([pytensor.gradient.jacobian(g, y, vectorize=True, disconnected_inputs="ignore"),
-                             pytensor.gradient.jacobian(g, S, vectorize=True, disconnected_inputs="ignore")
-                             .reshape((g.shape[0], -1))], axis=1)
+        Jg = pt.concatenate(
+            [
+                pytensor.gradient.jacobian(g, y, vectorize=True, disconnected_inputs="ignore"),
+                pytensor.gradient.jacobian(g, S, vectorize=True, disconnected_inputs="ignore").reshape(
+                    (g.shape[0], -1)
+                ),
+            ],
+            axis=1,
+        )
         jfn = pytensor.function([y, S, p], Jg, mode="NUMBA", on_unused_input="ignore")
         return fn.vm.jit_fn, jfn.vm.jit_fn
 
     def concentration(self, data: EventData, params: dict, index=None):
         """The ``observe`` expression at every observation (see the analytic models)."""
         if index is not None and not np.array_equal(np.asarray(index), data.dose_subject):
-            raise NotImplementedError("the ODE path does not support parameters that change "
-                                      "within a subject (IOV) yet")
+            raise NotImplementedError(
+                "the ODE path does not support parameters that change within a subject (IOV) yet"
+            )
         self.check_parameters(params)
         self.check(data)
         names = self.parameters + tuple(p for p in self.optional_parameters if p in params)
@@ -160,26 +202,39 @@ def _observed_state(ode) -> str:
 
 _LIBRARY = {
     "1cpt_iv_ode": (["central"], {"central": "-CL / V * central"}),
-    "1cpt_oral_ode": (["depot", "central"], {"depot": "-KA * depot",
-                                            "central": "KA * depot - CL / V * central"}),
-    "2cpt_iv_ode": (["central", "periph"],
-                    {"central": "-(CL + Q) / V * central + Q / V2 * periph",
-                     "periph": "Q / V * central - Q / V2 * periph"}),
-    "2cpt_oral_ode": (["depot", "central", "periph"],
-                      {"depot": "-KA * depot",
-                       "central": "KA * depot - (CL + Q) / V * central + Q / V2 * periph",
-                       "periph": "Q / V * central - Q / V2 * periph"}),
-    "1cpt_oral_mm_ode": (["depot", "central"],
-                         {"depot": "-KA * depot",
-                          "central": "KA * depot - VMAX * central / (KM * V + central)"}),
+    "1cpt_oral_ode": (
+        ["depot", "central"],
+        {"depot": "-KA * depot", "central": "KA * depot - CL / V * central"},
+    ),
+    "2cpt_iv_ode": (
+        ["central", "periph"],
+        {
+            "central": "-(CL + Q) / V * central + Q / V2 * periph",
+            "periph": "Q / V * central - Q / V2 * periph",
+        },
+    ),
+    "2cpt_oral_ode": (
+        ["depot", "central", "periph"],
+        {
+            "depot": "-KA * depot",
+            "central": "KA * depot - (CL + Q) / V * central + Q / V2 * periph",
+            "periph": "Q / V * central - Q / V2 * periph",
+        },
+    ),
+    "1cpt_oral_mm_ode": (
+        ["depot", "central"],
+        {"depot": "-KA * depot", "central": "KA * depot - VMAX * central / (KM * V + central)"},
+    ),
 }
 
 
 def _library():
     from nlmebayes.model.spec import ODE
 
-    return {name: ODE(name=name, states=states, rhs=rhs, observe="central / V")
-            for name, (states, rhs) in _LIBRARY.items()}
+    return {
+        name: ODE(name=name, states=states, rhs=rhs, observe="central / V")
+        for name, (states, rhs) in _LIBRARY.items()
+    }
 
 
 #: Ready ODE models by name; the ``*_ode`` versions of the analytic models use the same
