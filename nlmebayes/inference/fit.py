@@ -121,10 +121,12 @@ def fit(
             pm.sample_posterior_predictive(
                 idata, extend_inferencedata=True, random_seed=seed, progressbar=False
             )
-    idata.attrs["nlmebayes_sampler"] = sampler
-    idata.attrs["nlmebayes_sampling_seconds"] = wall
-    idata.attrs["nlmebayes_seed"] = -1 if seed is None else int(seed)
-    idata.attrs["nlmebayes_design_warnings"] = "\n".join(design)
+    idata.attrs.update(
+        nlmebayes_sampler=sampler,
+        nlmebayes_sampling_seconds=wall,
+        nlmebayes_seed=-1 if seed is None else int(seed),
+        nlmebayes_design_warnings="\n".join(design),
+    )
     result = FitResult.from_sampling(idata, spec, built.data)
     if diagnostics or marginal_loo:
         _add_marginal_or_warn(result, marginal_loo=marginal_loo, n_sim=n_sim, seed=seed)

@@ -35,7 +35,7 @@ def select_observations(spec: ModelSpec, data: EventData) -> EventData:
     >>> spec = ModelSpec("m", "1cpt_oral", {"KA": 1.5, "CL": 2.7, "V": 31.5},
     ...                  observations={"ignore": ["TIME > 12"]})
     >>> select_observations(spec, datasets.theophylline()).n_obs
-    108
+    112
     """
     obs = spec.observations
     if obs.dvid is not None:

@@ -161,6 +161,51 @@ def _divided_difference(u, a, b, x, D, tau):
     return pt.switch(close, -du, far)
 
 
+_INPUTS = {
+    (False, False): _u_bolus,
+    (True, False): _u_infusion,
+    (False, True): _u_bolus_ss,
+    (True, True): _u_infusion_ss,
+}
+
+
+def _pair_amounts(pairs: dict, lam, coef, ka):
+    """Central amount each dose-observation pair contributes (before division by V).
+
+    Pairs are grouped by input kind (into the depot or central, bolus or infusion, single or
+    steady state); each group evaluates its response ``u`` (a divided difference of ``u`` for
+    doses into the depot) in one vectorised expression.
+    """
+    x, D, R, F, amt, tau = (pairs[k] for k in ("x", "D", "R", "F", "amt", "tau"))
+    into_depot, infusion, ss = pairs["into_depot"], pairs["infusion"], pairs["ss"]
+    n = len(amt)
+    contrib = pt.zeros(n)
+    for depot in (False, True):
+        for inf in (False, True):
+            for is_ss in (False, True):
+                sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss))
+                if not len(sel):
+                    continue
+                u = _INPUTS[(inf, is_ss)]
+                xs = pt.shape_padright(pt.as_tensor_variable(x)[sel], 1)
+                Ds = pt.shape_padright(pt.as_tensor_variable(D)[sel], 1)
+                taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
+                ls = lam[sel]
+                if not depot:
+                    resp = u(ls, xs, Ds, taus)
+                else:
+                    kas = pt.shape_padright(ka[sel], 1)
+                    if not inf and not is_ss:
+                        dd = exp_diff(ls, kas, xs)
+                    else:
+                        dd = _divided_difference(u, ls, kas, xs, Ds, taus)
+                    resp = kas * dd
+                amount = pt.sum(coef[sel] * resp, axis=-1)
+                scale = R[sel] if inf else F[sel] * amt[sel]
+                contrib = scale * amount if len(sel) == n else pt.set_subtensor(contrib[sel], scale * amount)
+    return contrib
+
+
 @dataclass(frozen=True)
 class Compartmental:
     """A linear 1-, 2- or 3-compartment model with IV and/or first-order absorption input.
@@ -237,8 +282,6 @@ class Compartmental:
         self.check(data)
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]
-        d = data.pair_dose
-        n_obs = data.n_obs
 
         def per_pair(name, default=None):
             v = params.get(name)
@@ -251,8 +294,24 @@ class Compartmental:
         lam, coef = disposition(
             self.n_cpt, P["CL"], P["V"], P.get("Q"), P.get("V2"), P.get("Q3"), P.get("V3")
         )
-        V = P["V"]
+        pairs = self._pair_inputs(data, params, per_pair)
+        ka = per_pair("KA") if self.oral else None
+        contrib = _pair_amounts(pairs, lam, coef, ka)
+        if pairs["started"] is not None:
+            contrib = pt.switch(pairs["started"], contrib, 0.0)
+        contrib = contrib / P["V"]
+        n_obs = data.n_obs
+        if np.array_equal(data.pair_obs, np.arange(n_obs)):
+            return contrib  # one dose per observation (single-dose data): nothing to add up
+        return pt.inc_subtensor(pt.zeros(n_obs)[data.pair_obs], contrib)
 
+    def _pair_inputs(self, data: EventData, params: dict, per_pair) -> dict:
+        """Inputs of each dose-observation pair.
+
+        Time since the (lagged) dose ``x``, whether the dose has started, infusion length ``D``
+        and rate ``R``, F, amount, II and the input kind.
+        """
+        d = data.pair_dose
         cmt = data.dose_cmt[d]
         into_depot = (cmt == 1) | (cmt == 0) if self.oral else np.zeros(len(d), bool)
         # TLAG and F act on the dosing compartment: the depot in oral models, else central.
@@ -288,47 +347,18 @@ class Compartmental:
             started = pt.or_(ss, x_raw >= 0)
         else:
             x, started = x_raw, None
-
-        contrib = pt.zeros(len(d))
-        ka = per_pair("KA") if self.oral else None
-        for depot in (False, True):
-            for inf in (False, True):
-                for is_ss in (False, True):
-                    sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss))
-                    if not len(sel):
-                        continue
-                    u = {
-                        (False, False): _u_bolus,
-                        (True, False): _u_infusion,
-                        (False, True): _u_bolus_ss,
-                        (True, True): _u_infusion_ss,
-                    }[(inf, is_ss)]
-                    xs = pt.shape_padright(pt.as_tensor_variable(x)[sel], 1)
-                    Ds = pt.shape_padright(pt.as_tensor_variable(D)[sel], 1)
-                    taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
-                    ls = lam[sel]
-                    if not depot:
-                        resp = u(ls, xs, Ds, taus)
-                    else:
-                        kas = pt.shape_padright(ka[sel], 1)
-                        if not inf and not is_ss:
-                            dd = exp_diff(ls, kas, xs)
-                        else:
-                            dd = _divided_difference(u, ls, kas, xs, Ds, taus)
-                        resp = kas * dd
-                    amount = pt.sum(coef[sel] * resp, axis=-1)
-                    scale = R[sel] if inf else F[sel] * amt[sel]
-                    contrib = (
-                        scale * amount
-                        if len(sel) == len(d)
-                        else pt.set_subtensor(contrib[sel], scale * amount)
-                    )
-        if started is not None:
-            contrib = pt.switch(started, contrib, 0.0)
-        contrib = contrib / V
-        if np.array_equal(data.pair_obs, np.arange(n_obs)):
-            return contrib  # one dose per observation (single-dose data): nothing to add up
-        return pt.inc_subtensor(pt.zeros(n_obs)[data.pair_obs], contrib)
+        return dict(
+            x=x,
+            started=started,
+            D=D,
+            R=R,
+            F=F,
+            amt=amt,
+            tau=tau,
+            into_depot=into_depot,
+            infusion=infusion,
+            ss=ss,
+        )
 
     @staticmethod
     def _check_ss_infusion(data: EventData, doses, amt, rate):

@@ -20,14 +20,8 @@ __all__ = ["StructuralModel", "register_model", "get_model", "model_names"]
 class StructuralModel(Protocol):
     """What the graph builder needs from a structural model.
 
-    Attributes
-    ----------
-    name : str
-        The model's name in messages and the registry.
-    parameters : tuple of str
-        Required structural parameters (CL, V, KA, ...).
-    optional_parameters : tuple of str
-        Parameters the model uses when the spec has them (TLAG, F, ...).
+    Its name, required and optional parameters (CL, V, KA, ...; TLAG, F, ...), two checks and
+    the prediction at every observation.
     """
 
     @property

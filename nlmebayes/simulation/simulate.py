@@ -62,23 +62,7 @@ def simulate(
     values = {f"log_{k}_pop": np.log(v) for k, v in typical.items()}
     values.update(thetas or {})
     values.update({f"sigma_{k}": v for k, v in (sigma or {}).items()})
-    n_iiv = len(spec.iiv_parameters)
-    if n_iiv:
-        if omega is None:
-            raise ValueError("the model has IIV: give omega (covariance of the etas)")
-        eta = rng.multivariate_normal(np.zeros(n_iiv), np.asarray(omega), size=data.n_subjects)
-        values["eta"] = eta
-    if spec.iov:
-        sds = np.array([(pi or {})[p] if p in (pi or {}) else np.nan for p in spec.iov_parameters])
-        if np.isnan(sds).any():
-            raise ValueError(f"the model has IOV on {spec.iov_parameters}: give pi (SD) for each")
-        values["kappa"] = rng.standard_normal((len(model.coords["occasion"]), len(sds))) * sds
-    for lvl in spec.levels:
-        given = (level_sd or {}).get(lvl.column, {})
-        if set(given) != set(lvl.parameters):
-            raise ValueError(f"give level_sd[{lvl.column!r}] for {lvl.parameters}")
-        sds = np.array([given[p] for p in lvl.parameters])
-        values[f"gamma_{lvl.column}"] = rng.standard_normal((len(model.coords[lvl.column]), len(sds))) * sds
+    values.update(_random_effects(spec, model, data.n_subjects, rng, omega, pi, level_sd))
     if nu is not None:
         values["nu"] = nu
     missing = [
@@ -99,3 +83,25 @@ def simulate(
     out.records.attrs["kappa"] = values.get("kappa")
     out.records.attrs["ipred"] = ipred
     return out
+
+
+def _random_effects(spec: ModelSpec, model, n_subjects: int, rng, omega, pi, level_sd) -> dict:
+    """Draw the etas (per subject), kappas (per occasion) and group effects (per level group)."""
+    values = {}
+    n_iiv = len(spec.iiv_parameters)
+    if n_iiv:
+        if omega is None:
+            raise ValueError("the model has IIV: give omega (covariance of the etas)")
+        values["eta"] = rng.multivariate_normal(np.zeros(n_iiv), np.asarray(omega), size=n_subjects)
+    if spec.iov:
+        sds = np.array([(pi or {})[p] if p in (pi or {}) else np.nan for p in spec.iov_parameters])
+        if np.isnan(sds).any():
+            raise ValueError(f"the model has IOV on {spec.iov_parameters}: give pi (SD) for each")
+        values["kappa"] = rng.standard_normal((len(model.coords["occasion"]), len(sds))) * sds
+    for lvl in spec.levels:
+        given = (level_sd or {}).get(lvl.column, {})
+        if set(given) != set(lvl.parameters):
+            raise ValueError(f"give level_sd[{lvl.column!r}] for {lvl.parameters}")
+        sds = np.array([given[p] for p in lvl.parameters])
+        values[f"gamma_{lvl.column}"] = rng.standard_normal((len(model.coords[lvl.column]), len(sds))) * sds
+    return values

@@ -45,7 +45,7 @@ def error_norm(e, z, zn, rtol, atol, scale, n_states, n_p):
     """RMS of the local error ``e`` of the flat state + sensitivity vector.
 
     Each entry is weighted by ``atol + rtol * |value|``; sensitivities to p_j are scaled by
-    |p_j| (so they are compared as d amount / d log p_j, in amount units).
+    ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units).
     """
     N = n_states * (1 + n_p)
     acc = 0.0

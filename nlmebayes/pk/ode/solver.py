@@ -228,6 +228,9 @@ def solve_segments(
     amounts at its first record's time, with its subject's parameters. Observations wait in a
     queue until the next dose (or the end) is integrated to, so that the integrator can
     interpolate them.
+
+    One numba loop over segments and events, kept whole (about 75 lines of code): split further
+    it would pass the same 20 arrays to a function per event.
     """
     n_p = P.shape[1]
     n_obs = obs_t.shape[0]
