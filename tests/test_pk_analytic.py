@@ -148,6 +148,7 @@ def _population_graph(model, subjects):
     return data, names, syms, conc, values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=NO_SHRINK)
 @given(data=st.data())
@@ -166,6 +167,7 @@ def test_analytic_matches_ode(name, data):
         np.testing.assert_array_less(np.abs(mine - ref), tol, err_msg=f"{name} {p} {reg}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=NO_SHRINK)
 @given(data=st.data())

@@ -64,6 +64,7 @@ def _values_and_grads(model, data, values):
     return fn(*values.values(), wv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["1cpt_iv", "1cpt_oral", "2cpt_iv", "2cpt_oral"])
 def test_ode_matches_analytic_values_and_gradients(name):
     """6 subjects with random multiple-dose regimens (bolus/infusion, depot/central, ADDL), lag
@@ -92,6 +93,7 @@ def test_ode_matches_analytic_values_and_gradients(name):
         np.testing.assert_allclose(go, ga, rtol=1e-6, atol=1e-8 * np.abs(ga).max(), err_msg=name_)
 
 
+@pytest.mark.slow
 def test_stiff_system_with_rosenbrock():
     """Two compartments exchanging at 1000/h with elimination 0.1/h: eigenvalues ~2000 and ~0.05
     per hour, a stiffness ratio of 4e4. The L-stable Rosenbrock pair (exact Jacobian of the state
@@ -123,6 +125,7 @@ def test_stiff_system_with_rosenbrock():
     assert steps["dopri5"] > 10 * steps["rosenbrock23"]
 
 
+@pytest.mark.slow
 def test_rosenbrock_sensitivities():
     data = read_nonmem(_regimens(True, 3, seed=5))
     values = {"CL": np.array([3.0, 5, 8]), "V": np.array([20.0, 30, 50]), "KA": np.array([0.5, 1, 2])}
@@ -164,6 +167,7 @@ def test_ode_spec_round_trip_and_one_word_switch():
         get_model("1cpt_oral_ode").check_parameters(["CL", "V"])
 
 
+@pytest.mark.slow
 def test_reset_events_match_analytic():
     """EVID 3 (reset) and EVID 4 (reset and dose) restart a subject's system from zero, times
     starting again after the reset: the ODE path agrees with the closed form (whose pairs of
@@ -225,6 +229,7 @@ def _turnover_reference(p, dose, t_obs):
     return sol.y[1] / p["V"], sol.y[2]
 
 
+@pytest.mark.slow
 def test_initial_amounts_and_two_outputs():
     """A PK + turnover PD system starting at its baseline (initial effect = E0), observed
     through two outputs chosen by DVID: values agree with scipy's LSODA at rtol 1e-11 to 1e-7,

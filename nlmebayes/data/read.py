@@ -28,41 +28,9 @@ from nlmebayes.data.events import EventData, record_line
 __all__ = ["RESERVED_COLUMNS", "read_nonmem", "build_events", "check_compartments"]
 
 #: Data items with a NONMEM meaning. Every other column is a covariate.
-RESERVED_COLUMNS = (
-    "ID",
-    "TIME",
-    "DV",
-    "AMT",
-    "EVID",
-    "MDV",
-    "CMT",
-    "RATE",
-    "DUR",
-    "II",
-    "ADDL",
-    "SS",
-    "OCC",
-    "DVID",
-    "CENS",
-    "LIMIT",
-)
-_NUMERIC = (
-    "ID",
-    "TIME",
-    "DV",
-    "AMT",
-    "EVID",
-    "MDV",
-    "CMT",
-    "RATE",
-    "DUR",
-    "II",
-    "ADDL",
-    "SS",
-    "OCC",
-    "CENS",
-    "LIMIT",
-)
+RESERVED_COLUMNS = tuple("ID TIME DV AMT EVID MDV CMT RATE DUR II ADDL SS OCC DVID CENS LIMIT".split())
+# Every data item but DVID must read as a number (DVID may name an output, e.g. "cp").
+_NUMERIC = tuple(c for c in RESERVED_COLUMNS if c != "DVID")
 # Defaults NONMEM applies when an item is absent.
 _DEFAULTS = (
     ("AMT", 0.0),

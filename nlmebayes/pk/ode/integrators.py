@@ -11,18 +11,28 @@ error of the states and of the (log-scaled) sensitivities (:func:`error_norm`):
   MATLAB's ``ode23s``) for stiff systems, with the exact Jacobian of the state + sensitivity
   system (second derivatives of the right-hand side included); it steps to each observation.
 
-The right-hand side arrives as a jitted function argument (``kernel``, or ``rhs`` and ``jac``
-for Rosenbrock): numba specialises these functions for each model's functions. Beyond
-``max_steps`` steps per segment a solve returns NaN, which the sampler rejects (this bounds the
-cost of extreme parameter values met during warm-up). None of this uses fast-math.
+The functions here are templates: :func:`~.solver.make_solver` compiles a copy of each with
+numba for one model, with the model's generated ``kernel`` (or ``rhs`` and ``jac`` for
+Rosenbrock), its sizes and ``max_steps`` bound as compile-time globals (see
+:func:`~.solver.specialise`). Bound as globals, the calls are direct and the sizes are constants, as in a
+closure, and PyTensor can cache the compiled model on disk; jitted functions passed as arguments
+would become function pointers, slower and not cacheable. Beyond ``max_steps`` steps per
+segment a solve returns NaN, which the sampler rejects (this bounds the cost of extreme
+parameter values met during warm-up). None of this uses fast-math.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-__all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to"]
+__all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to", "TEMPLATES"]
+
+# Bound per model by solver.specialise(): the generated right-hand side + sensitivity kernel;
+# for the Rosenbrock method the plain right-hand side and the augmented Jacobian; the number of
+# states and parameters, the flat system's size N = n_states * (1 + n_p), and the step budget.
+kernel = rhs = jac = None
+n_states = n_p = N = max_steps = 0
+
 
 # Dormand-Prince 5(4) tableau, error weights and the CONTD5 dense-output coefficients.
 A21 = 1 / 5
@@ -40,14 +50,12 @@ RB_D = 1.0 / (2.0 + np.sqrt(2.0))
 RB_E32 = 6.0 + np.sqrt(2.0)
 
 
-@numba.njit(cache=False)
-def error_norm(e, z, zn, rtol, atol, scale, n_states, n_p):
+def error_norm(e, z, zn, rtol, atol, scale):
     """RMS of the local error ``e`` of the flat state + sensitivity vector.
 
     Each entry is weighted by ``atol + rtol * |value|``; sensitivities to p_j are scaled by
     ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units).
     """
-    N = n_states * (1 + n_p)
     acc = 0.0
     for i in range(N):
         if i < n_states:
@@ -60,71 +68,23 @@ def error_norm(e, z, zn, rtol, atol, scale, n_states, n_p):
     return np.sqrt(acc / N)
 
 
-@numba.njit(cache=False)
 def record(k, z, A, SA):
     """Write the flat state ``z`` into row ``k`` of the amounts ``A`` and sensitivities ``SA``."""
-    n_states, n_p = SA.shape[1], SA.shape[2]
     for i in range(n_states):
         A[k, i] = z[i]
         for j in range(n_p):
             SA[k, i, j] = z[n_states + i * n_p + j]
 
 
-@numba.njit(cache=False)
-def _dense_output(th, h, z, zn, k1, k3, k4, k5, k6, k7, out):
-    """CONTD5.
-
-    ``y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5)))`` with ``dz = zn - z``, ``b = h
-    k1 - dz``, ``c5 = h sum d_i k_i``.
-    """
-    th1 = 1.0 - th
-    for i in range(z.shape[0]):
-        dz = zn[i] - z[i]
-        b = h * k1[i] - dz
-        c5 = h * (D1 * k1[i] + D3 * k3[i] + D4 * k4[i] + D5 * k5[i] + D6 * k6[i] + D7 * k7[i])
-        out[i] = z[i] + th * (dz + th1 * (b + th * (dz - h * k7[i] - b + th1 * c5)))
-
-
-@numba.njit(cache=False)
-def _dopri5_stages(kernel, z, p, r, h, k1, k2, k3, k4, k5, k6, k7, zt, zn):
-    """One Dormand-Prince step of size h from z (k1 = f(z) given).
-
-    Stages k2..k7, the new state ``zn`` and, in ``zt``, the local error estimate.
-    """
-    N = z.shape[0]
-    for i in range(N):
-        zt[i] = z[i] + h * A21 * k1[i]
-    kernel(zt, p, r, k2)
-    for i in range(N):
-        zt[i] = z[i] + h * (A31 * k1[i] + A32 * k2[i])
-    kernel(zt, p, r, k3)
-    for i in range(N):
-        zt[i] = z[i] + h * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
-    kernel(zt, p, r, k4)
-    for i in range(N):
-        zt[i] = z[i] + h * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
-    kernel(zt, p, r, k5)
-    for i in range(N):
-        zt[i] = z[i] + h * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i] + A65 * k5[i])
-    kernel(zt, p, r, k6)
-    for i in range(N):
-        zn[i] = z[i] + h * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i] + B6 * k6[i])
-    kernel(zn, p, r, k7)
-    for i in range(N):  # the local error estimate, in zt (free until the next step)
-        zt[i] = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i] + E7 * k7[i])
-
-
-@numba.njit(cache=False)
-def dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps):
+def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
     """Dormand-Prince 5(4) from ``t0`` to ``t1`` (a dose or infusion change).
 
-    Allocation-free inside the step loop: the kernel writes into preallocated stage buffers.
-    The pending observations ``q_t`` (sorted, in ``(t0, t1]``) are interpolated, not stepped
-    to, and recorded into A/SA rows ``q_k``. ``counters`` = (steps, rejected, steps of this
+    Allocation-free inside the step loop: the generated kernel writes into preallocated stage
+    buffers. The pending observations ``q_t`` (sorted, in ``(t0, t1]``) are not stepped to but
+    interpolated with the method's continuous extension of order 4 (Hairer, Norsett & Wanner,
+    CONTD5) and recorded into A/SA rows ``q_k``. ``counters`` = (steps, rejected, steps of this
     segment). Returns the state and sensitivities at ``t1`` and the next step size.
     """
-    n_states, n_p = S.shape
-    N = n_states * (1 + n_p)
     t = t0
     z = np.empty(N)
     z[:n_states] = y
@@ -136,12 +96,39 @@ def dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k,
     jq = 0
     while t1 - t > 1e-13 * max(abs(t1), 1.0):
         h = min(h, t1 - t)
-        _dopri5_stages(kernel, z, p, r, h, k1, k2, k3, k4, k5, k6, k7, zt, zn)
-        err = error_norm(zt, z, zn, rtol, atol, scale, n_states, n_p)
+        for i in range(N):
+            zt[i] = z[i] + h * A21 * k1[i]
+        kernel(zt, p, r, k2)
+        for i in range(N):
+            zt[i] = z[i] + h * (A31 * k1[i] + A32 * k2[i])
+        kernel(zt, p, r, k3)
+        for i in range(N):
+            zt[i] = z[i] + h * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
+        kernel(zt, p, r, k4)
+        for i in range(N):
+            zt[i] = z[i] + h * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
+        kernel(zt, p, r, k5)
+        for i in range(N):
+            zt[i] = z[i] + h * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i] + A65 * k5[i])
+        kernel(zt, p, r, k6)
+        for i in range(N):
+            zn[i] = z[i] + h * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i] + B6 * k6[i])
+        kernel(zn, p, r, k7)
+        for i in range(N):  # the local error estimate, in zt (free until the next step)
+            zt[i] = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i] + E7 * k7[i])
+        err = error_norm(zt, z, zn, rtol, atol, scale)
         counters[0] += 1
         if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
             while jq < nq and q_t[jq] <= t + h:
-                _dense_output((q_t[jq] - t) / h, h, z, zn, k1, k3, k4, k5, k6, k7, zt)
+                # y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5))),
+                # dz = zn - z, b = h k1 - dz, c5 = h sum d_i k_i
+                th = (q_t[jq] - t) / h
+                th1 = 1.0 - th
+                for i in range(N):
+                    dz = zn[i] - z[i]
+                    b = h * k1[i] - dz
+                    c5 = h * (D1 * k1[i] + D3 * k3[i] + D4 * k4[i] + D5 * k5[i] + D6 * k6[i] + D7 * k7[i])
+                    zt[i] = z[i] + th * (dz + th1 * (b + th * (dz - h * k7[i] - b + th1 * c5)))
                 record(q_k[jq], zt, A, SA)
                 jq += 1
             t += h
@@ -162,44 +149,41 @@ def dopri5(kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k,
     return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
 
-@numba.njit(cache=False)
-def _augmented(rhs, z, p, r, n_states, n_p):
+def augmented(z, p, r):
     """``(f(y) + r, (df/dy S + df/dp).ravel())`` from ``rhs(y, p) -> (f, df/dy, df/dp)``."""
     y = z[:n_states].copy()
     S = z[n_states:].copy().reshape((n_states, n_p))
     f, Jy, Jp = rhs(y, p)
-    out = np.empty(n_states * (1 + n_p))
+    out = np.empty(N)
     out[:n_states] = f + r
     out[n_states:] = (Jy @ S + Jp).ravel()
     return out
 
 
-@numba.njit(cache=False)
-def rosenbrock23_to(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, max_steps):
+def rosenbrock23_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
     """Integrate from ``t0`` to ``t1`` with the Rosenbrock (2,3) pair of Shampine & Reichelt.
 
-    L-stable, on the state + sensitivity system, with its exact Jacobian ``jac(y, S, p)``.
+    L-stable, on the state + sensitivity system, with its exact Jacobian ``jac(y, S, p)``
+    (second derivatives of the right-hand side included).
     """
-    n_states, n_p = S.shape
-    N = n_states * (1 + n_p)
     t = t0
     z = np.empty(N)
     z[:n_states] = y
     z[n_states:] = S.ravel()
-    F0 = _augmented(rhs, z, p, r, n_states, n_p)
+    F0 = augmented(z, p, r)
     J = jac(y, S.copy(), p)[0]
     eye = np.eye(N)
     while t1 - t > 1e-13 * max(abs(t1), 1.0):
         h = min(h, t1 - t)
         W = np.linalg.inv(eye - h * RB_D * J)
         k1 = W @ F0
-        F1 = _augmented(rhs, z + 0.5 * h * k1, p, r, n_states, n_p)
+        F1 = augmented(z + 0.5 * h * k1, p, r)
         k2 = W @ (F1 - k1) + k1
         zn = z + h * k2
-        F2 = _augmented(rhs, zn, p, r, n_states, n_p)
+        F2 = augmented(zn, p, r)
         k3 = W @ (F2 - RB_E32 * (k2 - F1) - 2.0 * (k1 - F0))
         e = h / 6.0 * (k1 - 2.0 * k2 + k3)
-        err = error_norm(e, z, zn, rtol, atol, scale, n_states, n_p)
+        err = error_norm(e, z, zn, rtol, atol, scale)
         counters[0] += 1
         if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
             t += h
@@ -217,22 +201,21 @@ def rosenbrock23_to(rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters
     return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
 
 
-@numba.njit(cache=False)
-def rosenbrock23(
-    rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
-):
+def rosenbrock23(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
     """Rosenbrock through the pending observations (stepping to each), then to ``t1``."""
     t = t0
     for j in range(nq):
         if q_t[j] > t:
             h = min(h, q_t[j] - t)
-            y, S, h = rosenbrock23_to(
-                rhs, jac, t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters, max_steps
-            )
+            y, S, h = rosenbrock23_to(t, q_t[j], y, S, p, r, rtol, atol, h, scale, counters)
             t = q_t[j]
         A[q_k[j]] = y
         SA[q_k[j]] = S
     if t1 > t:
         h = min(h, t1 - t)
-        y, S, h = rosenbrock23_to(rhs, jac, t, t1, y, S, p, r, rtol, atol, h, scale, counters, max_steps)
+        y, S, h = rosenbrock23_to(t, t1, y, S, p, r, rtol, atol, h, scale, counters)
     return y, S, h
+
+
+#: The integrator templates, in the order they are specialised (callees first).
+TEMPLATES = (error_norm, record, dopri5, augmented, rosenbrock23_to, rosenbrock23)

@@ -124,7 +124,7 @@ def _solver(system, param_names):
         if system.method == "rosenbrock23":
             rhs, jac = system.rhs_function(param_names)
         _SOLVERS[key] = make_solver(
-            system.method, len(system.states), kernel, init, rhs, jac, system.max_steps
+            system.method, len(system.states), len(param_names), kernel, init, rhs, jac, system.max_steps
         )
     return _SOLVERS[key]
 

@@ -1,36 +1,72 @@
-"""The event loop.
+"""The event loop of the ODE solver (numba).
 
-Every reset segment of every subject solved through its doses, infusions and observations, with the
-sensitivity jumps that TLAG and F cause (numba).
+Every reset segment of every subject is solved through its doses, infusions and observations,
+with the sensitivity jumps that TLAG and F cause.
 
 Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
 and F (if the model has them) act on doses into the dose state, F scaling the amount (and the
 infusion's duration, as NONMEM does). Sensitivities jump at doses (F) and at event times that
 move with TLAG and F. Each segment starts from the initial amounts at its first record's time.
+
+Like :mod:`.integrators`, the functions here are templates compiled per model by
+:func:`make_solver` (through :func:`specialise`).
 """
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 
-from nlmebayes.pk.ode.integrators import dopri5, rosenbrock23
+from nlmebayes.pk.ode import integrators
 
-__all__ = ["make_solver", "solve_segments"]
+__all__ = ["make_solver", "specialise", "solve_segments"]
 
 # Event kinds, and their order at equal times: doses before infusion ends before observations.
 _OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END = 0, 1, 2, 3
 
+# Bound per model by specialise() (see make_solver).
+kernel = init = step_to = None
+n_states = n_p = N = 0
 
-def make_solver(method: str, n_states: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000):
-    """The jitted ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
+
+def specialise(templates, bound: dict) -> dict:
+    """Compile numba copies of ``templates`` that share one namespace.
+
+    The namespace holds the templates' module globals (constants), ``bound`` (the model's
+    functions and sizes) and the compiled copies themselves, so that they call each other
+    directly and numba folds the sizes as constants. Returns the namespace.
+
+    Examples
+    --------
+    >>> ns = specialise([integrators.error_norm], {"n_states": 1, "n_p": 1, "N": 2})
+    >>> z = np.ones(2)
+    >>> float(ns["error_norm"](np.zeros(2), z, z, 1e-6, 1e-8, np.ones(1)))
+    0.0
+    """
+    ns: dict = {}
+    for fn in templates:
+        ns.update(fn.__globals__)
+    ns.update(bound)
+    for fn in templates:
+        copy = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)
+        copy.__doc__ = fn.__doc__
+        ns[fn.__name__] = numba.njit(cache=False, fastmath=False)(copy)
+    return ns
+
+
+def make_solver(
+    method: str, n_states: int, n_p: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000
+):
+    """The compiled ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
 
     Parameters
     ----------
     method : {"dopri5", "rosenbrock23"}
         The integrator.
-    n_states : int
-        Number of states.
+    n_states, n_p : int
+        Number of states and of parameters.
     kernel, init : numba functions
         The generated right-hand side + sensitivity kernel and initial amounts (:mod:`.codegen`).
     rhs, jac : numba functions, optional
@@ -41,72 +77,18 @@ def make_solver(method: str, n_states: int, kernel, init, rhs=None, jac=None, ma
     Returns
     -------
     numba function
-        Its arguments are the subjects' parameters ``P`` (n_subjects x n_p), the arrays of
-        :func:`~.schedule.schedule` and the tolerances.
+        :func:`solve_segments` for this system: its arguments are the subjects' parameters
+        ``P`` (n_subjects x n_p), the arrays of :func:`~.schedule.schedule` and the tolerances.
     """
-    if method == "rosenbrock23":
-
-        @numba.njit(cache=False)
-        def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
-            return rosenbrock23(
-                rhs, jac, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
-            )
-    else:
-
-        @numba.njit(cache=False)
-        def step_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
-            return dopri5(
-                kernel, t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA, max_steps
-            )
-
-    @numba.njit(cache=False)
-    def solve(
-        P,
-        obs_t,
-        obs_start,
-        dose_t,
-        dose_amt,
-        dose_rate,
-        dose_state,
-        dose_lagf,
-        dose_start,
-        seg_subject,
-        seg_t0,
-        i_lag,
-        i_f,
-        rtol,
-        atol,
-    ):
-        return solve_segments(
-            step_to,
-            kernel,
-            init,
-            n_states,
-            P,
-            obs_t,
-            obs_start,
-            dose_t,
-            dose_amt,
-            dose_rate,
-            dose_state,
-            dose_lagf,
-            dose_start,
-            seg_subject,
-            seg_t0,
-            i_lag,
-            i_f,
-            rtol,
-            atol,
-        )
-
-    return solve
+    bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=n_p,
+                 N=n_states * (1 + n_p), max_steps=max_steps)  # fmt: skip
+    ns = specialise(integrators.TEMPLATES + TEMPLATES, bound)
+    ns["step_to"] = ns["rosenbrock23" if method == "rosenbrock23" else "dopri5"]
+    return ns["solve_segments"]
 
 
-@numba.njit(cache=False)
-def rate_of(kernel, y, p, r):
+def rate_of(y, p, r):
     """``f(y) + r`` from the generated kernel (sensitivity part unused)."""
-    n_states = y.shape[0]
-    N = n_states * (1 + p.shape[0])
     z = np.zeros(N)
     z[:n_states] = y
     out = np.empty(N)
@@ -114,11 +96,11 @@ def rate_of(kernel, y, p, r):
     return out[:n_states].copy()
 
 
-@numba.njit(cache=False)
-def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f):
-    """A segment's events (time, priority, kind, index) in time order.
+def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f):
+    """A segment's events in time order: times, kinds, indices, the order and the count.
 
-    Each dose (lagged), each infusion's end (its length scaled by F) and each observation.
+    The events are each dose (lagged), each infusion's end (its length scaled by F) and each
+    observation.
     """
     n_ev = (o1 - o0) + 2 * (d1 - d0)
     et = np.empty(n_ev)
@@ -161,17 +143,16 @@ def _segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_
     return et, kind, idx, order, m
 
 
-@numba.njit(cache=False)
-def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
+def apply_dose_event(kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
     """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps.
 
-    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F) makes the
-    sensitivities jump by the change in the right-hand side.
+    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F)
+    makes the sensitivities jump by the change in the right-hand side.
     """
     c = dose_state[k]
     applies = dose_lagf[k]
     F = p[i_f] if (i_f >= 0 and applies) else 1.0
-    f_before = rate_of(kernel, y, p, r)
+    f_before = rate_of(y, p, r)
     if kind == _BOLUS:
         y = y.copy()
         y[c] += F * dose_amt[k]
@@ -186,7 +167,7 @@ def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_a
         r[c] -= dose_rate[k]
         if abs(r[c]) < 1e-12 * dose_rate[k]:
             r[c] = 0.0
-    f_after = rate_of(kernel, y, p, r)
+    f_after = rate_of(y, p, r)
     jump = f_before - f_after
     if i_lag >= 0 and applies:
         S = S.copy()
@@ -197,42 +178,19 @@ def _apply_dose_event(kernel, kind, k, y, S, p, r, dose_state, dose_lagf, dose_a
     return y, S, r
 
 
-@numba.njit(cache=False)
-def solve_segments(
-    step_to,
-    kernel,
-    init,
-    n_states,
-    P,
-    obs_t,
-    obs_start,
-    dose_t,
-    dose_amt,
-    dose_rate,
-    dose_state,
-    dose_lagf,
-    dose_start,
-    seg_subject,
-    seg_t0,
-    i_lag,
-    i_f,
-    rtol,
-    atol,
-):
+def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
+                   seg_subject, seg_t0, i_lag, i_f, rtol, atol):  # fmt: skip
     """Solve every segment: amounts and sensitivities at the observations, and step counters.
 
     Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
-    rejected, steps of the last segment).
+    rejected, steps of the last segment). Each reset segment (a subject's records up to a reset,
+    EVID 3/4) starts from the initial amounts at its first record's time, with its subject's
+    parameters. Observations wait in a queue until the next dose (or the end) is integrated to,
+    so that the integrator can interpolate them.
 
-    Each reset segment (a subject's records up to a reset, EVID 3/4) starts from the initial
-    amounts at its first record's time, with its subject's parameters. Observations wait in a
-    queue until the next dose (or the end) is integrated to, so that the integrator can
-    interpolate them.
-
-    One numba loop over segments and events, kept whole (about 75 lines of code): split further
-    it would pass the same 20 arrays to a function per event.
+    One numba loop over segments and events, kept whole (about 60 lines of code): split further
+    it would pass the same arrays to a function per event.
     """
-    n_p = P.shape[1]
     n_obs = obs_t.shape[0]
     A = np.zeros((n_obs, n_states))
     SA = np.zeros((n_obs, n_states, n_p))
@@ -254,7 +212,7 @@ def solve_segments(
         for i in range(n_states):
             amax = max(amax, abs(y[i]))
         a_tol = atol * amax
-        et, kind, idx, order, m = _segment_events(
+        et, kind, idx, order, m = segment_events(
             p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f
         )
         r = np.zeros(n_states)
@@ -282,8 +240,8 @@ def solve_segments(
                 y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
                 nq = 0
                 t = te
-            y, S, r = _apply_dose_event(
-                kernel, kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
+            y, S, r = apply_dose_event(
+                kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
             )
             h = 1e-3 * max(1.0, abs(t))
         if nq:
@@ -291,3 +249,7 @@ def solve_segments(
                 h = q_t[nq - 1] - t
             step_to(t, q_t[nq - 1], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
     return A, SA, counters
+
+
+#: The event-loop templates, in the order they are specialised (callees first).
+TEMPLATES = (rate_of, segment_events, apply_dose_event, solve_segments)
