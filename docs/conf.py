@@ -42,16 +42,33 @@ def _model_page(path: Path) -> str:
     spec = tomllib.loads(path.read_text())
     structural = spec["structural"]
     structural = structural if isinstance(structural, str) else f"ODE `{structural.get('name', '')}`"
-    lines = [f"# {path.stem}", "", spec.get("description", "").strip(), "",
-             f"- structural model: {structural}",
-             f"- parameters (initial typical values): "
-             + ", ".join(f"{k} = {v['initial'] if isinstance(v, dict) else v}"
-                         for k, v in spec.get("parameters", {}).items()),
-             f"- IIV on: {', '.join(p for b in spec.get('iiv', []) for p in b['parameters']) or 'none'}",
-             "", "Fit it with:", "", "```python",
-             "from nlmebayes import ModelSpec, fit",
-             f'spec = ModelSpec.from_toml("models/{path.name}")',
-             "```", "", "The model file:", "", "```toml", path.read_text().rstrip(), "```", ""]
+    lines = [
+        f"# {path.stem}",
+        "",
+        spec.get("description", "").strip(),
+        "",
+        f"- structural model: {structural}",
+        "- parameters (initial typical values): "
+        + ", ".join(
+            f"{k} = {v['initial'] if isinstance(v, dict) else v}"
+            for k, v in spec.get("parameters", {}).items()
+        ),
+        f"- IIV on: {', '.join(p for b in spec.get('iiv', []) for p in b['parameters']) or 'none'}",
+        "",
+        "Fit it with:",
+        "",
+        "```python",
+        "from nlmebayes import ModelSpec, fit",
+        f'spec = ModelSpec.from_toml("models/{path.name}")',
+        "```",
+        "",
+        "The model file:",
+        "",
+        "```toml",
+        path.read_text().rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -64,9 +81,19 @@ def _write_model_pages(app) -> None:
         if not target.exists() or target.read_text() != text:
             target.write_text(text)
         names.append(path.stem)
-    index = ["# Ready models", "",
-             "Each model in the repository's `models/` folder is fitted in the tests. Pages are "
-             "generated from the TOML files.", "", "```{toctree}", ":maxdepth: 1", "", *names, "```", ""]
+    index = [
+        "# Ready models",
+        "",
+        "Each model in the repository's `models/` folder is fitted in the tests. Pages are "
+        "generated from the TOML files.",
+        "",
+        "```{toctree}",
+        ":maxdepth: 1",
+        "",
+        *names,
+        "```",
+        "",
+    ]
     (out / "index.md").write_text("\n".join(index))
 
 
