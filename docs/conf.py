@@ -4,6 +4,7 @@ generated from its TOML at build time so that it cannot drift from the file."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -42,10 +43,12 @@ def _model_page(path: Path) -> str:
     spec = tomllib.loads(path.read_text())
     structural = spec["structural"]
     structural = structural if isinstance(structural, str) else f"ODE `{structural.get('name', '')}`"
+    # descriptions are plain text: escape what Markdown would read as emphasis or code
+    description = re.sub(r"([*_`])", r"\\\1", spec.get("description", "").strip())
     lines = [
         f"# {path.stem}",
         "",
-        spec.get("description", "").strip(),
+        description,
         "",
         f"- structural model: {structural}",
         "- parameters (initial typical values): "
