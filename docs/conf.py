@@ -77,6 +77,7 @@ def _model_page(path: Path) -> str:
 
 def _write_model_pages(app) -> None:
     out = Path(app.srcdir) / "models"
+    out.mkdir(exist_ok=True)  # generated, not tracked: absent in a fresh clone
     names = []
     for path in sorted((ROOT / "models").glob("*.toml")):
         target = out / f"{path.stem}.md"
