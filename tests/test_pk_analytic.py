@@ -324,3 +324,56 @@ def test_unknown_compartment_is_named():
     df = pd.DataFrame(dict(ID=1, TIME=[0, 1], AMT=[100, 0], CMT=[3, 1], DV=[0, 1]))
     with pytest.raises(DataError, match=r"row 1, column CMT: unknown dose compartment CMT=3"):
         get_model("1cpt_iv").concentration(read_nonmem(df), dict(CL=1.0, V=10.0))
+
+
+def _constant_infusion(ii=12.0, cmt=0, bolus=0.0):
+    """SS=1, AMT=0, RATE=10 (a constant-rate infusion at steady state), then observations."""
+    return read_nonmem(
+        pd.DataFrame(
+            dict(
+                ID=1,
+                TIME=[0.0, 0.0, 1.0, 5.0, 48.0],
+                AMT=[0.0, bolus, 0, 0, 0],
+                RATE=[10.0, 0, 0, 0, 0],
+                SS=[1, 0, 0, 0, 0],
+                II=[ii, 0, 0, 0, 0],
+                CMT=[cmt, cmt, 0, 0, 0],
+                EVID=[1, 1 if bolus else 2, 0, 0, 0],
+                DV=[np.nan, np.nan, 1.0, 1.0, 1.0],
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("ii", [12.0, 0.0], ids=["II=12", "II=0"])
+def test_constant_rate_steady_state_infusion(ii):
+    """SS=1 with AMT=0 and RATE>0 is an infusion that has run forever: the concentration is
+    RATE * F / CL at every time after the record, whatever the compartments or the input route
+    (it used to predict 0). Closed forms; rtol 1e-12 is rounding (1e-10 for 2-cpt, whose
+    exponents come from a quadratic's roots)."""
+    c = get_model("1cpt_iv").concentration(_constant_infusion(ii), dict(CL=1.0, V=10.0)).eval()
+    np.testing.assert_allclose(c, [10.0, 10.0, 10.0], rtol=1e-12)
+    # into the depot (CMT 1) of an oral model, with bioavailability scaling the rate
+    oral = get_model("1cpt_oral").concentration(
+        _constant_infusion(ii, cmt=1), dict(CL=2.0, V=10.0, KA=1.3, F=0.5)
+    )
+    np.testing.assert_allclose(oral.eval(), [2.5, 2.5, 2.5], rtol=1e-12)
+    two = get_model("2cpt_iv").concentration(_constant_infusion(ii), dict(CL=2.0, V=10.0, Q=3.0, V2=40.0))
+    np.testing.assert_allclose(two.eval(), [5.0, 5.0, 5.0], rtol=1e-10)
+
+
+def test_constant_infusion_superposes_and_differentiates():
+    """A bolus on top of the steady state adds its own decay; d Css / d CL = -RATE / CL^2."""
+    c = get_model("1cpt_iv").concentration(_constant_infusion(bolus=100.0), dict(CL=1.0, V=10.0)).eval()
+    t = np.array([1.0, 5.0, 48.0])
+    np.testing.assert_allclose(c, 10.0 + 10.0 * np.exp(-0.1 * t), rtol=1e-12)
+    cl = pt.dscalar("cl")
+    css = get_model("1cpt_iv").concentration(_constant_infusion(), dict(CL=cl, V=10.0))[0]
+    grad = pytensor.function([cl], pytensor.grad(css, cl), mode=MODE)(2.0)
+    np.testing.assert_allclose(grad, -10.0 / 4.0, rtol=1e-12)
+
+
+def test_constant_infusion_is_rejected_by_the_ode_path():
+    """The ODE path does not compute steady states yet: it says so, naming the row."""
+    with pytest.raises(DataError, match="row 1.*column SS.*steady-state"):
+        get_model("1cpt_iv_ode").check(_constant_infusion())

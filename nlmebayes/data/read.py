@@ -370,7 +370,11 @@ def _check_censoring(rec: _Records, evid, is_obs) -> None:
 
 def _check_steady_state_and_addl(rec: _Records, is_dose) -> None:
     ss, ii, addl = rec.col("SS"), rec.col("II"), rec.col("ADDL")
-    rec.fail_first(is_dose & (ss > 0) & (ii <= 0), "II", "a steady-state dose (SS 1 or 2) needs II > 0")
+    # A constant-rate infusion at steady state (SS=1, AMT=0, RATE>0) has no dosing interval.
+    constant = (ss == 1) & (rec.col("AMT") == 0) & (rec.col("RATE") > 0)
+    rec.fail_first(
+        is_dose & (ss > 0) & (ii <= 0) & ~constant, "II", "a steady-state dose (SS 1 or 2) needs II > 0"
+    )
     rec.fail_first(is_dose & (addl > 0) & (ii <= 0), "II", "ADDL > 0 needs II > 0")
     if is_dose.any():
         off = ~is_dose & ((ss > 0) | (addl > 0))

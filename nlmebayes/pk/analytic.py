@@ -177,13 +177,13 @@ def _pair_amounts(pairs: dict, lam, coef, ka):
     doses into the depot) in one vectorised expression.
     """
     x, D, R, F, amt, tau = (pairs[k] for k in ("x", "D", "R", "F", "amt", "tau"))
-    into_depot, infusion, ss = pairs["into_depot"], pairs["infusion"], pairs["ss"]
+    into_depot, infusion, ss, constant = (pairs[k] for k in ("into_depot", "infusion", "ss", "constant"))
     n = len(amt)
     contrib = pt.zeros(n)
     for depot in (False, True):
         for inf in (False, True):
             for is_ss in (False, True):
-                sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss))
+                sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss) & ~constant)
                 if not len(sel):
                     continue
                 u = _INPUTS[(inf, is_ss)]
@@ -203,6 +203,14 @@ def _pair_amounts(pairs: dict, lam, coef, ka):
                 amount = pt.sum(coef[sel] * resp, axis=-1)
                 scale = R[sel] if inf else F[sel] * amt[sel]
                 contrib = scale * amount if len(sel) == n else pt.set_subtensor(contrib[sel], scale * amount)
+    if constant.any():
+        # A constant-rate infusion at steady state (SS=1, AMT=0, RATE>0) has run forever and
+        # keeps running: the central amount is rate * sum_m c_m / lambda_m, from the central
+        # compartment or through the depot alike (at steady state the depot passes on all it
+        # receives). F scales the rate.
+        sel = np.flatnonzero(constant)
+        amount = pt.sum(coef[sel] / lam[sel], axis=-1)
+        contrib = pt.set_subtensor(contrib[sel], F[sel] * R[sel] * amount)
     return contrib
 
 
@@ -348,6 +356,7 @@ class Compartmental:
         else:
             x, started = x_raw, None
         return dict(
+            constant=ss & (amt == 0) & (rate > 0),
             x=x,
             started=started,
             D=D,
