@@ -173,6 +173,7 @@ def _sample(
             )
         with bare:
             return pm.sample(
+                nuts_sampler="pymc",  # PyMC >= 6 would pick nutpie when it is installed
                 draws=draws,
                 tune=tune,
                 chains=chains,
