@@ -24,6 +24,7 @@ from nlmebayes import (
     read_nonmem,
 )
 from nlmebayes.simulation import simulate
+from tests.calibration import assert_calibrated_coverage, assert_converged
 from tests.test_spec import MODELS
 
 pytestmark = pytest.mark.sampling
@@ -166,7 +167,9 @@ def test_warfarin_model_fits_and_agrees_with_nonmem_saem():
 
 def test_parameter_recovery_block_omega_and_covariate():
     """50 simulated subjects, weight on CL (estimated exponent), block Omega on CL/V, IIV on KA,
-    combined error. Every population parameter's 90% interval must contain the truth."""
+    combined error. Calibrated coverage: at most 3 of the 10 truths outside their 90% intervals and
+    none outside 99.5% (P = 0.941 for a calibrated fit), after the chains are checked to agree.
+    (Asking all 10 inside held for ~0.9^10 = 35% of data sets.)"""
     rng = np.random.default_rng(11)
     times = [0.5, 1, 2, 4, 8, 12, 24]
     rows = []
@@ -206,14 +209,8 @@ def test_parameter_recovery_block_omega_and_covariate():
         sigma={"add": 0.05, "prop": 0.12},
         seed=6,
     )
-    # The truth must be what the data carry: the realised standardised residuals have SD within
-    # 3 standard errors of 1 (seed 5 gave 0.90, 2.7 SE low, and its sigma_prop interval sat
-    # below 0.12 as it should for such data, so it is not a fair recovery set).
-    ipred = sim.records.attrs["ipred"]
-    r = (sim.obs_dv - ipred) / np.sqrt(0.05**2 + (0.12 * ipred) ** 2)
-    assert abs(r.std() - 1) < 3 / np.sqrt(2 * len(r))
-    res = fit(spec, sim, seed=12, **SETTINGS)
-    tab = res.parameter_table(ci=0.90).set_index("parameter")
+    res = fit(spec, sim, seed=12, draws=500, tune=500, chains=4)  # 4 chains: R-hat needs them
+    assert_converged(res)
     names = {
         "CL": "CL",
         "V": "V",
@@ -226,12 +223,7 @@ def test_parameter_recovery_block_omega_and_covariate():
         "omega_KA": "omega(KA)",
         "corr": "corr(CL,V)",
     }
-    missed = {
-        k: (truth[k], tab.loc[v, "lower"], tab.loc[v, "upper"])
-        for k, v in names.items()
-        if not tab.loc[v, "lower"] < truth[k] < tab.loc[v, "upper"]
-    }
-    assert not missed, missed
+    assert_calibrated_coverage(res, {v: truth[k] for k, v in names.items()}, k=3)
 
 
 def test_map_is_a_quick_look_near_the_posterior(theo_fit):
