@@ -13,18 +13,13 @@ import pandas as pd
 import pytest
 
 from nlmebayes import (
-    IIV,
-    Covariate,
     FitResult,
     ModelSpec,
-    ResidualError,
     datasets,
     fit,
     map_estimate,
-    read_nonmem,
 )
-from nlmebayes.simulation import simulate
-from tests.calibration import assert_calibrated_coverage, assert_converged
+from tests.calibration import assert_calibrated_coverage, assert_converged, block_omega_recovery_case
 from tests.test_spec import MODELS
 
 pytestmark = pytest.mark.sampling
@@ -170,60 +165,10 @@ def test_parameter_recovery_block_omega_and_covariate():
     combined error. Calibrated coverage: at most 3 of the 10 truths outside their 90% intervals and
     none outside 99.5% (P = 0.941 for a calibrated fit), after the chains are checked to agree.
     (Asking all 10 inside held for ~0.9^10 = 35% of data sets.)"""
-    rng = np.random.default_rng(11)
-    times = [0.5, 1, 2, 4, 8, 12, 24]
-    rows = []
-    for i in range(1, 51):
-        wt = float(np.round(rng.lognormal(np.log(70), 0.2), 1))
-        rows.append(dict(ID=i, TIME=0.0, AMT=100.0, DV=0.0, WT=wt))
-        rows += [dict(ID=i, TIME=t, AMT=0.0, DV=1.0, WT=wt) for t in times]
-    design = read_nonmem(pd.DataFrame(rows))
-    spec = ModelSpec(
-        name="recovery",
-        structural="1cpt_oral",
-        parameters={"CL": 3.0, "V": 30.0, "KA": 1.0},
-        covariates=[Covariate("CL", "WT", "power", reference=70, theta=0.5)],
-        iiv=[IIV(["CL", "V"], sd=[0.3, 0.2], block=True), IIV(["KA"], sd=[0.4])],
-        error=ResidualError("combined", add=0.05, prop=0.1),
-    )
-    sd = np.array([0.3, 0.2, 0.4])
-    corr = np.array([[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]])
-    truth = dict(
-        CL=4.0,
-        V=40.0,
-        KA=1.5,
-        theta_CL_WT=0.75,
-        sigma_add=0.05,
-        sigma_prop=0.12,
-        omega_CL=0.3,
-        omega_V=0.2,
-        omega_KA=0.4,
-        corr=0.5,
-    )
-    sim = simulate(
-        spec,
-        design,
-        typical=dict(CL=4.0, V=40.0, KA=1.5),
-        omega=np.outer(sd, sd) * corr,
-        thetas={"theta_CL_WT": 0.75},
-        sigma={"add": 0.05, "prop": 0.12},
-        seed=6,
-    )
+    spec, sim, truth = block_omega_recovery_case(sim_seed=6)
     res = fit(spec, sim, seed=12, draws=500, tune=500, chains=4)  # 4 chains: R-hat needs them
     assert_converged(res)
-    names = {
-        "CL": "CL",
-        "V": "V",
-        "KA": "KA",
-        "theta_CL_WT": "theta_CL_WT",
-        "sigma_add": "sigma_add",
-        "sigma_prop": "sigma_prop",
-        "omega_CL": "omega(CL)",
-        "omega_V": "omega(V)",
-        "omega_KA": "omega(KA)",
-        "corr": "corr(CL,V)",
-    }
-    assert_calibrated_coverage(res, {v: truth[k] for k, v in names.items()}, k=3)
+    assert_calibrated_coverage(res, truth, k=3)
 
 
 def test_map_is_a_quick_look_near_the_posterior(theo_fit):

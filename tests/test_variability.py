@@ -18,7 +18,7 @@ from nlmebayes import IIV, IOV, Level, ModelSpec, ResidualError, build_model, fi
 from nlmebayes.diagnostics.identifiability import design_warnings, flip_flop_warning
 from nlmebayes.report import variance_decomposition
 from nlmebayes.simulation import simulate
-from tests.calibration import assert_calibrated_coverage, assert_converged
+from tests.calibration import assert_calibrated_coverage, assert_converged, iov_case
 
 SETTINGS = dict(draws=500, tune=500, chains=2)
 
@@ -47,35 +47,12 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
 
     The former "fair set" filter on the drawn etas (a justification after the fact, issue 20) is
     gone: the coverage assertion is calibrated and the chains are checked to agree."""
-    rows = []
-    for i in range(1, 41):
-        for occ in (1, 2, 3):
-            t0 = 200.0 * (occ - 1)  # half-life ~7 h: nothing carries over
-            rows.append(dict(ID=i, TIME=t0, AMT=100.0, DV=0.0, OCC=occ))
-            rows += [dict(ID=i, TIME=t0 + t, AMT=0.0, DV=1.0, OCC=occ) for t in (0.5, 2, 6, 12)]
-    design = read_nonmem(pd.DataFrame(rows))
-    spec = ModelSpec(
-        name="iov",
-        structural="1cpt_iv",
-        parameters={"CL": 2.0, "V": 20.0},
-        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
-        iov=IOV(["CL", "V"], sd=[0.15, 0.1]),
-        error=ResidualError("proportional", prop=0.1),
-    )
-    sim = simulate(
-        spec,
-        design,
-        typical={"CL": 2.0, "V": 20.0},
-        omega=np.diag([0.09, 0.04]),
-        pi={"CL": 0.2, "V": 0.15},
-        sigma={"prop": 0.08},
-        seed=2,
-    )
+    spec, sim, truth = iov_case(sim_seed=2)
     res = fit(spec, sim, seed=2, **SETTINGS)
     assert_converged(res)
     # Calibrated: at most 1 of the 4 variance truths outside its 90% interval, none outside 99.5%
     # (P = 0.933 for a calibrated fit; asking all 4 inside held for 0.9^4 = 66%).
-    assert_calibrated_coverage(res, {"omega(CL)": 0.3, "omega(V)": 0.2, "pi(CL)": 0.2, "pi(V)": 0.15}, k=1)
+    assert_calibrated_coverage(res, truth, k=1)
     tab = res.parameter_table(ci=0.90).set_index("parameter")
     vd = variance_decomposition(res).set_index("parameter")
     # true between-occasion fraction of CL's random variance: 0.04 / (0.04 + 0.09) = 0.31
