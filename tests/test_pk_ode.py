@@ -334,3 +334,36 @@ def test_ode_rejects_what_it_cannot_do_yet():
     df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0], AMT=[100.0, 0], DV=[0.0, 1.0], SS=[1, 0], II=[12.0, 0.0]))
     with pytest.raises(DataError, match="steady-state"):
         get_model("1cpt_iv_ode").check(read_nonmem(df))
+
+
+_DECAY = ODE(name="decay", states=["x"], rhs={"x": "-K * x"}, observe="x", initial={"x": "A0"})
+
+
+def _decay_records() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            dict(ID=1, TIME=0.0, AMT=0.0, EVID=2),
+            dict(ID=1, TIME=1.0, AMT=0.0, EVID=0),
+            dict(ID=1, TIME=1.5, AMT=30.0, EVID=1),
+            dict(ID=1, TIME=2.0, AMT=0.0, EVID=0),
+            dict(ID=1, TIME=5.0, AMT=0.0, EVID=3),  # reset: back to x = A0, the dose forgotten
+            dict(ID=1, TIME=6.0, AMT=0.0, EVID=0),
+        ]
+    ).assign(DV=lambda d: np.where(d["EVID"] == 0, 1.0, np.nan))
+
+
+@pytest.mark.slow
+def test_reset_returns_to_nonzero_initial_amounts_and_step_budget():
+    """A reset restarts from the initial amounts (here x = A0, not 0), against the closed form
+    to 1e-6; and a solve that needs more than ``max_steps`` steps returns NaN (rejected by the
+    sampler) instead of running on (issue 20, item 6)."""
+    data = read_nonmem(_decay_records())
+    k, a0 = 0.3, 50.0
+    params = {"K": pt.as_tensor([k]), "A0": pt.as_tensor([a0])}
+    c = get_model(dataclasses.replace(_DECAY, rtol=1e-10, atol=1e-12)).concentration(data, params).eval()
+    expected = [a0 * np.exp(-k), a0 * np.exp(-2 * k) + 30.0 * np.exp(-0.5 * k), a0 * np.exp(-k)]
+    np.testing.assert_allclose(c, expected, rtol=1e-6)
+    # rtol 1e-12 over these intervals takes dozens of steps; a budget of 3 cannot finish
+    tight = dataclasses.replace(_DECAY, name="decay_budget", rtol=1e-12, atol=1e-14, max_steps=3)
+    c = get_model(tight).concentration(data, params).eval()
+    assert np.isnan(c).all(), c
