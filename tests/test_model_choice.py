@@ -16,6 +16,7 @@ from nlmebayes.diagnostics.comparison import compare
 from nlmebayes.diagnostics.loo import dic, loo, waic
 from nlmebayes.diagnostics.shrinkage import shrinkage_table, subject_shrinkage
 from nlmebayes.simulation import simulate
+from tests.calibration import assert_converged
 from tests.test_spec import MODELS
 
 pytestmark = pytest.mark.sampling
@@ -60,13 +61,19 @@ def test_theophylline_iiv_on_v_comparison(theo_pair):
 
 
 def test_pheno_apgr_comparison(pheno_pair):
+    # Both fits converged first: a fit with disagreeing chains once passed this test with its
+    # AIC 63 off (issue 20).
+    for res in pheno_pair:
+        assert_converged(res)
     t = compare(pheno_pair)
-    # NONMEM: removing THETA3 raises the OFV by ~4 (z ~ 1.9), so AIC prefers APGR by ~2. The
-    # marginal LOO judges the same population model and agrees (by ~1.3 elpd here, stable to
-    # 0.05 over importance-sampling seeds). The conditional LOO need not: the etas on V absorb
-    # what APGR explains (see nlmebayes.comparison).
+    # NONMEM: removing THETA3 raises the OFV by ~4 (z ~ 1.9), so AIC prefers APGR by ~2.
     assert t["AIC"].idxmin() == "pheno_1cpt_iv"
-    assert _signs_agree(t)
+    # The marginal LOO difference (about 1 elpd) is within 2 SE of zero: the sign is not
+    # asserted, as the package's own verdict calls the two indistinguishable on it. The
+    # conditional LOO need not agree either: the etas on V absorb what APGR explains.
+    d = t["d_elpd_loo_marginal"].min()
+    se = t.loc[t["d_elpd_loo_marginal"].idxmin(), "d_se_marginal"]
+    assert abs(d) < 2 * se, (d, se)
     assert {"elpd_loo_subject", "waic", "BIC", "d_BIC", "weight", "max_pareto_k_marginal"} <= set(t)
 
 
