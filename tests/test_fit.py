@@ -39,6 +39,7 @@ def theo_fit():
 
 
 def test_theophylline_matches_nlmixr2(theo_fit):
+    assert_converged(theo_fit)
     """nlmixr2 FOCEi (SOURCE.md B): tka 0.466, tcl 1.012, tv 3.460, add.sd 0.695;
     BSV CV% 70 / 26.8 / 13.9. FOCEi is a mode, we report medians: ask for 1 posterior SD."""
     post = theo_fit.posterior
@@ -128,6 +129,7 @@ def test_pheno_matches_nonmem():
     NONMEM SE each) and the 90% intervals of omegas and sigma to contain NONMEM's values."""
     spec = ModelSpec.from_toml(MODEL_DIR / "pheno_1cpt_iv.toml")
     res = fit(spec, datasets.pheno(), seed=7, **SETTINGS)
+    assert_converged(res)
     post = res.posterior
     assert abs(np.median(post["CL_pop"]) / 4.69555e-3 - 1) < 0.10
     assert abs(np.median(post["V_pop"]) / 0.984258 - 1) < 0.05

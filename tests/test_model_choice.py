@@ -47,6 +47,11 @@ def _signs_agree(table):
 
 
 def test_theophylline_iiv_on_v_comparison(theo_pair):
+    # KA mixes slowly (bulk ESS ~85 per 1000 draws: absorption models, issue 13); ESS 50 still
+    # puts the Monte Carlo error of KA's posterior median below 15% of its posterior SD, ample
+    # for criteria ~10 OFV points apart. R-hat and divergences are checked as everywhere.
+    for res in theo_pair:
+        assert_converged(res, ess_min=50)
     t = compare(theo_pair)
     # Dropping IIV on V costs ~13 OFV points; every criterion must prefer the full model.
     assert t.index[0] == "theophylline_1cpt_oral"
@@ -128,6 +133,7 @@ def test_sparse_subjects_shrink_more():
         spec, design, typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.09, 0.09]), sigma={"prop": 0.1}, seed=3
     )
     res = fit(spec, sim, draws=400, tune=400, chains=2, seed=4)
+    assert_converged(res)
     sh = subject_shrinkage(res.posterior).sel(iiv="CL").values
     is_sparse = np.arange(24) >= 12
     # One sample cannot separate CL from V: the posterior of a sparse subject's eta stays near the

@@ -87,6 +87,8 @@ def test_study_level_variance_recovered():
         seed=5,
     )
     res = fit(spec, sim, seed=6, target_accept=0.9, **SETTINGS)
+    # Not asserted converged: at these settings bulk ESS of CL is ~48 per 1000 draws (R-hat
+    # 1.02), below assert_converged's 100; the non-centred etas mix slowly here (issue 13).
     tab = res.parameter_table(ci=0.90).set_index("parameter")
     # Ten groups carry little information on an SD: the interval is wide, it must hold the truth.
     _covers(tab, {"sd_STUDY(CL)": 0.4, "CL": 2.0})
@@ -118,6 +120,8 @@ def test_blq_m3_recovers_what_discarding_biases():
     data = read_nonmem(df)
     m3 = fit(spec, data, seed=2, **SETTINGS)
     m1 = fit(dataclasses.replace(spec, observations={"blq": "M1"}), data, seed=2, **SETTINGS)
+    assert_converged(m3)
+    assert_converged(m1)
     assert m1.data.n_obs == data.n_obs - int(blq.sum())  # discarded and reported
     assert (m1.data.excluded["reason"].str.contains("M1")).sum() == int(blq.sum())
     t3 = m3.parameter_table(ci=0.90).set_index("parameter")
@@ -192,6 +196,7 @@ def test_flip_flop_warning_and_guard():
         spec, flip_flop_guard=True, parameters={"CL": 5.0, "V": 20.0, "KA": 0.1}
     )
     guarded = fit(guarded_spec, sim, seed=4, diagnostics=False, **SETTINGS)
+    assert_converged(guarded)  # the unguarded fit is meant to split; the guarded one must not
     assert flip_flop_warning(guarded.posterior, guarded_spec) is None
     assert "flip-flop" not in guarded.report()
     assert int(guarded.idata["sample_stats"]["diverging"].sum()) == 0
@@ -224,6 +229,7 @@ def test_student_t_residuals_resist_outliers():
     )
     rn = fit(spec, data, seed=9, diagnostics=False, **SETTINGS)
     rt = fit(robust, data, seed=9, **SETTINGS)
+    # Not asserted converged: CL's bulk ESS is ~89 per 1000 draws here, below 100 (issue 13).
     sn = rn.parameter_table().set_index("parameter").loc["sigma_prop", "median"]
     tt = rt.parameter_table(ci=0.90).set_index("parameter")
     # Normal: sigma inflated by half (0.155 here). Student-t: nu small (2.8 here) and the scale
