@@ -312,8 +312,8 @@ def _check_dose_and_observation_rows(rec: _Records, evid, is_dose, is_obs) -> No
     Doses: positive amount (or an SS=1 infusion with AMT 0), nothing observed on the row;
     observations: a DV.
     """
-    amt, dv, ss, rate = rec.col("AMT"), rec.col("DV"), rec.col("SS"), rec.col("RATE")
-    no_amt = is_dose & (amt <= 0) & ~((ss == 1) & (rate > 0))
+    amt, dv = rec.col("AMT"), rec.col("DV")
+    no_amt = is_dose & (amt <= 0) & ~_constant_infusion(rec)
     rec.fail_first(no_amt, "AMT", lambda i: f"a dose record (EVID {evid[i]:g}) needs AMT > 0")
     rec.fail_first(
         ~is_dose & (amt > 0),
@@ -368,12 +368,21 @@ def _check_censoring(rec: _Records, evid, is_obs) -> None:
         rec.fail_first(wrong, "LIMIT", msg)
 
 
+def _constant_infusion(rec: _Records) -> np.ndarray:
+    """Records of a constant-rate infusion at steady state: SS=1, AMT=0, RATE>0.
+
+    NONMEM's form: no amount, no dosing interval; the infusion has run forever and keeps running.
+    """
+    return (rec.col("SS") == 1) & (rec.col("AMT") == 0) & (rec.col("RATE") > 0)
+
+
 def _check_steady_state_and_addl(rec: _Records, is_dose) -> None:
     ss, ii, addl = rec.col("SS"), rec.col("II"), rec.col("ADDL")
-    # A constant-rate infusion at steady state (SS=1, AMT=0, RATE>0) has no dosing interval.
-    constant = (ss == 1) & (rec.col("AMT") == 0) & (rec.col("RATE") > 0)
+    # a constant-rate infusion at steady state has no dosing interval
     rec.fail_first(
-        is_dose & (ss > 0) & (ii <= 0) & ~constant, "II", "a steady-state dose (SS 1 or 2) needs II > 0"
+        is_dose & (ss > 0) & (ii <= 0) & ~_constant_infusion(rec),
+        "II",
+        "a steady-state dose (SS 1 or 2) needs II > 0",
     )
     rec.fail_first(is_dose & (addl > 0) & (ii <= 0), "II", "ADDL > 0 needs II > 0")
     if is_dose.any():

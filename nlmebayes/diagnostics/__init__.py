@@ -10,31 +10,6 @@ Names are loaded on first use, so that e.g. the shrinkage functions do not impor
 
 import importlib
 
-__all__ = [
-    "PopulationValues",
-    "Marginal",
-    "ConditionalModel",
-    "marginal_likelihood",
-    "marginal_loglik_draws",
-    "n_parameters",
-    "omega_draws",
-    "add_marginal",
-    "residuals",
-    "eta_shrinkage",
-    "epsilon_shrinkage",
-    "pooling_factor",
-    "subject_shrinkage",
-    "shrinkage_table",
-    "log_likelihood",
-    "loo",
-    "waic",
-    "dic",
-    "compare",
-    "design_warnings",
-    "flip_flop_warning",
-    "sampler_diagnostics",
-]
-
 _WHERE = {
     "PopulationValues": "population",
     "n_parameters": "population",
@@ -59,6 +34,7 @@ _WHERE = {
     "flip_flop_warning": "identifiability",
     "sampler_diagnostics": "convergence",
 }
+__all__ = list(_WHERE)
 
 
 def __getattr__(name):

@@ -73,10 +73,6 @@ class BuiltModel:
     dose_index: np.ndarray | None = None
     categorical_levels: dict = field(default_factory=dict)
 
-    def __getitem__(self, name: str):
-        """The model's variable ``name`` (``built["DV"]`` for ``built.model["DV"]``)."""
-        return self.model[name]
-
 
 def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True) -> BuiltModel:
     """Build the PyMC model of ``spec`` for ``data``.
@@ -123,27 +119,29 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
     def det(name, var, dims=None):
         return pm.Deterministic(name, var, dims=dims) if deterministics else var
 
-    built = BuiltModel(
-        model=None,
-        data=data,
-        subjects=list(coords["subject"]),  # type: ignore[arg-type]
-        categorical_levels=cat_levels,
-    )
+    # which (subject, occasion) row of the parameters each dose uses: data only, known up front
+    occ_subject, dose_index = occasions(spec, data) if spec.iov else ([], None)
     with pm.Model(coords=coords, name="") as model:
         tv = _typical_values(spec, det)
         tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
         _levels(spec, data, model, tv_i, det)
         params = _inter_individual(spec, model, tv_i, det, deterministics)
         if spec.iov:
-            params = _inter_occasion(spec, data, model, params, det, built)
+            params = _inter_occasion(spec, data, model, params, det, occ_subject)
         if spec.flip_flop_guard:
             k_el = params["K"] if "K" in params else params["CL"] / params["V"]
             params["KA"] = k_el + params["KA"]
             det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
-        ipred = det("ipred", struct.concentration(data, params, index=built.dose_index), dims="obs")
+        ipred = det("ipred", struct.concentration(data, params, index=dose_index), dims="obs")
         add_likelihood(spec, data, ipred)
-    built.model = model
-    return built
+    return BuiltModel(
+        model=model,
+        data=data,
+        subjects=list(coords["subject"]),
+        occasions=occ_subject,
+        dose_index=dose_index,
+        categorical_levels=cat_levels,
+    )
 
 
 def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:
@@ -301,14 +299,13 @@ def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: 
 
 
 def _inter_occasion(
-    spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det, built: BuiltModel
+    spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det, occ_subject: list
 ) -> dict:
     """One parameter row per (subject, occasion).
 
     P_ij = P_i * exp(kappa_ij). Each dose uses its own occasion's parameters (exact when earlier occasions
     have washed out).
     """
-    occ_subject, dose_row = occasions(spec, data)
     model.add_coord("occasion", [f"{id_label(data.ids[s_])}:{id_label(o)}" for s_, o in occ_subject])
     model.add_coord("iov", spec.iov_parameters)
     row_subject = np.array([s_ for s_, _ in occ_subject])
@@ -325,7 +322,6 @@ def _inter_occasion(
     params = {n: v[row_subject] for n, v in params.items()}
     for j, p in enumerate(spec.iov_parameters):
         params[p] = params[p] * pt.exp(kappa[:, j])
-    built.occasions, built.dose_index = occ_subject, dose_row
     return params
 
 
