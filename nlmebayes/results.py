@@ -6,6 +6,7 @@ zarr).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,27 @@ def _records(data: EventData) -> xr.Dataset:
     ds = xr.Dataset({c: ("record", df[c].to_numpy()) for c in df.columns})
     ds.attrs["source"] = data.source
     return ds
+
+
+_JSON = "json:"
+
+
+def _encode_attr(v):
+    """An attribute netCDF can hold.
+
+    Lists and dicts (ArviZ's ``sample_dims``, sampler settings) become tagged JSON text, read back
+    to the same value; anything else not storable becomes its repr.
+    """
+    if isinstance(v, str | int | float | np.ndarray | np.number):
+        return v
+    try:
+        return _JSON + json.dumps(v)
+    except TypeError:
+        return repr(v)
+
+
+def _decode_attr(v):
+    return json.loads(v[len(_JSON) :]) if isinstance(v, str) and v.startswith(_JSON) else v
 
 
 @dataclass
@@ -84,12 +106,8 @@ class FitResult:
         """Write to ``*.nc`` (NetCDF4) or ``*.zarr``; :meth:`load` reads it back unchanged."""
         path = Path(path)
         idata = self.idata.copy()
-        # netCDF attributes cannot hold dicts: PyMC/nutpie settings are stored as text.
         for node in idata.subtree:
-            node.attrs = {
-                k: (v if isinstance(v, str | int | float | np.ndarray) else repr(v))
-                for k, v in node.attrs.items()
-            }
+            node.attrs = {k: _encode_attr(v) for k, v in node.attrs.items()}
         if path.suffix == ".zarr":
             idata.to_zarr(path, mode="w")
         else:
@@ -104,6 +122,8 @@ class FitResult:
             idata = xr.open_datatree(path, engine="zarr").load()
         else:
             idata = xr.open_datatree(path, engine="h5netcdf").load()
+        for node in idata.subtree:
+            node.attrs = {k: _decode_attr(v) for k, v in node.attrs.items()}
         spec = ModelSpec.from_toml(idata.attrs["nlmebayes_spec"])
         rec = idata["records"].to_dataset()
         df = pd.DataFrame({c: rec[c].values for c in rec.data_vars})

@@ -84,6 +84,13 @@ def test_save_load_round_trip_is_lossless(theo_fit, tmp_path, suffix):
     np.testing.assert_array_equal(back.data.obs_dv, theo_fit.data.obs_dv)
     np.testing.assert_array_equal(back.data.dose_amt, theo_fit.data.dose_amt)
     pd.testing.assert_frame_equal(back.parameter_table(), theo_fit.parameter_table())
+    # attributes keep their types (ArviZ's plots read the list sample_dims from them)
+    for node in theo_fit.idata.subtree:
+        for key, value in node.attrs.items():
+            got = back.idata[node.path].attrs[key]
+            if isinstance(value, list | dict | str | int | float):
+                assert got == value, f"{node.path}.attrs[{key!r}]"
+    assert back.idata["posterior"].attrs["sample_dims"] == ["chain", "draw"]
 
 
 _SAME_SEED_SCRIPT = """

@@ -15,7 +15,7 @@ from nlmebayes.data import EventData
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["add_likelihood", "residual_sd"]
+__all__ = ["add_likelihood", "residual_sd", "observation_params"]
 
 
 def residual_sd(kind: str, sig: dict, ipred):
@@ -131,3 +131,21 @@ def _observed(mu, sd, nu, dv, cens, limit):
 
     args = (mu, sd) if nu is None else (mu, sd, nu)
     return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")
+
+
+def observation_params(model: pm.Model) -> tuple:
+    """``(mu, sd, nu)`` of the observation model ``DV`` of a built model (``nu`` None unless Student-t).
+
+    ``mu`` is on the modelling scale (log IPRED for exponential error); simulating a replicate is
+    ``mu + sd * e`` with ``e`` standard normal (Student-t with ``nu`` degrees of freedom). Censored
+    observations (M3) share the uncensored model: what the assay would have measured.
+    """
+    node = model["DV"].owner
+    params = node.op.dist_params(node)
+    name = getattr(node.op, "name", "")
+    if name == "normal":
+        return params[0], params[1], None
+    if name == "t":  # PyMC's StudentT: (nu, mu, sigma)
+        return params[1], params[2], params[0]
+    # the censored CustomDist of _observed: (mu, sd) or (mu, sd, nu)
+    return params[0], params[1], (params[2] if len(params) > 2 else None)
