@@ -10,6 +10,8 @@ __all__ = ["new_figure", "attach", "lowess", "identity_line", "output_labels"]
 
 #: Colours used across plots: observations, predictions, simulation bands, BLQ records.
 OBS, PRED, IPRED, BAND, BLQ = "#333333", "#1f77b4", "#d62728", "#9ecae1", "#ff7f0e"
+#: Column names of the 5/25/50/75/95% quantiles in band tables.
+OUTER_Q = ("q05", "q25", "q50", "q75", "q95")
 
 
 def new_figure(nrows: int, ncols: int, panel=(3.4, 2.9), **kwargs) -> tuple[Figure, np.ndarray]:

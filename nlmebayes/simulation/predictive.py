@@ -26,7 +26,7 @@ from nlmebayes.model.compile import batched_function
 from nlmebayes.model.likelihood import observation_params
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["Predictor", "posterior_predictive", "population_prediction", "draw_indices"]
+__all__ = ["Predictor", "posterior_predictive", "prior_predictive", "population_prediction", "draw_indices"]
 
 #: Free variables that are standard-normal random-effect innovations (not population parameters).
 Z_PREFIX = "z_"
@@ -216,3 +216,54 @@ def population_prediction(
             draws = result.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...)
             values[name] = np.median(draws.values, axis=0)[None]
     return pred(values)["ipred"][0]
+
+
+def prior_predictive(
+    spec: ModelSpec,
+    data: EventData,
+    *,
+    n: int = 500,
+    seed: int | None = 0,
+    predictor: Predictor | None = None,
+) -> xr.Dataset:
+    """Replicated data with every free variable drawn from its prior, at the records of ``data``.
+
+    What the priors say before the data are seen: if the bands miss the observations by orders of
+    magnitude, a prior (or a unit) is wrong.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ipred`` and ``dv`` (replicate, obs), the design's ``time``, and each population variable's
+        prior draws (dimension ``replicate``), e.g. ``log_CL_pop``.
+
+    Examples
+    --------
+    >>> from nlmebayes import ModelSpec, datasets
+    >>> spec = ModelSpec("theo", "1cpt_oral", {"KA": 1.5, "CL": 2.7, "V": 31.5})
+    >>> prior = prior_predictive(spec, datasets.theophylline(), n=100, seed=1)
+    >>> prior["dv"].shape
+    (100, 132)
+    """
+    import pymc as pm
+
+    pred = predictor or Predictor(spec, data)
+    free = pred.built.model.free_RVs
+    draws = pm.draw(free, draws=n, random_seed=seed)
+    values = dict(zip(pred.names, draws, strict=True))
+    out = pred.replicate(values, np.random.default_rng(seed))
+    d = pred.data
+    population = {
+        k: ("replicate", np.asarray(v, float))
+        for k, v in values.items()
+        if not k.startswith(Z_PREFIX) and np.ndim(v) == 1
+    }
+    return xr.Dataset(
+        {
+            "ipred": (("replicate", "obs"), out["ipred"]),
+            "dv": (("replicate", "obs"), out["dv"]),
+            "time": ("obs", d.obs_time),
+            **population,
+        },
+        coords={"replicate": np.arange(n), "obs": np.arange(d.n_obs)},
+    )
