@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PY312 := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
 STAMP := $(VENV)/.installed
-LINTED := nlmebayes tests models benchmarks docs
+LINTED := nlmebayes tests models benchmarks docs scripts
 
 .PHONY: demo test test-fast lint docs clean
 

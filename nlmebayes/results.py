@@ -102,6 +102,12 @@ class FitResult:
         """Parameter table (:func:`nlmebayes.report.parameter_table`)."""
         return parameter_table(self, **kwargs)
 
+    def to_html(self, path: str | Path, **kwargs) -> Path:
+        """Self-contained HTML run report (:func:`nlmebayes.report.html.html_report`)."""
+        from nlmebayes.report.html import html_report
+
+        return html_report(self, path, **kwargs)
+
     def save(self, path: str | Path) -> Path:
         """Write to ``*.nc`` (NetCDF4) or ``*.zarr``; :meth:`load` reads it back unchanged."""
         path = Path(path)
