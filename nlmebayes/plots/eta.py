@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from nlmebayes.diagnostics.shrinkage import eta_shrinkage
+from nlmebayes.diagnostics.shrinkage import shrinkage_table
 from nlmebayes.plots._base import OBS, PRED, attach, lowess, new_figure
 
 __all__ = ["eta_data", "eta_distributions", "eta_covariates", "eta_pairs"]
@@ -51,8 +51,8 @@ def _omega_var(result) -> pd.Series:
 def eta_distributions(result):
     """Histograms of the EBEs and posterior-mean etas with the N(0, omega^2) density, per parameter.
 
-    The title gives eta shrinkage (SD) of both: NONMEM's from the EBEs, and that of the posterior
-    means.
+    The title gives eta shrinkage (SD, percent) of both as the report's shrinkage table has them:
+    NONMEM's from the EBEs, and that of the posterior means; the density uses E[omega^2].
 
     Returns
     -------
@@ -65,26 +65,28 @@ def eta_distributions(result):
     """
     df = eta_data(result)
     var = _omega_var(result)
+    table = shrinkage_table(result)  # the report's numbers, so that figure and table agree
     params = list(var.index)
     fig, axes = new_figure(1, len(params))
     rows = []
     for ax, p in zip(axes[0], params, strict=True):
         sub = df[df["parameter"] == p]
         sh = {}
-        for col, color, label in (("eta_ebe", OBS, "EBE"), ("eta_mean", PRED, "posterior mean")):
+        for col, color, label, column in (
+            ("eta_ebe", OBS, "EBE", "EBE SD %"),
+            ("eta_mean", PRED, "posterior mean", "post. mean SD %"),
+        ):
             v = sub[col].dropna().to_numpy()
             if len(v):
                 ax.hist(v, bins="auto", density=True, alpha=0.45, color=color, label=label)
-                sh[label] = float(eta_shrinkage(v[:, None], [var[p]])[0])
+                sh[label] = float(table.loc[p, column])
         sd = np.sqrt(var[p])
         g = np.linspace(-4 * sd, 4 * sd, 200)
         ax.plot(g, stats.norm.pdf(g, 0, sd), color="grey", ls="--", label="N(0, omega^2)")
-        ax.set_title(
-            f"eta({p}) shrinkage " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sh.items()), fontsize=8
-        )
+        ax.set_title(f"eta({p}) shrinkage " + ", ".join(f"{k} {v:.0f}%" for k, v in sh.items()), fontsize=8)
         ax.set(xlabel=f"eta({p})", ylabel="density")
         ax.legend(fontsize=7)
-        rows += [dict(parameter=p, estimate=k, shrinkage_sd=v) for k, v in sh.items()]
+        rows += [dict(parameter=p, estimate=k, shrinkage_sd_percent=v) for k, v in sh.items()]
     return attach(fig, etas=df, shrinkage=pd.DataFrame(rows))
 
 
