@@ -107,6 +107,18 @@ def test_fit_stores_ofv_residuals_and_shrinkage(pheno_pair, tmp_path):
     assert w["waic"] == pytest.approx(-2 * w["elpd_waic"]) and d["p_dic"] > 0
 
 
+def test_html_report_pheno(pheno_pair, tmp_path):
+    """The run report of pheno (sparse neonatal data, covariates WT and APGR): self-contained,
+    with the OFV, both VPCs and the eta-covariate figure."""
+    from tests.test_plots import assert_self_contained, render_check
+
+    path = pheno_pair[0].to_html(tmp_path / "pheno.html", n_vpc=100)
+    text = assert_self_contained(path)
+    for fragment in ("OFV", "586", "theta_V_APGR", "Etas against covariates", "Prediction-corrected VPC"):
+        assert fragment in text, fragment
+    render_check(path, tmp_path)
+
+
 def test_report_has_ofv_and_shrinkage(pheno_pair):
     text = pheno_pair[0].report()
     for fragment in ("OFV", "AIC", "BIC", "Shrinkage", "EBE SD %", "epsilon"):

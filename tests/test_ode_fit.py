@@ -61,7 +61,7 @@ def test_michaelis_menten_population_recovery():
     assert int(res.idata["sample_stats"]["diverging"].sum()) < 5
 
 
-def test_warfarin_pk_turnover_pd_fit():
+def test_warfarin_pk_turnover_pd_fit(tmp_path):
     """The bundled PK + turnover PD model on real data: warfarin concentrations and PCA in six
     subjects (the first six with at least three concentrations in the first 6 h, so that each
     one's absorption is identified). Two outputs by DVID, each with its own error; PCA starts at
@@ -90,3 +90,13 @@ def test_warfarin_pk_turnover_pd_fit():
     assert (tab.loc[["CL", "V", "E0", "KOUT", "IC50"], "rhat"] < 1.05).all(), tab["rhat"]
     text = res.report()
     assert "sigma_pca_add" in text and "sigma_cp_prop" in text
+    # plots and the run report of a two-output ODE model: a GOF panel set and a VPC per output
+    from nlmebayes import plots
+    from nlmebayes.diagnostics.vpc import vpc
+    from tests.test_plots import assert_self_contained, render_check
+
+    assert len(plots.gof(res).axes) == 18
+    check = vpc(res, n=50, stratify="DVID")
+    assert sorted(check.percentiles["stratum"].unique()) == ["cp", "pca"]
+    assert_self_contained(res.to_html(tmp_path / "warfarin.html", n_vpc=50))
+    render_check(tmp_path / "warfarin.html", tmp_path)
