@@ -76,13 +76,13 @@ def prediction_correct(y, pred, bins, *, sims=None, variability: bool = False):
 
     Parameters
     ----------
-    y : array (n_obs,)
+    y : array, one value per observation
         Observations.
-    pred : array (n_obs,)
+    pred : array, one value per observation
         PRED per observation.
-    bins : int array (n_obs,)
+    bins : int array, one per observation
         Bin of each observation (strata already folded in).
-    sims : array (n_rep, n_obs), optional
+    sims : 2-D array (replicate x observation), optional
         Simulated replicates, corrected the same way.
     variability : bool
         Apply the variability correction too (needs ``sims``).
@@ -123,18 +123,18 @@ def vpc_statistics(
 
     Parameters
     ----------
-    y : array (n_obs,)
+    y : array, one value per observation
         Observed values (a BLQ record holds its LLOQ or any value; ``blq`` marks it).
-    sims : array (n_rep, n_obs)
+    sims : 2-D array (replicate x observation)
         Simulated values at the same records.
-    bins : int array (n_obs,)
+    bins : int array, one per observation
         Bin of each record, 0..n_bins-1.
     quantiles : sequence of float
         Percentiles of the data to compare.
     ci : float
         Width of the interval of each simulated percentile over replicates.
     blq, sim_blq : bool arrays, optional
-        Observed (n_obs) and simulated (n_rep, n_obs) BLQ flags.
+        Observed (per observation) and simulated (replicate x observation) BLQ flags.
     lloq : float or array, optional
         Value given to BLQ records before percentiles are taken.
 

@@ -5,18 +5,16 @@ spec and data), returns a :class:`matplotlib.figure.Figure` without showing it (
 state for our own figures), and keeps the plotted numbers as tidy DataFrames in ``fig.nlme_data``.
 Nothing here rebuilds the sampler's graph: simulations go through :mod:`nlmebayes.simulation`.
 
-==========================  ===========================================================
-:func:`gof`                 DV vs PRED/IPRED, CWRES vs TIME/TAD/PRED, IWRES, NPDE
-:func:`individual_fits`     observations, IPRED band on a dense grid, PRED, doses
-:func:`eta_distributions`   EBE / posterior-mean etas against N(0, omega^2), shrinkage
-:func:`eta_covariates`      etas against covariates (scatter + smoother, boxplots)
-:func:`eta_pairs`           eta against eta
-:func:`vpc_plot`            VPC, pcVPC, censored VPC, stratified
-:func:`shrinkage_plot`      no pooling -> partial pooling -> population, per subject
-:func:`prior_predictive_plot`  prior predictive bands over the data
-:func:`prior_posterior`     prior vs posterior of each population parameter
-:func:`trace_plot`, :func:`rank_plot`, :func:`pair_plot`  MCMC (ArviZ)
-==========================  ===========================================================
+- :func:`gof`: DV vs PRED/IPRED, CWRES vs TIME/TAD/PRED, IWRES, NPDE
+- :func:`individual_fits`: observations, IPRED band on a dense grid, PRED, doses
+- :func:`eta_distributions`: EBE / posterior-mean etas against N(0, omega^2), shrinkage
+- :func:`eta_covariates`: etas against covariates (scatter + smoother, boxplots)
+- :func:`eta_pairs`: eta against eta
+- :func:`vpc_plot`: VPC, pcVPC, censored VPC, stratified
+- :func:`shrinkage_plot`: no pooling -> partial pooling -> population, per subject
+- :func:`prior_predictive_plot`: prior predictive bands over the data
+- :func:`prior_posterior`: prior vs posterior of each population parameter
+- :func:`trace_plot`, :func:`rank_plot`, :func:`pair_plot`: MCMC (ArviZ)
 """
 
 from nlmebayes.plots.eta import eta_covariates, eta_distributions, eta_pairs
