@@ -123,6 +123,11 @@ class EventData:
         g = self.records.groupby("ID", sort=False)
         return tuple(c for c in self.covariate_names if (g[c].nunique() > 1).any())
 
+    def constant_covariates(self) -> tuple[str, ...]:
+        """Covariates that keep one value within every subject."""
+        varying = set(self.time_varying_covariates())
+        return tuple(c for c in self.covariate_names if c not in varying)
+
     def record_covariates(self, names: list[str] | None = None, at: str = "obs") -> pd.DataFrame:
         """Covariate values carried to each observation (``at="obs"``) or dose (``at="dose"``).
 

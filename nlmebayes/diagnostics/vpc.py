@@ -242,7 +242,8 @@ def vpc(
     from nlmebayes.simulation.predictive import Predictor, population_prediction, posterior_predictive
 
     data = result.data
-    predictor = Predictor(result.spec, data)
+    # compiled only when needed: given replicates and no prediction correction need no graph
+    predictor = Predictor(result.spec, data) if sims is None or pred_corr else None
     if sims is None:
         sims = posterior_predictive(result, n=n, seed=seed, predictor=predictor)
     y_sim = sims["dv"].values

@@ -35,7 +35,7 @@ def eta_data(result) -> pd.DataFrame:
             "eta_ebe": ebe.to_numpy().ravel(),
         }
     )
-    constant = [c for c in data.covariate_names if c not in data.time_varying_covariates()]
+    constant = data.constant_covariates()
     if constant:
         cov = data.subject_covariates(constant).reset_index()
         long = long.merge(cov, on="ID", how="left")

@@ -45,11 +45,10 @@ def figure_html(fig, caption: str = "", dpi: int = 90) -> str:
 
 
 def _close(fig) -> None:
-    """Release a figure ArviZ made through pyplot (ours are pyplot-free and need nothing)."""
+    """Release a figure ArviZ made through pyplot (a no-op for ours, which pyplot never held)."""
     import matplotlib.pyplot as plt
 
-    if fig in [plt.figure(n) for n in plt.get_fignums()]:
-        plt.close(fig)
+    plt.close(fig)
 
 
 def _table(df, floatfmt="{:.4g}") -> str:
@@ -60,6 +59,7 @@ def _figures(result, n_vpc: int, seed: int) -> list[tuple[str, object]]:
     """(caption, figure-making callable) for the standard figures that apply to this fit."""
     from nlmebayes import plots
     from nlmebayes.diagnostics.vpc import vpc
+    from nlmebayes.simulation import posterior_predictive
 
     stratify = "DVID" if "DVID" in result.data.records.columns else None
     out = [
@@ -71,17 +71,21 @@ def _figures(result, n_vpc: int, seed: int) -> list[tuple[str, object]]:
     ]
     if result.spec.iiv:
         out.append(("Eta distributions against N(0, omega^2)", lambda: plots.eta_distributions(result)))
-        constant = [c for c in result.data.covariate_names if c not in result.data.time_varying_covariates()]
-        if constant:
+        if result.data.constant_covariates():
             out.append(("Etas against covariates", lambda: plots.eta_covariates(result)))
+    sims = []  # one set of replicates serves the VPC and the pcVPC, simulated when first drawn
+
+    def check(pc: bool):
+        if not sims:
+            sims.append(posterior_predictive(result, n=n_vpc, seed=seed))
+        return vpc(result, sims=sims[0], pred_corr=pc, stratify=stratify)
+
     for pc, name in ((False, "VPC"), (True, "Prediction-corrected VPC")):
         out.append(
             (
                 f"{name}: observed 5/50/95th percentiles (lines) over the 90% intervals "
                 f"of the {n_vpc} replicates' percentiles",
-                lambda pc=pc: plots.vpc_plot(
-                    check=vpc(result, n=n_vpc, seed=seed, pred_corr=pc, stratify=stratify)
-                ),
+                lambda pc=pc: plots.vpc_plot(check=check(pc)),
             )
         )
     out.append(
