@@ -71,7 +71,7 @@ def expand_doses(time, ii, addl, ss, is_dose, subject, segment) -> DoseEvents:
     dr = np.flatnonzero(is_dose)
     n_addl = addl[dr].astype(int)
     rep = np.repeat(dr, n_addl + 1)
-    k = np.concatenate([np.arange(a + 1) for a in n_addl]) if len(dr) else np.zeros(0, int)
+    k = _ranges(n_addl + 1)
     dose_time = time[rep] + k * ii[rep]
     dose_ss = np.where(k == 0, ss[rep], 0).astype(int)
     # record order breaks time ties: an implied dose sorts after the record that declared it
@@ -88,30 +88,33 @@ def expand_doses(time, ii, addl, ss, is_dose, subject, segment) -> DoseEvents:
     )
 
 
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """``0, 1, ..., c - 1`` for each count ``c``, concatenated (no Python loop)."""
+    counts = np.asarray(counts, dtype=int)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - starts
+
+
 def _not_cancelled(rep, k, dose_time, time, subject, segment) -> np.ndarray:
     """Mask of dose events that survive.
 
     Implied doses at or after the next reset of their subject are cancelled.
     """
-    seg_start_time = {}
-    for s_id in np.unique(segment):
-        first = np.flatnonzero(segment == s_id)[0]
-        seg_start_time[s_id] = (time[first], first)
-    dose_seg = segment[rep]
-    keep = np.ones(len(rep), bool)
-    for j in np.flatnonzero(k > 0):
-        nxt = dose_seg[j] + 1
-        if nxt in seg_start_time and subject[seg_start_time[nxt][1]] == subject[rep[j]]:
-            if dose_time[j] >= seg_start_time[nxt][0]:
-                keep[j] = False
-    return keep
+    seg_ids, first = np.unique(segment, return_index=True)
+    nxt = segment[rep] + 1
+    pos = np.minimum(np.searchsorted(seg_ids, nxt), len(seg_ids) - 1)
+    has_next = (seg_ids[pos] == nxt) & (subject[first[pos]] == subject[rep])
+    cancelled = (k > 0) & has_next & (dose_time >= time[first[pos]])
+    return ~cancelled
 
 
 def dose_observation_pairs(doses: DoseEvents, obs_records, time, segment):
     """Pairs (observation, dose event) where the dose can contribute to the observation.
 
     A dose contributes if it is in the observation's reset segment and comes first (earlier
-    time, or the same time and an earlier record).
+    time, or the same time and an earlier record). Vectorised: within a segment the doses that
+    come first are a run of the doses sorted by (segment, time, record), found for every
+    observation at once by binary search on one integer key.
 
     Parameters
     ----------
@@ -124,22 +127,25 @@ def dose_observation_pairs(doses: DoseEvents, obs_records, time, segment):
     Returns
     -------
     pair_obs, pair_dose : int arrays
-        Observation index and dose-event index of each pair.
+        Observation index and dose-event index of each pair, grouped by observation, doses in
+        event order.
     """
-    pair_obs, pair_dose = [], []
-    by_seg: dict[int, list[int]] = {}
-    for j, sgm in enumerate(doses.segment):
-        by_seg.setdefault(int(sgm), []).append(j)
-    for oi, r in enumerate(obs_records):
-        in_segment = by_seg.get(int(segment[r]))
-        if not in_segment:
-            continue
-        cand = np.asarray(in_segment)
-        t_d = doses.time[cand]
-        before = (t_d < time[r]) | ((t_d == time[r]) & (doses.record[cand] < r))
-        sel = cand[before]
-        pair_obs.append(np.full(len(sel), oi))
-        pair_dose.append(sel)
-    po = np.concatenate(pair_obs) if pair_obs else np.zeros(0, int)
-    pdose = np.concatenate(pair_dose) if pair_dose else np.zeros(0, int)
-    return po.astype(int), pdose.astype(int)
+    obs_records = np.asarray(obs_records, dtype=int)
+    if len(doses.record) == 0 or len(obs_records) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    t_rank = np.unique(np.r_[doses.time, time[obs_records]], return_inverse=True)[1]
+    n_t, n_r = int(t_rank.max()) + 1, len(time) + 1
+    seg_d, seg_o = segment[doses.record].astype(np.int64), segment[obs_records].astype(np.int64)
+    rank_d, rank_o = t_rank[: len(doses.time)], t_rank[len(doses.time) :]
+    key_d = (seg_d * n_t + rank_d) * n_r + doses.record
+    key_o = (seg_o * n_t + rank_o) * n_r + obs_records
+    order = np.argsort(key_d, kind="stable")
+    sorted_d = key_d[order]
+    lo = np.searchsorted(sorted_d, seg_o * n_t * n_r, side="left")
+    hi = np.searchsorted(sorted_d, key_o, side="left")
+    counts = hi - lo
+    pair_obs = np.repeat(np.arange(len(obs_records)), counts)
+    pair_dose = order[np.repeat(lo, counts) + _ranges(counts)]
+    # grouped by observation, each group in event order (as the superposition sums expect)
+    within = np.lexsort((pair_dose, pair_obs))
+    return pair_obs[within].astype(int), pair_dose[within].astype(int)

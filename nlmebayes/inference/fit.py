@@ -15,6 +15,13 @@ from nlmebayes.diagnostics.identifiability import design_warnings
 from nlmebayes.diagnostics.marginal_group import add_marginal
 from nlmebayes.diagnostics.population import unsupported
 from nlmebayes.inference.derived import add_derived
+from nlmebayes.inference.parameterisation import (
+    Pilot,
+    centred_parameters,
+    initial_point,
+    noncentred_draws,
+    run_pilot,
+)
 from nlmebayes.model.builder import build_model
 from nlmebayes.model.compile import compile_settings
 from nlmebayes.model.spec import ModelSpec
@@ -101,10 +108,14 @@ def fit(
     for w in design:
         warnings.warn(w, stacklevel=2)
     progressbar = _interactive() if progressbar is None else progressbar
+    pilot = _pilot(spec, data)
+    centered = centred_parameters(spec, pilot)
     t0 = time.perf_counter()
     idata = _sample(
         spec,
         data,
+        centered,
+        pilot,
         sampler,
         draws=draws,
         tune=tune,
@@ -126,6 +137,8 @@ def fit(
         nlmebayes_sampling_seconds=wall,
         nlmebayes_seed=-1 if seed is None else int(seed),
         nlmebayes_design_warnings="\n".join(design),
+        nlmebayes_centered=centered,
+        nlmebayes_centering_ratios=pilot.ratios if pilot else {},
     )
     result = FitResult.from_sampling(idata, spec, built.data)
     if diagnostics or marginal_loo:
@@ -133,9 +146,24 @@ def fit(
     return result
 
 
+def _pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
+    """The pilot (:func:`~nlmebayes.inference.parameterisation.run_pilot`); None if it fails."""
+    try:
+        with pytensor.config.change_flags(traceback__limit=0):
+            return run_pilot(spec, data)
+    except (NotImplementedError, FloatingPointError, ArithmeticError, ValueError) as e:
+        warnings.warn(
+            f"parameterisation pilot failed ({e}): etas non-centred, sampler starts from PyMC's defaults",
+            stacklevel=3,
+        )
+        return None
+
+
 def _sample(
     spec: ModelSpec,
     data: EventData,
+    centered: list,
+    pilot: Pilot | None,
     sampler: str,
     *,
     draws,
@@ -154,12 +182,34 @@ def _sample(
     Graph-building stack traces are switched off: they cost ~10% of the compile time and only
     serve PyTensor's error messages.
     """
-    bare = build_model(spec, data, deterministics=False).model
+    built = build_model(spec, data, deterministics=False, centered=centered)
+    start = initial_point(built, spec, pilot) if pilot is not None else None
+    idata = _run_sampler(
+        built.model,
+        start,
+        sampler,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        target_accept=target_accept,
+        progressbar=progressbar,
+        cores=cores,
+    )
+    noncentred_draws(built, idata)
+    return idata
+
+
+def _run_sampler(
+    bare, start: dict | None, sampler: str, *, draws, tune, chains, seed, target_accept, progressbar, cores
+):
+    """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables."""
+    pop = None if start is None else {rv for rv in bare.free_RVs if not rv.name.startswith(("z_", "phi_"))}
     with pytensor.config.change_flags(traceback__limit=0), compile_settings():
         if sampler == "nutpie":
             import nutpie
 
-            compiled = nutpie.compile_pymc_model(bare)
+            compiled = nutpie.compile_pymc_model(bare, initial_points=start, jitter_rvs=pop)
             return nutpie.sample(
                 compiled,
                 draws=draws,
@@ -182,6 +232,7 @@ def _sample(
                 progressbar=progressbar,
                 cores=cores,
                 compute_convergence_checks=False,
+                initvals=start,
             )
 
 

@@ -14,6 +14,8 @@ name                dims                           meaning
 ``omega_sd``        (iiv)                          SD of each eta (sqrt of Omega's diagonal)
 ``omega_corr_<k>``  (iiv_k, iiv_k\\_)               correlations (block Omega only)
 ``z_<k>``           (subject, iiv_<k>)             free: standard-normal etas of block k
+``phi_<k>``         (subject, iiv_<k>)             free instead of ``z_<k>`` where centred: log P_i
+                                                   (log-normal) or P_i (additive)
 ``eta``             (subject, iiv)                 random effects (non-centred: omega x z)
 ``P``               (subject)                      individual parameter P_i
 ``ipred``           (obs)                          individual prediction (concentration)
@@ -24,6 +26,12 @@ name                dims                           meaning
 The order in which the parts create their random variables fixes the layout of the sampler's
 parameter vector, and so the draws for a given seed: typical values, covariate effects, levels,
 IIV, IOV, then the residual error.
+
+Centred etas (``centered=`` of :func:`build_model`) change only what the sampler sees: the free
+variable of a centred parameter is its transformed individual value ``phi`` (Monolix's notation)
+with a Normal(log TV_i, omega) prior. The builder also returns the expression of the
+standard-normal ``z`` of every such block, so the draws are stored as ``z`` and every later
+computation uses the non-centred graph.
 """
 
 from __future__ import annotations
@@ -64,6 +72,12 @@ class BuiltModel:
         else None (the dose's subject).
     categorical_levels : dict
         Categorical covariate effect name -> (reference level, other levels in order).
+    centered : list of str
+        IIV parameters sampled centred.
+    z_expressions : dict
+        ``z_<k>`` -> its expression in the free variables, for blocks with centred parameters.
+    phi_means : dict
+        ``phi_<k>`` -> its prior mean (log typical value per subject) as an expression.
     """
 
     model: pm.Model
@@ -72,9 +86,14 @@ class BuiltModel:
     occasions: list = field(default_factory=list)
     dose_index: np.ndarray | None = None
     categorical_levels: dict = field(default_factory=dict)
+    centered: list = field(default_factory=list)
+    z_expressions: dict = field(default_factory=dict)
+    phi_means: dict = field(default_factory=dict)
 
 
-def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True) -> BuiltModel:
+def build_model(
+    spec: ModelSpec, data: EventData, *, deterministics: bool = True, centered=None
+) -> BuiltModel:
     """Build the PyMC model of ``spec`` for ``data``.
 
     The PK is one vectorised graph over all observations; etas are non-centred
@@ -91,6 +110,10 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
         etas, individual parameters, IPRED): the sampler then neither compiles nor evaluates
         them per draw, and :func:`~nlmebayes.inference.fit` computes them afterwards for all
         draws at once.
+    centered : collection of str, optional
+        IIV parameters to sample centred (see the module docstring); default none: the
+        non-centred graph, which every computation after sampling uses. :func:`~nlmebayes.fit`
+        passes the spec's choices (``parameterisation``), ``"auto"`` resolved by a pilot.
 
     Returns
     -------
@@ -121,11 +144,19 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
 
     # which (subject, occasion) row of the parameters each dose uses: data only, known up front
     occ_subject, dose_index = occasions(spec, data) if spec.iov else ([], None)
+    centered = centered or []
+    unknown = set(centered) - set(spec.iiv_parameters)
+    if unknown:
+        raise ValueError(f"centered parameters {sorted(unknown)} have no IIV")
+    z_expressions: dict = {}
+    phi_means: dict = {}
     with pm.Model(coords=coords, name="") as model:
         tv = _typical_values(spec, det)
         tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
         _levels(spec, data, model, tv_i, det)
-        params = _inter_individual(spec, model, tv_i, det, deterministics)
+        params = _inter_individual(
+            spec, model, tv_i, det, deterministics, set(centered), z_expressions, phi_means
+        )
         if spec.iov:
             params = _inter_occasion(spec, data, model, params, det, occ_subject)
         if spec.flip_flop_guard:
@@ -141,6 +172,9 @@ def build_model(spec: ModelSpec, data: EventData, *, deterministics: bool = True
         occasions=occ_subject,
         dose_index=dose_index,
         categorical_levels=cat_levels,
+        centered=[p for p in spec.iiv_parameters if p in set(centered)],
+        z_expressions=z_expressions,
+        phi_means=phi_means,
     )
 
 
@@ -256,33 +290,32 @@ def _levels(spec: ModelSpec, data: EventData, model: pm.Model, tv_i: dict, det) 
             tv_i[p] = tv_i[p] * pt.exp(gamma[g_idx, j])
 
 
-def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: bool) -> dict:
-    """Non-centred etas per IIV block and the individual parameters ``P`` (subject)."""
+def _inter_individual(
+    spec: ModelSpec,
+    model: pm.Model,
+    tv_i: dict,
+    det,
+    store: bool,
+    centered: set,
+    z_expressions: dict,
+    phi_means: dict,
+) -> dict:
+    """Etas per IIV block and the individual parameters ``P`` (subject)."""
     etas, sds = [], []
     for k, block in enumerate(spec.iiv):
-        z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
-        priors = block.priors()
-        if block.block:
-            sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
-            chol, corr, sd = pm.LKJCholeskyCov(
-                f"omega_chol_{k}",
-                n=len(block.parameters),
-                eta=block.lkj_eta,
-                sd_dist=sd_dist,
-                compute_corr=True,
-                store_in_trace=store,
-            )
-            etas.append(z @ chol.T)
-            model.add_coord(f"iiv_{k}_", block.parameters)
-            det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
+        cen = [p in centered for p in block.parameters]
+        if not any(cen):
+            # z before omega: the order of the sampler's parameter vector (and so the draws of a
+            # seed) is what it was before centring existed
+            z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
+            sd, chol = _omega(model, k, block, det, store)
+            etas.append(z @ chol.T if block.block else z * sd)
         else:
-            sd = pt.stack(
-                [
-                    random_variable(f"omega_sd_{k}_{p}", pr)
-                    for p, pr in zip(block.parameters, priors, strict=True)
-                ]
+            sd, chol = _omega(model, k, block, det, store)
+            eta, z_expressions[f"z_{k}"], phi_means[f"phi_{k}"] = _centred_block(
+                model, k, block, cen, tv_i, sd, chol
             )
-            etas.append(z * sd)
+            etas.append(eta)
         sds.append(sd)
     params = dict(tv_i)
     if etas:
@@ -296,6 +329,68 @@ def _inter_individual(spec: ModelSpec, model: pm.Model, tv_i: dict, det, store: 
     for n in spec.parameter_names:
         params[n] = det(n, params[n], dims="subject")
     return params
+
+
+def _omega(model: pm.Model, k: int, block, det, store: bool):
+    """SDs of block ``k`` and, for a block Omega, its Cholesky factor (else None)."""
+    priors = block.priors()
+    if not block.block:
+        sd = pt.stack(
+            [random_variable(f"omega_sd_{k}_{p}", pr) for p, pr in zip(block.parameters, priors, strict=True)]
+        )
+        return sd, None
+    sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
+    chol, corr, sd = pm.LKJCholeskyCov(
+        f"omega_chol_{k}",
+        n=len(block.parameters),
+        eta=block.lkj_eta,
+        sd_dist=sd_dist,
+        compute_corr=True,
+        store_in_trace=store,
+    )
+    model.add_coord(f"iiv_{k}_", block.parameters)
+    det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
+    return sd, chol
+
+
+def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol):
+    """Etas of block ``k`` with the centred parameters' ``phi`` free; the block's ``z``; phi's mean.
+
+    ``phi = log TV_i + eta`` (log-normal) or ``TV_i + eta`` (additive). A block Omega is centred as a
+    whole (``phi ~ MvNormal(mean, chol)``); in a diagonal block the non-centred parameters keep
+    their standard-normal ``z``. The returned ``z`` (all parameters of the block, in order) is
+    ``eta / omega`` or ``chol^-1 eta``.
+    """
+    mean = pt.stack(
+        [pt.log(tv_i[p]) if block.kind == "lognormal" else tv_i[p] for p in block.parameters], axis=1
+    )
+    if block.block:
+        phi = pm.MvNormal(f"phi_{k}", mu=mean, chol=chol, dims=("subject", f"iiv_{k}"))
+        eta = phi - mean
+        z = pt.linalg.solve_triangular(chol, eta.T, lower=True).T
+        return eta, z, mean
+    c_idx = [j for j, c in enumerate(cen) if c]
+    n_idx = [j for j, c in enumerate(cen) if not c]
+    whole = not n_idx
+    if not whole:
+        model.add_coord(f"iiv_{k}_c", [block.parameters[j] for j in c_idx])
+        model.add_coord(f"iiv_{k}_nc", [block.parameters[j] for j in n_idx])
+    phi = pm.Normal(
+        f"phi_{k}",
+        mu=mean[:, c_idx],
+        sigma=sd[c_idx],
+        dims=("subject", f"iiv_{k}" if whole else f"iiv_{k}_c"),
+    )
+    cols_eta, cols_z = [None] * len(cen), [None] * len(cen)
+    for i, j in enumerate(c_idx):
+        cols_eta[j] = phi[:, i] - mean[:, j]
+        cols_z[j] = cols_eta[j] / sd[j]
+    if n_idx:
+        z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}_nc"))
+        for i, j in enumerate(n_idx):
+            cols_eta[j] = z[:, i] * sd[j]
+            cols_z[j] = z[:, i]
+    return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), mean[:, c_idx]
 
 
 def _inter_occasion(

@@ -51,6 +51,7 @@ __all__ = [
     "ModelSpec",
     "CovariateKind",
     "EtaKind",
+    "Parameterisation",
     "ErrorKind",
     "ResidualDistribution",
     "ODEMethod",
@@ -62,6 +63,11 @@ CovariateKind = Literal["power", "exponential", "linear", "indicator", "categori
 #: How an eta acts on its parameter: ``TV * exp(eta)`` (log-normal; NONMEM's "exponential") or
 #: ``TV + eta``.
 EtaKind = Literal["lognormal", "additive"]
+#: How the sampler sees an IIV block's random effects: ``"noncentered"`` samples standard-normal ``z``
+#: (eta = omega z; right when the data say little about each subject), ``"centered"`` samples the
+#: individual parameter itself around its typical value (right when they say much), ``"auto"``
+#: chooses per parameter from a pilot (see :mod:`nlmebayes.inference.parameterisation`).
+Parameterisation = Literal["auto", "centered", "noncentered"]
 #: Residual error models (see :class:`ResidualError`).
 ErrorKind = Literal["additive", "proportional", "combined", "combined_sd", "exponential"]
 ResidualDistribution = Literal["normal", "student_t"]
@@ -236,6 +242,13 @@ class IIV:
         ``"lognormal"``) or ``TV + eta``.
     sd_prior : Prior, optional
         Overrides the default prior of every SD in the block.
+    lkj_eta : float
+        Shape of the LKJ prior on the correlations of a block Omega.
+    parameterisation : {"auto", "centered", "noncentered"}
+        How the sampler sees these etas; the model and the results are the same either way (the
+        posterior always holds the standard-normal ``z``). ``"auto"`` (default) centres a
+        parameter when a pilot finds the data inform it more than Omega does; a block Omega is
+        centred or not as a whole.
     """
 
     parameters: list[str]
@@ -244,6 +257,7 @@ class IIV:
     kind: EtaKind = "lognormal"
     sd_prior: Prior | None = None
     lkj_eta: float = 2.0
+    parameterisation: Parameterisation = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
@@ -255,6 +269,11 @@ class IIV:
             )
         if self.block and len(self.parameters) < 2:
             raise ValueError("a block Omega needs at least two parameters")
+        if self.parameterisation not in get_args(Parameterisation):
+            raise ValueError(
+                f"IIV parameterisation must be one of {get_args(Parameterisation)}, "
+                f"got {self.parameterisation!r}"
+            )
 
     def priors(self) -> list[Prior]:
         """Prior of each SD, in parameter order."""

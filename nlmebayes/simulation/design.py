@@ -7,7 +7,7 @@ import pandas as pd
 
 from nlmebayes.data import EventData, read_nonmem
 
-__all__ = ["dense_design"]
+__all__ = ["dense_design", "replicate_subjects", "sampling_design"]
 
 
 def dense_design(data: EventData, n_points: int = 120, times=None) -> EventData:
@@ -89,3 +89,96 @@ def _merge_records(df: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     # doses at a grid time come first, as a sample taken at the dose time sees the dose
     both = both.sort_values(["_SUBJ", "TIME", "_NEW"], kind="stable")
     return both.drop(columns=["_SUBJ", "_NEW"]).reset_index(drop=True)[df.columns]
+
+
+def replicate_subjects(data: EventData, copies: int) -> EventData:
+    """``copies`` copies of every subject, with new IDs: a larger design of the same shape.
+
+    Copy ``c`` of subject ``i`` gets ID ``c * (max ID) + i`` (numeric IDs) or ``"i_c"``.
+
+    Examples
+    --------
+    >>> from nlmebayes import datasets
+    >>> big = replicate_subjects(datasets.theophylline(), 10)
+    >>> big.n_subjects, big.n_obs
+    (120, 1320)
+    """
+    df = data.input_frame().reset_index(drop=True)
+    numeric = pd.api.types.is_numeric_dtype(df["ID"])
+    top = df["ID"].max() if numeric else None
+    parts = []
+    for c in range(copies):
+        part = df.copy()
+        part["ID"] = part["ID"] + c * top if numeric else part["ID"].astype(str) + f"_{c}"
+        parts.append(part)
+    return read_nonmem(pd.concat(parts, ignore_index=True), source=f"{data.source} x {copies}")
+
+
+def sampling_design(
+    n_subjects: int,
+    times,
+    *,
+    amt: float,
+    cmt: int = 1,
+    rate: float = 0.0,
+    obs_cmt: int | None = None,
+    covariates: dict | None = None,
+    per_subject: int | None = None,
+    seed: int = 0,
+) -> EventData:
+    """A single-dose design: one dose at time 0, then observations at ``times``.
+
+    Parameters
+    ----------
+    n_subjects : int
+    times : array
+        Nominal sampling times.
+    amt, cmt, rate : float, int, float
+        The dose (RATE 0: bolus into ``cmt``).
+    obs_cmt : int, optional
+        Compartment of the observations (default ``cmt``; 2 for the central compartment of an
+        oral model dosed into its depot, 1).
+    covariates : dict, optional
+        Column -> array (n_subjects,) of subject covariates.
+    per_subject : int, optional
+        Sample this many of ``times`` per subject at random (sparse designs); default all.
+    seed : int
+        Seeds the choice of times.
+
+    Returns
+    -------
+    EventData
+        DV are placeholders (1.0), to be replaced by :func:`~nlmebayes.simulation.simulate`.
+
+    Examples
+    --------
+    >>> d = sampling_design(100, [0.5, 1, 2, 4, 8, 12], amt=100, per_subject=4, seed=1)
+    >>> d.n_subjects, d.n_obs
+    (100, 400)
+    """
+    rng = np.random.default_rng(seed)
+    times = np.asarray(times, dtype=float)
+    k = len(times) if per_subject is None else per_subject
+    t = np.sort(np.stack([rng.choice(times, size=k, replace=False) for _ in range(n_subjects)]), axis=1)
+    ids = np.arange(1, n_subjects + 1)
+    dose = pd.DataFrame(
+        {"ID": ids, "TIME": 0.0, "DV": 0.0, "AMT": amt, "EVID": 1, "MDV": 1, "CMT": cmt, "RATE": rate}
+    )
+    obs = pd.DataFrame(
+        {
+            "ID": np.repeat(ids, k),
+            "TIME": t.ravel(),
+            "DV": 1.0,
+            "AMT": 0.0,
+            "EVID": 0,
+            "MDV": 0,
+            "CMT": obs_cmt or cmt,
+            "RATE": 0.0,
+        }
+    )
+    df = pd.concat([dose, obs], ignore_index=True).sort_values(
+        ["ID", "TIME", "EVID"], ascending=[True, True, False]
+    )
+    for col, values in (covariates or {}).items():
+        df[col] = np.asarray(values)[df["ID"].to_numpy() - 1]
+    return read_nonmem(df.reset_index(drop=True), source=f"design {n_subjects} subjects x {k}")
