@@ -222,7 +222,7 @@ def _parse_numeric(rec: _Records) -> None:
             df[c] = raw.astype(float)
             continue
         num = pd.to_numeric(raw, errors="coerce")
-        bad = (num.isna() & raw.notna()).to_numpy()
+        bad = np.array(num.isna() & raw.notna(), dtype=bool)
         if bad.any():  # text only where parsing failed: converting whole columns costs seconds at 10^6 rows
             bad[bad] = raw[bad].astype(str).str.strip().to_numpy() != ""
         rec.fail_first(bad, c, lambda i, raw=raw: f"expected a number, got {raw.iloc[i]!r}")

@@ -32,6 +32,7 @@ _WHERE = {
     "compare": "comparison",
     "design_warnings": "identifiability",
     "flip_flop_warning": "identifiability",
+    "subject_flip_flop_warning": "identifiability",
     "sampler_diagnostics": "convergence",
 }
 __all__ = list(_WHERE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from arviz_stats import ess, rhat
 
-from nlmebayes.diagnostics.identifiability import flip_flop_warning
+from nlmebayes.diagnostics.identifiability import flip_flop_warning, subject_flip_flop_warning
 
 __all__ = ["sampler_diagnostics", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
 
@@ -55,9 +55,9 @@ def sampler_diagnostics(result) -> dict:
         )
     if depth:
         warnings.append(f"{depth} draws hit the maximum tree depth")
-    ff = flip_flop_warning(post, result.spec)
-    if ff:
-        warnings.append(ff)
+    for ff in (flip_flop_warning(post, result.spec), subject_flip_flop_warning(post, result.spec)):
+        if ff:
+            warnings.append(ff)
     design = result.idata.attrs.get("nlmebayes_design_warnings", "")
     warnings += [w for w in str(design).split("\n") if w]
     return {

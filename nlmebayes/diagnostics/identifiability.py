@@ -24,7 +24,7 @@ import numpy as np
 from nlmebayes.data import EventData
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["design_warnings", "flip_flop_warning"]
+__all__ = ["design_warnings", "flip_flop_warning", "subject_flip_flop_warning"]
 
 
 def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
@@ -83,3 +83,31 @@ def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> st
             f"if absorption is known to be faster"
         )
     return None
+
+
+def subject_flip_flop_warning(posterior, spec: ModelSpec) -> str | None:
+    """Warn when chains put a subject on different sides of ``KA_i = k_i``.
+
+    With IIV on KA each subject can sit in its own flip-flop mode (``KA_i < k_i``, V_i scaled
+    down), so chains can agree on the typical values and still disagree on some subjects, or
+    split the typical values through them. Names the subjects.
+    """
+    if spec.flip_flop_guard or "KA" not in spec.iiv_parameters or "KA" not in posterior:
+        return None
+    if "K" in posterior:
+        k = posterior["K"]
+    elif "CL" in posterior and "V" in posterior:
+        k = posterior["CL"] / posterior["V"]
+    else:
+        return None
+    side = np.sign(np.log(posterior["KA"] / k).median("draw"))  # (chain, subject)
+    split = (side.max("chain") != side.min("chain")).values
+    if not split.any():
+        return None
+    subjects = [str(s) for s in posterior["KA"]["subject"].values[split]]
+    shown = ", ".join(subjects[:8]) + (f" and {len(subjects) - 8} more" if len(subjects) > 8 else "")
+    return (
+        f"flip-flop per subject: chains disagree whether KA_i > CL_i/V_i for subject(s) {shown}; "
+        f"each chain settled in its own mode for them, which also biases the typical values. Set "
+        f"flip_flop_guard=True if absorption is known to be faster than elimination"
+    )

@@ -54,6 +54,7 @@ def fit(
     diagnostics: bool = True,
     marginal_loo: bool = False,
     n_sim: int = 1000,
+    init: Literal["pilot", "jitter"] = "pilot",
 ) -> FitResult:
     """Sample the posterior of ``spec`` given ``data`` with NUTS.
 
@@ -87,6 +88,12 @@ def fit(
         ``log_likelihood_marginal``), for the marginal leave-one-subject-out LOO.
     n_sim : int
         Simulated data sets for NPDE.
+    init : {"pilot", "jitter"}
+        Where the chains start. ``"pilot"`` (default): population parameters at the spec's
+        initial values with a U(-1, 1) jitter on their unconstrained scale, etas at the pilot's
+        conditional modes (EBEs), so every subject starts in the mode its own data favour and
+        chains cannot settle on different sides of a per-subject flip-flop. ``"jitter"``: PyMC's
+        default, every variable jittered (etas included), as before version 0.4.
 
     Returns
     -------
@@ -103,6 +110,8 @@ def fit(
     """
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"sampler must be 'nutpie' or 'pymc', got {sampler!r}")
+    if init not in ("pilot", "jitter"):
+        raise ValueError(f"init must be 'pilot' or 'jitter', got {init!r}")
     built = build_model(spec, data)
     design = design_warnings(spec, built.data)
     for w in design:
@@ -115,7 +124,7 @@ def fit(
         spec,
         data,
         centered,
-        pilot,
+        pilot if init == "pilot" else None,
         sampler,
         draws=draws,
         tune=tune,

@@ -93,7 +93,7 @@ def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
     if not spec.iiv:
         return None
     core = _gaussian_core(spec)
-    cm = ConditionalModel(core, data)
+    cm = ConditionalModel(core, data, lean=True)
     sd = np.array([s for b in core.iiv for s in b.sd])
     pop = _initial_values(core, cm)
     obj = JointObjective(cm, pop, np.diag(sd**2))

@@ -19,6 +19,25 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if np.isfinite(x) else "nan"
 
 
+def _parameterisation_lines(spec, attrs) -> list[str]:
+    """Which etas the sampler saw centred, with the pilot's conditional SD / omega."""
+    if not spec.iiv or "nlmebayes_centered" not in attrs:
+        return []
+    centred = list(attrs["nlmebayes_centered"])
+    ratios = dict(attrs.get("nlmebayes_centering_ratios") or {})
+
+    def one(p):
+        return f"{p} ({ratios[p]:.2f})" if p in ratios else p
+
+    others = [p for p in spec.iiv_parameters if p not in centred]
+    parts = []
+    if centred:
+        parts.append("centred " + ", ".join(one(p) for p in centred))
+    if others:
+        parts.append("non-centred " + ", ".join(one(p) for p in others))
+    return ["Etas sampled " + "; ".join(parts) + (" (pilot conditional SD / omega)" if ratios else "")]
+
+
 def report(result, ci: float = 0.95) -> str:
     """A text report: model, data, sampler run, parameter table and diagnostic warnings."""
     spec, data = result.spec, result.data
@@ -38,8 +57,9 @@ def report(result, ci: float = 0.95) -> str:
         )
         + f"; divergences {d['divergences']}, max R-hat {d['max_rhat']:.3f}, "
         f"min bulk ESS {d['min_ess_bulk']:.0f}",
-        "",
     ]
+    lines += _parameterisation_lines(spec, attrs)
+    lines += [""]
     lines += _parameter_lines(result, ci)
     if spec.iov or spec.covariates:
         lines += _variability_lines(result)

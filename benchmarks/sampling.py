@@ -1,0 +1,72 @@
+"""Default fit vs the pre-0.4 sampler set-up on two rich designs (issue 13).
+
+For each design (120 rich oral subjects, 120 rich 2-cpt IV subjects) and simulation seed, fits
+the data twice with 4 chains x 1000 draws: the default (etas centred where the pilot finds the data
+informative, chains started at the pilot's EBEs) and the old behaviour, reached through options
+(every eta non-centred, PyMC's jittered start). Prints per fit the max R-hat and min bulk ESS over
+the population parameters, the sampling time and min ESS/s; then per design the median ratio of
+min ESS/s, new / old.
+
+Run: .venv/bin/python benchmarks/sampling.py [--seeds 5] [--draws 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import designs  # benchmarks/designs.py, next to this script
+import numpy as np
+from arviz_stats import ess, rhat
+
+from nlmebayes import fit
+
+POP = ("log_", "omega_sd_", "omega_chol", "sigma_", "theta_")
+
+
+def population_diagnostics(result) -> tuple[float, float]:
+    """Max R-hat and min bulk ESS over the population parameters."""
+    post = result.posterior
+    names = [v for v in post.data_vars if v.startswith(POP)]
+    r = max(float(np.max(rhat(post[v]).values)) for v in names)
+    e = min(float(np.min(ess(post[v], method="bulk").values)) for v in names)
+    return r, e
+
+
+def one(spec, data, draws, seed, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fit(spec, data, draws=draws, tune=draws, chains=4, seed=seed, diagnostics=False, **options)
+    r, e = population_diagnostics(res)
+    wall = res.idata.attrs["nlmebayes_sampling_seconds"]
+    return r, e, wall, e / wall, res.idata.attrs["nlmebayes_centered"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--draws", type=int, default=1000)
+    args = ap.parse_args()
+    for name, make, spec in (
+        ("rich oral 120", designs.rich_oral, designs.ORAL),
+        ("rich 2-cpt IV 120", designs.rich_iv, designs.IV),
+    ):
+        ratios, ok = [], 0
+        for seed in range(1, args.seeds + 1):
+            data = make(seed)
+            new = one(spec, data, args.draws, seed)
+            old = one(designs.old_default(spec), data, args.draws, seed, init="jitter")
+            ok += new[0] <= 1.01 and new[1] >= 400
+            ratios.append(new[3] / old[3])
+            for label, (r, e, wall, eps, cen) in (("default", new), ("old", old)):
+                print(
+                    f"{name} seed {seed} {label:7s}: max R-hat {r:.3f}, min bulk ESS {e:.0f}, "
+                    f"sampling {wall:.1f} s, min ESS/s {eps:.1f}, centred {cen}"
+                )
+        print(f"{name}: default meets R-hat <= 1.01 and ESS >= 400 in {ok} of {args.seeds} seeds")
+        per_seed = ", ".join(f"{x:.1f}" for x in ratios)
+        print(f"{name}: ESS/s default / old = {np.median(ratios):.1f} (median; per seed {per_seed})")
+
+
+if __name__ == "__main__":
+    main()
