@@ -24,6 +24,7 @@ import warnings
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from pymc.model.transform.optimization import freeze_dims_and_data
 from sampling import population_diagnostics  # benchmarks/sampling.py
 
 from nlmebayes import IIV, ModelSpec, ResidualError, fit
@@ -64,7 +65,8 @@ def design(kind: str, n: int, per_subject: int, seed: int = 1):
 
 def gradient_time(spec, data, repeats: int = 5) -> float:
     """Seconds per log-density + gradient evaluation, compiled with numba as nutpie does."""
-    model = build_model(spec, data, deterministics=False).model
+    # nutpie freezes dims and data to constants before compiling, so must this
+    model = freeze_dims_and_data(build_model(spec, data, deterministics=False).model)
     logp = model.logp()
     grads = pt.grad(logp, model.value_vars)
     with compile_settings():

@@ -55,6 +55,7 @@ def fit(
     marginal_loo: bool = False,
     n_sim: int = 1000,
     init: Literal["pilot", "jitter"] = "pilot",
+    adaptation: Literal["diag", "low_rank"] = "diag",
 ) -> FitResult:
     """Sample the posterior of ``spec`` given ``data`` with NUTS.
 
@@ -94,6 +95,9 @@ def fit(
         conditional modes (EBEs), so every subject starts in the mode its own data favour and
         chains cannot settle on different sides of a per-subject flip-flop. ``"jitter"``: PyMC's
         default, every variable jittered (etas included), as before version 0.4.
+    adaptation : {"diag", "low_rank"}
+        nutpie's mass-matrix adaptation: diagonal, or diagonal plus a low-rank correction for
+        strongly correlated directions (nutpie only).
 
     Returns
     -------
@@ -126,6 +130,7 @@ def fit(
         centered,
         pilot if init == "pilot" else None,
         sampler,
+        adaptation=adaptation,
         draws=draws,
         tune=tune,
         chains=chains,
@@ -175,6 +180,7 @@ def _sample(
     pilot: Pilot | None,
     sampler: str,
     *,
+    adaptation="diag",
     draws,
     tune,
     chains,
@@ -197,6 +203,7 @@ def _sample(
         built.model,
         start,
         sampler,
+        adaptation=adaptation,
         draws=draws,
         tune=tune,
         chains=chains,
@@ -210,7 +217,18 @@ def _sample(
 
 
 def _run_sampler(
-    bare, start: dict | None, sampler: str, *, draws, tune, chains, seed, target_accept, progressbar, cores
+    bare,
+    start: dict | None,
+    sampler: str,
+    *,
+    adaptation,
+    draws,
+    tune,
+    chains,
+    seed,
+    target_accept,
+    progressbar,
+    cores,
 ):
     """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables."""
     pop = None if start is None else {rv for rv in bare.free_RVs if not rv.name.startswith(("z_", "phi_"))}
@@ -229,6 +247,7 @@ def _run_sampler(
                 save_warmup=False,
                 progress_bar=progressbar,
                 target_accept=target_accept,
+                adaptation=adaptation,
             )
         with bare:
             return pm.sample(

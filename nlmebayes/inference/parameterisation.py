@@ -8,13 +8,19 @@ non-centred ``z = eta / omega`` must move in concert with omega and the typical 
 
 The pilot (:func:`run_pilot`) measures it: at the spec's initial values it finds each
 subject's conditional mode of the etas and the curvature there (the FOCE-I Hessian of
-:mod:`nlmebayes.diagnostics.ebe`), and compares each eta's conditional SD with its omega. For a
-normal-normal model the centred form mixes better exactly when the data carry more information
-than the prior, i.e. when the conditional variance is below half the prior's (SD ratio below
-``1/sqrt(2)``, Papaspiliopoulos, Roberts & Sköld 2007); a parameter is centred when the median
-subject is below that. Models the pilot cannot integrate exactly (IOV, levels, Student-t, M3)
-are piloted on their Gaussian core without those parts: it only has to rank information, not
-compute a likelihood.
+:mod:`nlmebayes.diagnostics.ebe`, derivatives by central differences), and compares each eta's
+conditional SD with its omega. A parameter is centred when the median subject's ratio is below
+:data:`CENTRING_THRESHOLD` = 0.5, i.e. when the data carry at least three times the information
+Omega does. For a normal-normal model with known variances the break-even is at 1/sqrt(2)
+(Papaspiliopoulos, Roberts & Sköld 2007); with omega and the typical values sampled too, centring
+at 0.6 split chains (a V shared with a KA near flip-flop; theophylline's V), hence the margin.
+Parameters without IIV get a pseudo-eta with a wide prior in the curvature, so an eta the data
+pin only together with a shared parameter is not counted as informed. Models the pilot cannot
+integrate exactly (IOV, levels, Student-t, M3) are piloted on their Gaussian core without those
+parts: it only has to rank information, not compute a likelihood.
+
+The same pilot gives the chains their start (:func:`initial_point`): etas at the conditional
+modes, so each subject starts in the mode its own data favour.
 
 Whatever the sampler saw, the draws are stored as ``z`` (:func:`noncentred_draws`): results,
 reports, plots and predictions never depend on the choice.
@@ -32,7 +38,7 @@ from pytensor.graph.replace import graph_replace
 
 from nlmebayes.data import EventData
 from nlmebayes.model.compile import batched_function
-from nlmebayes.model.spec import ModelSpec, ResidualError
+from nlmebayes.model.spec import IIV, ModelSpec, ResidualError
 
 __all__ = [
     "Pilot",
@@ -43,8 +49,10 @@ __all__ = [
     "CENTRING_THRESHOLD",
 ]
 
-#: Centre an eta when the median subject's conditional SD / omega is below this (see module docstring).
-CENTRING_THRESHOLD = 2**-0.5
+#: Prior SD (log scale) of the pseudo-etas the pilot gives parameters without IIV.
+PSEUDO_SD = 2.0
+#: Centre an eta when the median subject's conditional SD / omega is below this (module docstring).
+CENTRING_THRESHOLD = 0.5
 
 
 @dataclass
@@ -93,18 +101,25 @@ def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
     if not spec.iiv:
         return None
     core = _gaussian_core(spec)
+    q = len(core.iiv_parameters)
+    # Estimated parameters without IIV get a pseudo-eta: held at 0 for the modes, then given a
+    # wide prior for the curvature, so an eta that the data only pin together with a population
+    # parameter (V_i with a shared KA near flip-flop) is not counted as informed.
+    pseudo = [p.name for p in core.parameters if not p.fixed and p.name not in core.iiv_parameters]
+    if pseudo:
+        core = dataclasses.replace(core, iiv=[*core.iiv, IIV(pseudo, sd=[PSEUDO_SD] * len(pseudo))])
     cm = ConditionalModel(core, data, lean=True)
     sd = np.array([s for b in core.iiv for s in b.sd])
     pop = _initial_values(core, cm)
-    obj = JointObjective(cm, pop, np.diag(sd**2))
+    held = np.r_[sd[:q], np.full(len(pseudo), 1e-6)]
     with warnings.catch_warnings():
         # a pilot: an unconverged subject still ranks the information well enough
         warnings.simplefilter("ignore", RuntimeWarning)
-        eta, _ = conditional_modes(obj, maxiter=50)
-        _, _, H, _ = obj.derivatives(eta)
-    cond_sd = np.sqrt(np.diagonal(np.linalg.inv(H), axis1=1, axis2=2))
-    ratio = np.median(cond_sd / sd, axis=0)
-    return Pilot(dict(zip(core.iiv_parameters, map(float, ratio), strict=True)), eta, pop)
+        eta, _ = conditional_modes(JointObjective(cm, pop, np.diag(held**2)), maxiter=50)
+        _, _, H, _ = JointObjective(cm, pop, np.diag(sd**2)).derivatives(eta)
+    cond_sd = np.sqrt(np.diagonal(np.linalg.inv(H), axis1=1, axis2=2))[:, :q]
+    ratio = np.median(cond_sd / sd[:q], axis=0)
+    return Pilot(dict(zip(core.iiv_parameters[:q], map(float, ratio), strict=True)), eta[:, :q], pop)
 
 
 def centred_parameters(spec: ModelSpec, pilot: Pilot | None) -> list[str]:
@@ -171,7 +186,9 @@ def _evaluate(expr, model, values: dict):
     left = [v.name for v in ancestors([out]) if v in set(model.free_RVs)]
     if left:
         raise ValueError(f"no starting value for {left}")
-    return out.eval()
+    import pytensor
+
+    return pytensor.function([], out, mode="FAST_COMPILE")()  # .eval() would compile with numba: ~1 s
 
 
 def _gaussian_core(spec: ModelSpec) -> ModelSpec:
