@@ -90,11 +90,37 @@ def _once(fn, args) -> float:
     return time.perf_counter() - t
 
 
+def data_layer(n_records: int = 1_000_000) -> None:
+    """Read a NONMEM-style CSV of ``n_records`` records and build the model graph for it."""
+    import tempfile
+    from pathlib import Path
+
+    from nlmebayes import read_nonmem
+
+    n_subjects = n_records // 5  # one dose and four observations each
+    df = sampling_design(n_subjects, TIMES["oral"], amt=100.0, obs_cmt=2, per_subject=4).input_frame()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.csv"
+        df.to_csv(path, index=False)
+        t = time.perf_counter()
+        data = read_nonmem(path)
+        t_read = time.perf_counter() - t
+        build_model(ORAL, data, deterministics=False)
+        t_all = time.perf_counter() - t
+    print(
+        f"data layer: read {len(df)} records in {t_read:.1f} s, read + build the graph in {t_all:.1f} s "
+        f"({data.n_subjects} subjects, {data.n_obs} observations)",
+        flush=True,
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit-max", type=int, default=1000)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--records", type=int, default=1_000_000)
     args = ap.parse_args()
+    data_layer(args.records)
     for kind in ("oral", "iv"):
         for per in (4, 12):
             grad = {}

@@ -230,8 +230,13 @@ def _run_sampler(
     progressbar,
     cores,
 ):
-    """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables."""
-    pop = None if start is None else {rv for rv in bare.free_RVs if not rv.name.startswith(("z_", "phi_"))}
+    """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables.
+
+    Without a start every variable is jittered except a centred ``phi``, which starts at its
+    typical value: jittered, it can start where the gradient is not finite.
+    """
+    skip = ("phi_",) if start is None else ("z_", "phi_")
+    pop = {rv for rv in bare.free_RVs if not rv.name.startswith(skip)}
     with pytensor.config.change_flags(traceback__limit=0), compile_settings():
         if sampler == "nutpie":
             import nutpie
