@@ -124,12 +124,7 @@ def fit(
     pilot = _pilot(spec, data)
     centered = centred_parameters(spec, pilot)
     t0 = time.perf_counter()
-    idata = _sample(
-        spec,
-        data,
-        centered,
-        pilot if init == "pilot" else None,
-        sampler,
+    settings = dict(
         adaptation=adaptation,
         draws=draws,
         tune=tune,
@@ -139,6 +134,7 @@ def fit(
         progressbar=progressbar,
         cores=cores,
     )
+    idata = _sample(spec, data, centered, pilot if init == "pilot" else None, sampler, settings)
     wall = time.perf_counter() - t0
     add_derived(built.model, idata)
     if posterior_predictive:
@@ -179,17 +175,9 @@ def _sample(
     centered: list,
     pilot: Pilot | None,
     sampler: str,
-    *,
-    adaptation="diag",
-    draws,
-    tune,
-    chains,
-    seed,
-    target_accept,
-    progressbar,
-    cores,
+    settings: dict,
 ):
-    """Sample the bare density (no deterministics).
+    """Sample the bare density (no deterministics); ``settings`` are :func:`_run_sampler`'s.
 
     Deterministics and the pointwise log-likelihood follow for all draws in one vectorised
     evaluation (cheaper than compiling them into the sampler). nutpie is called directly:
@@ -199,19 +187,7 @@ def _sample(
     """
     built = build_model(spec, data, deterministics=False, centered=centered)
     start = initial_point(built, spec, pilot) if pilot is not None else None
-    idata = _run_sampler(
-        built.model,
-        start,
-        sampler,
-        adaptation=adaptation,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        seed=seed,
-        target_accept=target_accept,
-        progressbar=progressbar,
-        cores=cores,
-    )
+    idata = _run_sampler(built.model, start, sampler, **settings)
     noncentred_draws(built, idata)
     return idata
 
