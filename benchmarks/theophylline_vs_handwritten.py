@@ -48,10 +48,16 @@ def handwritten(data):
     return m
 
 
+PHASES: dict[str, list] = {"pilot": [], "sampling": [], "derived": []}
+
+
 def run(make, seed):
     t0 = time.perf_counter()
     idata = make(seed)
     wall = time.perf_counter() - t0
+    if "nlmebayes_pilot_seconds" in idata.attrs:
+        for k in PHASES:
+            PHASES[k].append(idata.attrs[f"nlmebayes_{k}_seconds"])
     post = idata["posterior"]
     e = min(
         float(ess(post[v], method="bulk").min())
@@ -133,6 +139,16 @@ def main() -> None:
         print(
             f"  wall-time ratio nlmebayes / {ref} = {wall['nlmebayes fit'] / wall[ref]:.2f} (target <= 1.1)"
         )
+    phases = {k: float(np.median(v)) for k, v in PHASES.items()}
+    print(
+        f"  nlmebayes fit by phase (median): pilot {phases['pilot']:.2f} s, build + compile + "
+        f"sampling {phases['sampling']:.2f} s, deterministics and pointwise log-likelihood "
+        f"{phases['derived']:.2f} s"
+    )
+    print(
+        f"  ratio sampling alone / hand-written, nutpie API = "
+        f"{phases['sampling'] / wall['hand-written, nutpie API']:.2f}"
+    )
     res = fit(spec, data, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=1, diagnostics=False, progressbar=False)
     t0 = time.perf_counter()
     add_marginal(res, seed=1)

@@ -121,6 +121,7 @@ def fit(
     for w in design:
         warnings.warn(w, stacklevel=2)
     progressbar = _interactive() if progressbar is None else progressbar
+    t_pilot = time.perf_counter()
     pilot = _pilot(spec, data)
     centered = centred_parameters(spec, pilot)
     t0 = time.perf_counter()
@@ -137,6 +138,7 @@ def fit(
     idata = _sample(spec, data, centered, pilot if init == "pilot" else None, sampler, settings)
     wall = time.perf_counter() - t0
     add_derived(built.model, idata)
+    t_derived = time.perf_counter() - t0 - wall
     if posterior_predictive:
         with built.model:
             pm.sample_posterior_predictive(
@@ -145,6 +147,8 @@ def fit(
     idata.attrs.update(
         nlmebayes_sampler=sampler,
         nlmebayes_sampling_seconds=wall,
+        nlmebayes_pilot_seconds=t0 - t_pilot,
+        nlmebayes_derived_seconds=t_derived,
         nlmebayes_seed=-1 if seed is None else int(seed),
         nlmebayes_design_warnings="\n".join(design),
         nlmebayes_centered=centered,
