@@ -46,13 +46,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--designs", nargs="+", default=["oral", "iv"])
     args = ap.parse_args()
-    for name, make, spec in (
-        ("rich oral 120", designs.rich_oral, designs.ORAL),
-        ("rich 2-cpt IV 120", designs.rich_iv, designs.IV),
-    ):
+    cases = {
+        "oral": ("rich oral 120", designs.rich_oral, designs.ORAL),
+        "iv": ("rich 2-cpt IV 120", designs.rich_iv, designs.IV),
+    }
+    for name, make, spec in (cases[d] for d in args.designs):
         ratios, ok = [], 0
-        for seed in range(1, args.seeds + 1):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             data = make(seed)
             new = one(spec, data, args.draws, seed)
             old = one(designs.old_default(spec), data, args.draws, seed, init="jitter")
