@@ -169,6 +169,15 @@ _INPUTS = {
 }
 
 
+def _take(v, idx: np.ndarray):
+    """``v[idx]`` for a tensor or array ``v``, the index given as one constant.
+
+    Indexing a tensor with a NumPy array makes PyTensor inspect it element by element in Python
+    (6 s for a million pairs); as a constant tensor it is one node, the same graph.
+    """
+    return pt.as_tensor_variable(v)[pt.as_tensor_variable(np.asarray(idx, dtype="int64"))]
+
+
 def _pair_amounts(pairs: dict, lam, coef, ka):
     """Central amount each dose-observation pair contributes (before division by V).
 
@@ -187,30 +196,32 @@ def _pair_amounts(pairs: dict, lam, coef, ka):
                 if not len(sel):
                     continue
                 u = _INPUTS[(inf, is_ss)]
-                xs = pt.shape_padright(pt.as_tensor_variable(x)[sel], 1)
-                Ds = pt.shape_padright(pt.as_tensor_variable(D)[sel], 1)
+                xs = pt.shape_padright(_take(x, sel), 1)
+                Ds = pt.shape_padright(_take(D, sel), 1)
                 taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
-                ls = lam[sel]
+                ls = _take(lam, sel)
                 if not depot:
                     resp = u(ls, xs, Ds, taus)
                 else:
-                    kas = pt.shape_padright(ka[sel], 1)
+                    kas = pt.shape_padright(_take(ka, sel), 1)
                     if not inf and not is_ss:
                         dd = exp_diff(ls, kas, xs)
                     else:
                         dd = _divided_difference(u, ls, kas, xs, Ds, taus)
                     resp = kas * dd
-                amount = pt.sum(coef[sel] * resp, axis=-1)
-                scale = R[sel] if inf else F[sel] * amt[sel]
-                contrib = scale * amount if len(sel) == n else pt.set_subtensor(contrib[sel], scale * amount)
+                amount = pt.sum(_take(coef, sel) * resp, axis=-1)
+                scale = _take(R, sel) if inf else _take(F, sel) * _take(amt, sel)
+                contrib = (
+                    scale * amount if len(sel) == n else pt.set_subtensor(_take(contrib, sel), scale * amount)
+                )
     if constant.any():
         # A constant-rate infusion at steady state (SS=1, AMT=0, RATE>0) has run forever and
         # keeps running: the central amount is rate * sum_m c_m / lambda_m, from the central
         # compartment or through the depot alike (at steady state the depot passes on all it
         # receives). F scales the rate.
         sel = np.flatnonzero(constant)
-        amount = pt.sum(coef[sel] / lam[sel], axis=-1)
-        contrib = pt.set_subtensor(contrib[sel], F[sel] * R[sel] * amount)
+        amount = pt.sum(_take(coef, sel) / _take(lam, sel), axis=-1)
+        contrib = pt.set_subtensor(_take(contrib, sel), _take(F, sel) * _take(R, sel) * amount)
     return contrib
 
 
@@ -296,7 +307,7 @@ class Compartmental:
             if v is None:
                 return default
             v = pt.as_tensor_variable(v)
-            return v * pt.ones(len(pd_idx)) if v.ndim == 0 else v[pd_idx]
+            return v * pt.ones(len(pd_idx)) if v.ndim == 0 else _take(v, pd_idx)
 
         P = {k: per_pair(k) for k in self.parameters}
         lam, coef = disposition(
@@ -311,7 +322,7 @@ class Compartmental:
         n_obs = data.n_obs
         if np.array_equal(data.pair_obs, np.arange(n_obs)):
             return contrib  # one dose per observation (single-dose data): nothing to add up
-        return pt.inc_subtensor(pt.zeros(n_obs)[data.pair_obs], contrib)
+        return pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), contrib)
 
     def _pair_inputs(self, data: EventData, params: dict, per_pair) -> dict:
         """Inputs of each dose-observation pair.
