@@ -40,8 +40,9 @@ def test_michaelis_menten_population_recovery():
     r = (sim.obs_dv - ipred) / np.sqrt(0.05**2 + (0.1 * ipred) ** 2)
     assert abs(r.std() - 1) < 2 / np.sqrt(2 * len(r))
     res = fit(spec, sim, draws=500, tune=500, chains=2, seed=5, diagnostics=False)
-    # Not asserted converged: at these settings omega(VMAX) has R-hat 1.07 and VMAX a bulk ESS
-    # of ~39 per 1000 draws (assert_converged asks < 1.05 and > 100); see issue 13.
+    # Not asserted converged: at these settings VMAX has a bulk ESS of ~28 per 1000 draws and KM
+    # ~36 (assert_converged asks > 100). Centring the etas (R-hat of omega(VMAX) 1.07 -> 1.02) did
+    # not fix it: the slow direction is the VMAX-KM ridge of the typical values (issue 13).
     expect = truth | {"omega(VMAX)": 0.3, "omega(V)": 0.2, "sigma_prop": 0.1, "sigma_add": 0.05}
 
     def missed(ci):

@@ -87,8 +87,9 @@ def test_study_level_variance_recovered():
         seed=5,
     )
     res = fit(spec, sim, seed=6, target_accept=0.9, **SETTINGS)
-    # Not asserted converged: at these settings bulk ESS of CL is ~48 per 1000 draws (R-hat
-    # 1.02), below assert_converged's 100; the non-centred etas mix slowly here (issue 13).
+    # Not asserted converged: CL's bulk ESS is ~127 per 1000 draws (R-hat 1.02) with the pilot's
+    # parameterisation (~48 before it), too near assert_converged's 100 to assert; the ten
+    # non-centred group effects are what mix slowly now.
     tab = res.parameter_table(ci=0.90).set_index("parameter")
     # Ten groups carry little information on an SD: the interval is wide, it must hold the truth.
     _covers(tab, {"sd_STUDY(CL)": 0.4, "CL": 2.0})
@@ -229,7 +230,9 @@ def test_student_t_residuals_resist_outliers():
     )
     rn = fit(spec, data, seed=9, diagnostics=False, **SETTINGS)
     rt = fit(robust, data, seed=9, **SETTINGS)
-    # Not asserted converged: CL's bulk ESS is ~89 per 1000 draws here, below 100 (issue 13).
+    # CL's bulk ESS was ~89 per 1000 draws with every eta non-centred; the pilot centres CL and
+    # V here (ESS ~850), so convergence is now asserted.
+    assert_converged(rt)
     sn = rn.parameter_table().set_index("parameter").loc["sigma_prop", "median"]
     tt = rt.parameter_table(ci=0.90).set_index("parameter")
     # Normal: sigma inflated by half (0.155 here). Student-t: nu small (2.8 here) and the scale
