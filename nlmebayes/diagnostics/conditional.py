@@ -67,7 +67,6 @@ class ConditionalModel:
         R = pt.square(sd) * pt.ones(self.data.n_obs)
         f, R = graph_replace([f, R], replace=repl, strict=False)
         outs = [f, R]
-        self.lean = lean
         if self.q and not lean:
             # Forward mode in the direction "eta_k of every subject": each observation depends on
             # its own subject's etas only, so this is df_j / d eta_{s(j), k} for all j at once.

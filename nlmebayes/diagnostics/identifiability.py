@@ -63,15 +63,9 @@ def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> st
     A warning when the posterior puts more than ``threshold`` of its mass on each side of
     ``KA_pop = k_pop`` (``k = CL/V`` at the typical values), or chains disagree on the side.
     """
-    names = spec.parameter_names
-    if "KA" not in names or spec.flip_flop_guard or "KA_pop" not in posterior:
+    if "KA" not in spec.parameter_names or spec.flip_flop_guard or "KA_pop" not in posterior:
         return None
-    if "K" in names:
-        k = posterior["K_pop"] if "K_pop" in posterior else spec.parameter("K").initial
-    else:
-        cl = posterior["CL_pop"] if "CL_pop" in posterior else spec.parameter("CL").initial
-        v = posterior["V_pop"] if "V_pop" in posterior else spec.parameter("V").initial
-        k = cl / v
+    k = _elimination_rate(posterior, spec, "_pop")
     log_ratio = np.log(posterior["KA_pop"] / k)
     below = float((log_ratio < 0).mean())
     chain_sides = np.sign(log_ratio.median("draw").values)
@@ -85,6 +79,15 @@ def flip_flop_warning(posterior, spec: ModelSpec, threshold: float = 0.05) -> st
     return None
 
 
+def _elimination_rate(posterior, spec: ModelSpec, suffix: str):
+    """The elimination rate K, or CL / V, from posterior variables ``<P><suffix>`` (else the spec's value)."""
+
+    def value(p):
+        return posterior[p + suffix] if p + suffix in posterior else spec.parameter(p).initial
+
+    return value("K") if "K" in spec.parameter_names else value("CL") / value("V")
+
+
 def subject_flip_flop_warning(posterior, spec: ModelSpec) -> str | None:
     """Warn when chains put a subject on different sides of ``KA_i = k_i``.
 
@@ -94,12 +97,7 @@ def subject_flip_flop_warning(posterior, spec: ModelSpec) -> str | None:
     """
     if spec.flip_flop_guard or "KA" not in spec.iiv_parameters or "KA" not in posterior:
         return None
-    if "K" in posterior:
-        k = posterior["K"]
-    elif "CL" in posterior and "V" in posterior:
-        k = posterior["CL"] / posterior["V"]
-    else:
-        return None
+    k = _elimination_rate(posterior, spec, "")
     side = np.sign(np.log(posterior["KA"] / k).median("draw"))  # (chain, subject)
     split = (side.max("chain") != side.min("chain")).values
     if not split.any():

@@ -13,15 +13,32 @@ from pytensor.graph.replace import graph_replace
 
 from nlmebayes.model.compile import batched_function
 
-__all__ = ["add_derived"]
+__all__ = ["add_derived", "evaluate_draws"]
+
+
+def evaluate_draws(model: pm.Model, outputs: list, post: xr.Dataset, chunk: int = 1000) -> list:
+    """``outputs`` (graphs in ``model``'s free variables) for every draw of ``post``.
+
+    The graph is vectorised over draws and compiled once in FAST_COMPILE mode
+    (:func:`~nlmebayes.model.compile.batched_function`); draws go through in chunks of ``chunk``
+    to bound memory. Returns one array per output, ``(chain * draw, ...)``.
+    """
+    free = list(model.free_RVs)
+    # Random variables cannot be graph inputs: stand-ins of the same type take their place.
+    single = [rv.type(name=rv.name) for rv in free]
+    outs = graph_replace(outputs, dict(zip(free, single, strict=True)), strict=False)
+    fn = batched_function(single, outs, mode="FAST_COMPILE")
+    n = post.sizes["chain"] * post.sizes["draw"]
+    flat = [post[rv.name].values.reshape(n, *post[rv.name].shape[2:]) for rv in free]
+    pieces = [fn(*[x[i : i + chunk] for x in flat]) for i in range(0, n, chunk)]
+    return [np.concatenate([p[j] for p in pieces]) for j in range(len(outputs))]
 
 
 def add_derived(model: pm.Model, idata: xr.DataTree, chunk: int = 1000) -> None:
     """Add the deterministics to ``posterior`` and the ``log_likelihood`` group of ``DV``.
 
-    The graph is vectorised over draws and compiled once in FAST_COMPILE mode
-    (:func:`~nlmebayes.model.compile.batched_function`); draws go through in chunks of
-    ``chunk`` to bound memory. ``observed_data`` is added when missing.
+    All draws are evaluated at once by :func:`evaluate_draws`. ``observed_data`` is added when
+    missing.
 
     Parameters
     ----------
@@ -33,18 +50,10 @@ def add_derived(model: pm.Model, idata: xr.DataTree, chunk: int = 1000) -> None:
         Draws per compiled call.
     """
     post = idata["posterior"].to_dataset()
-    free = list(model.free_RVs)
     dv = model["DV"]
     dets = list(model.deterministics)
-    outs = dets + [pm.logp(dv, model.rvs_to_values[dv])]
-    # Random variables cannot be graph inputs: stand-ins of the same type take their place.
-    single = [rv.type(name=rv.name) for rv in free]
-    outs = graph_replace(outs, dict(zip(free, single, strict=True)), strict=False)
-    fn = batched_function(single, outs, mode="FAST_COMPILE")
+    values = evaluate_draws(model, dets + [pm.logp(dv, model.rvs_to_values[dv])], post, chunk)
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-    flat = [post[rv.name].values.reshape(n_chain * n_draw, *post[rv.name].shape[2:]) for rv in free]
-    pieces = [fn(*[x[i : i + chunk] for x in flat]) for i in range(0, n_chain * n_draw, chunk)]
-    values = [np.concatenate([p[j] for p in pieces]) for j in range(len(outs))]
     coords = {"chain": post["chain"], "draw": post["draw"]}
 
     def as_da(name, arr):

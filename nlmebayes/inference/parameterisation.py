@@ -37,7 +37,6 @@ import xarray as xr
 from pytensor.graph.replace import graph_replace
 
 from nlmebayes.data import EventData
-from nlmebayes.model.compile import batched_function
 from nlmebayes.model.spec import IIV, ModelSpec, ResidualError
 
 __all__ = [
@@ -174,6 +173,7 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
 
 def _evaluate(expr, model, values: dict):
     """``expr`` at the given values of the model's free variables (all it depends on)."""
+    import pytensor
     import pytensor.tensor as pt
     from pytensor.graph.traversal import ancestors
 
@@ -186,8 +186,6 @@ def _evaluate(expr, model, values: dict):
     left = [v.name for v in ancestors([out]) if v in set(model.free_RVs)]
     if left:
         raise ValueError(f"no starting value for {left}")
-    import pytensor
-
     return pytensor.function([], out, mode="FAST_COMPILE")()  # .eval() would compile with numba: ~1 s
 
 
@@ -233,23 +231,17 @@ def noncentred_draws(built, idata: xr.DataTree, chunk: int = 1000) -> None:
     """
     if not built.z_expressions:
         return
+    from nlmebayes.inference.derived import evaluate_draws
+
     model = built.model
     post = idata["posterior"].to_dataset()
-    free = list(model.free_RVs)
-    single = [rv.type(name=rv.name) for rv in free]
     names = list(built.z_expressions)
-    outs = graph_replace(
-        [built.z_expressions[n] for n in names], dict(zip(free, single, strict=True)), strict=False
-    )
-    fn = batched_function(single, outs)
+    values = evaluate_draws(model, [built.z_expressions[n] for n in names], post, chunk)
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-    flat = [post[rv.name].values.reshape(n_chain * n_draw, *post[rv.name].shape[2:]) for rv in free]
-    pieces = [fn(*[x[i : i + chunk] for x in flat]) for i in range(0, n_chain * n_draw, chunk)]
     drop = [n for n in post.data_vars if n.startswith("phi_") or n in names]
     post = post.drop_vars(drop)
     post = post.drop_vars([c for c in post.coords if c.endswith(("_c", "_nc")) and c.startswith("iiv_")])
-    for j, name in enumerate(names):
-        arr = np.concatenate([p[j] for p in pieces])
+    for name, arr in zip(names, values, strict=True):
         dim = f"iiv_{name[2:]}"
         post[name] = xr.DataArray(
             arr.reshape(n_chain, n_draw, *arr.shape[1:]),
