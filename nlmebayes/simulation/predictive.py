@@ -62,6 +62,9 @@ class Predictor:
         ones = np.ones(self.data.n_obs)
         outs = [model["ipred"] * ones, mu * ones, sd * ones] + ([nu * ones] if nu is not None else [])
         self.has_nu = nu is not None
+        # the individual parameters (subject level: before IOV), beside the predictions
+        self.parameter_names = [n for n in spec.parameter_names if n in model.named_vars]
+        outs += [model[n] * np.ones(self.data.n_subjects) for n in self.parameter_names]
         single = [rv.type(name=rv.name) for rv in free]
         outs = graph_replace(outs, dict(zip(free, single, strict=True)), strict=False)
         self._fn = batched_function(single, outs, mode=mode)
@@ -75,10 +78,15 @@ class Predictor:
         self.coords = {k: list(v) for k, v in model.coords.items()}
 
     def __call__(self, values: dict) -> dict:
-        """IPRED, ``mu``, ``sd`` (and ``nu``), each (batch, n_obs), for a batch of free-variable values."""
+        """IPRED, ``mu``, ``sd`` (and ``nu``), each (batch, n_obs), for a batch of free-variable values.
+
+        Also ``parameters``: the individual parameters by name, each (batch, n_subjects).
+        """
         out = self._fn(*[np.asarray(values[n], dtype=float) for n in self.names])
         keys = ["ipred", "mu", "sd"] + (["nu"] if self.has_nu else [])
-        return dict(zip(keys, out, strict=True))
+        got = dict(zip(keys, out[: len(keys)], strict=True))
+        got["parameters"] = dict(zip(self.parameter_names, out[len(keys) :], strict=True))
+        return got
 
     def replicate(self, values: dict, rng: np.random.Generator) -> dict:
         """As :meth:`__call__`, plus ``dv``: one replicated observation per record, on the DV scale."""
