@@ -352,7 +352,7 @@ def _laplace(result, pred: Predictor, draws: int, rng):
     return values, index, np.full(N, float(draws))
 
 
-def _newton(objective, Z, h: float = 1e-4, tol: float = 1e-6, maxiter: int = 50):
+def _newton(objective, Z, h: float = 1e-4, tol: float = 1e-4, maxiter: int = 50):
     """Minimise a per-subject objective of (N, Q) by damped Newton steps, all subjects at once.
 
     Gradient and Hessian by central differences; each patient's objective depends only on its
@@ -364,10 +364,13 @@ def _newton(objective, Z, h: float = 1e-4, tol: float = 1e-6, maxiter: int = 50)
         if np.max(np.abs(g)) < tol:
             break
         w, V = np.linalg.eigh(0.5 * (H + np.swapaxes(H, 1, 2)))
-        step = np.einsum("sqr,sr,spr,sp->sq", V, 1.0 / np.maximum(w, 1e-3), V, g)
-        alphas = 0.5 ** np.arange(8)
+        # |eigenvalues|, at least the prior's curvature 1: a descent direction where the
+        # objective is not convex (far from the mode), of bounded length
+        step = np.einsum("sqr,sr,spr,sp->sq", V, 1.0 / np.maximum(np.abs(w), 1.0), V, g)
+        alphas = 0.5 ** np.arange(20)
         trial = Z[None] - alphas[:, None, None] * step[None]
         f = objective(np.concatenate([Z[None], trial]))  # (1 + len(alphas), N)
+        f = np.where(np.isfinite(f), f, np.inf)  # argmin would take a NaN for the best
         best = np.argmin(f, axis=0)  # 0: no step improves
         Z = np.where((best > 0)[:, None], trial[np.maximum(best - 1, 0), np.arange(N)], Z)
     g, H = _derivatives(objective, Z, h)
