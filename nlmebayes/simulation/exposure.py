@@ -145,7 +145,8 @@ def target_attainment(
         function of the metrics Dataset returning a boolean DataArray.
     by : str or mapping, optional
         Stratify by a subject covariate: a column name (its values as strata) or
-        ``{column: bin edges}`` (e.g. ``{"WGT": [0, 1, 2, 5]}``).
+        ``{column: bin edges}`` (e.g. ``{"WGT": [0, 1, 2, 5]}``: strata 0-1, 1-2, 2-5, each
+        including its upper edge, the first also its lower one).
     output : str, optional
         The model output (default: the only one).
     prob : float
@@ -222,7 +223,15 @@ def _strata(ds: xr.Dataset, by) -> list[tuple[str, np.ndarray]]:
         labels = values.astype(str)
         order = sorted(pd.unique(labels))
     else:
-        cut = pd.cut(values, edges, include_lowest=True)
-        labels = np.asarray(cut.astype(str))
-        order = [str(c) for c in cut.categories if (labels == str(c)).any()]
+        edges = np.asarray(edges, dtype=float)
+        k = np.clip(np.searchsorted(edges, values, side="left") - 1, 0, len(edges) - 2)  # (lo, hi]
+        k = np.where(values == edges[0], 0, k)
+        names = [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        outside = (values < edges[0]) | (values > edges[-1])
+        if outside.any():
+            raise ValueError(
+                f"{col} values {np.unique(values[outside])[:5]} lie outside the bins {edges.tolist()}"
+            )
+        labels = np.asarray(names, dtype=object)[k]
+        order = [n for n in names if (labels == n).any()]
     return [(f"{col} {lab}", labels == lab) for lab in order]
