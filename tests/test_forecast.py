@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nlmebayes import IIV, ModelSpec, ResidualError, datasets, fit, read_nonmem
+from nlmebayes import IIV, IOV, ModelSpec, ResidualError, datasets, fit, read_nonmem
 from nlmebayes.data import id_label
 from nlmebayes.simulation import (
     Regimen,
@@ -144,3 +144,38 @@ def _on_grid(data, p):
     for s, t, v in zip(data.obs_subject, data.obs_time, data.obs_dv, strict=True):
         y[subjects.index(str(id_label(data.ids[s]))), times.index(t), 0] = v
     return y
+
+
+def test_forecast_with_iov_gives_future_doses_a_new_occasion():
+    """With IOV, a forecast's future doses form a new occasion with a fresh kappa: the prediction
+    4 h after a future dose is less certain than 4 h after a dose of a measured occasion, whose
+    kappa the level informs (pi 0.3 here is as large as omega, so the gap is wide)."""
+    spec = ModelSpec(
+        "iov",
+        "1cpt_oral",
+        TRUTH,
+        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
+        iov=IOV(["CL"], sd=[0.3]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+    rows = []
+    for occ, t0 in ((1, 0.0), (2, 24.0)):
+        rows += [
+            dict(ID=1, TIME=t0, AMT=100.0, EVID=1, MDV=1, DV=0.0, OCC=occ, CMT=1),
+            dict(ID=1, TIME=t0 + 4, AMT=0.0, EVID=0, MDV=0, DV=1.0, OCC=occ, CMT=2),
+            dict(ID=1, TIME=t0 + 12, AMT=0.0, EVID=0, MDV=0, DV=1.0, OCC=occ, CMT=2),
+        ]
+    design = read_nonmem(pd.DataFrame(rows))
+    hist = simulate(
+        spec, design, typical=TRUTH, omega=np.diag([0.09, 0.04]), pi={"CL": 0.3}, sigma={"prop": 0.1}, seed=5
+    )
+    res = fixed_result(spec, hist, **TRUTH, omega_sd_0_CL=0.3, omega_sd_0_V=0.2, pi_sd_CL=0.3, sigma_prop=0.1)
+    fc = forecast(res, hist, draws=1000, seed=2)
+    future = continue_design(hist, Regimen(100.0, start=72), [28.0, 84.0], spec)
+    assert future.records.loc[future.records["TIME"] == 84.0, "OCC"].tolist() == [3.0]
+    p = fc.predict(future)["ipred"].isel(subject=0, output=0)
+    spread = np.log(p).std("draw")
+    print(
+        f"log-prediction SD: measured occasion {float(spread.sel(time=28.0)):.3f}, new occasion {float(spread.sel(time=84.0)):.3f}"
+    )
+    assert float(spread.sel(time=84.0)) > 1.5 * float(spread.sel(time=28.0))

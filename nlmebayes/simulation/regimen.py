@@ -326,7 +326,8 @@ def continue_design(history: EventData, regimen: Regimen | None, times, spec: Mo
     """A patient's dosing history, then ``regimen``, observed at ``times`` (absolute times).
 
     The history's dose records and covariates are kept, its observations are not predicted; each
-    subject's covariates on the new records are its last record's. Used to forecast (MIPD).
+    subject's covariates on the new records are its last record's. With IOV the new records are a
+    new occasion (the subject's last one + 1). Used to forecast (MIPD).
 
     Parameters
     ----------
@@ -352,6 +353,9 @@ def continue_design(history: EventData, regimen: Regimen | None, times, spec: Mo
         if new is not None
         else regimen_design(spec, Regimen(0.0), times, covs).input_frame().query("EVID == 0")
     )
+    for col in {b.occasion for b in spec.iov} & set(df.columns):
+        # future doses and samples are a new occasion: a fresh kappa, not the last one's
+        new_obs[col] = new_obs["ID"].map(df.groupby("ID")[col].max() + 1)
     both = pd.concat([past.assign(_NEW=0), new_obs.assign(_NEW=1)], ignore_index=True)
     order = {sid: i for i, sid in enumerate(pd.unique(df["ID"]))}
     both = both.assign(_S=both["ID"].map(order), _D=-both["EVID"].fillna(0))
