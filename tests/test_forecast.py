@@ -175,7 +175,6 @@ def test_forecast_with_iov_gives_future_doses_a_new_occasion():
     assert future.records.loc[future.records["TIME"] == 84.0, "OCC"].tolist() == [3.0]
     p = fc.predict(future)["ipred"].isel(subject=0, output=0)
     spread = np.log(p).std("draw")
-    print(
-        f"log-prediction SD: measured occasion {float(spread.sel(time=28.0)):.3f}, new occasion {float(spread.sel(time=84.0)):.3f}"
-    )
-    assert float(spread.sel(time=84.0)) > 1.5 * float(spread.sel(time=28.0))
+    measured, new = float(spread.sel(time=28.0)), float(spread.sel(time=84.0))
+    print(f"log-prediction SD: measured occasion {measured:.3f}, new occasion {new:.3f}")
+    assert new > 1.5 * measured

@@ -24,20 +24,20 @@ from nlmebayes.simulation import (
 )
 from tests.prediction_cases import fixed_result
 
-IV = ModelSpec(
-    "iv",
-    "1cpt_iv",
-    {"CL": 2.0, "V": 20.0, "F": 0.8},
-    iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
-    error=ResidualError("proportional", prop=0.1),
-)
-ORAL = ModelSpec(
-    "oral",
-    "1cpt_oral",
-    {"KA": 1.2, "CL": 2.0, "V": 20.0, "F": 0.7},
-    iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
-    error=ResidualError("proportional", prop=0.1),
-)
+
+def _spec(structural: str, typical: dict) -> ModelSpec:
+    """A one-compartment model with IIV on CL and V (omega 0.3, 0.2) and 10% proportional error."""
+    return ModelSpec(
+        structural,
+        structural,
+        typical,
+        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
+        error=ResidualError("proportional", prop=0.1),
+    )
+
+
+IV = _spec("1cpt_iv", {"CL": 2.0, "V": 20.0, "F": 0.8})
+ORAL = _spec("1cpt_oral", {"KA": 1.2, "CL": 2.0, "V": 20.0, "F": 0.7})
 POP = dict(omega_sd_0_CL=0.3, omega_sd_0_V=0.2, sigma_prop=0.1)
 
 
@@ -219,23 +219,10 @@ def test_ode_model_predicts_as_its_analytic_twin():
 
     The ODE solver runs at rtol 1e-6 (atol 1e-8): 1e-5 relative allows for that.
     """
-    ode = ModelSpec(
-        "ode",
-        "1cpt_oral_ode",
-        {"KA": 1.2, "CL": 2.0, "V": 20.0},
-        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
-        error=ResidualError("proportional", prop=0.1),
-    )
-    ana = ModelSpec(
-        "ana",
-        "1cpt_oral",
-        {"KA": 1.2, "CL": 2.0, "V": 20.0},
-        iiv=IIV(["CL", "V"], sd=[0.3, 0.2]),
-        error=ResidualError("proportional", prop=0.1),
-    )
+    typical = {"KA": 1.2, "CL": 2.0, "V": 20.0}
     regimen = Regimen(100.0, every=12, doses=4)
     out = []
-    for spec in (ode, ana):
+    for spec in (_spec("1cpt_oral_ode", typical), _spec("1cpt_oral", typical)):
         design = regimen_design(spec, regimen, grid(0.5, 60, 0.5), 4)
         res = _result(spec, design)
         out.append(predict(res, design, level="population", draws=3, seed=4)["ipred"].values)
