@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nlmebayes import IIV, Covariate, ModelSpec, Prior, ResidualError
+from nlmebayes.model.modelfile import ModelFileError
 
 MODELS = sorted(Path(__file__).parents[1].joinpath("models").glob("*.toml"))
 
@@ -83,5 +84,41 @@ def test_component_validation():
         Prior("Gumbel")
     with pytest.raises(ValueError, match="at least two"):
         IIV(["CL"], block=True)
-    with pytest.raises(ValueError, match="unknown model keys"):
+    with pytest.raises(ValueError, match="model dict: \\[top level\\] has an unknown key 'thetas'"):
         ModelSpec.from_dict({"name": "x", "structural": "1cpt_iv", "parameters": {}, "thetas": 1})
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (
+            "[parameters.CL]\ninital = 1.5\n",
+            "[parameters.CL] has an unknown key 'inital'; did you mean 'initial'?",
+        ),
+        ('[parameters.CL]\nprior = {dist = "Normal"}\n', "[parameters.CL] lacks the key 'initial'"),
+        ('[observations]\nblk = "M1"\n', "[observations] has an unknown key 'blk'; did you mean 'blq'?"),
+        (
+            '[[iiv]]\nparameter = ["CL"]\n',
+            "[[iiv]] number 1 has an unknown key 'parameter'; did you mean 'parameters'?",
+        ),
+        (
+            '[error]\nkind = "combined"\nadd = 0.1\nprp = 0.1\n',
+            "[error] has an unknown key 'prp'; did you mean 'prop'?",
+        ),
+        ('[[covariates]]\nparameter = "CL"\ncovarate = "WT"\n', "did you mean 'covariate'?"),
+    ],
+)
+def test_model_file_typos_name_file_section_and_key(tmp_path, body, message):
+    path = tmp_path / "typo.toml"
+    path.write_text('name = "typo"\nstructural = "1cpt_iv"\n' + body)
+    with pytest.raises(ModelFileError) as info:
+        ModelSpec.from_toml(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_unknown_structural_model_is_an_error_when_the_file_is_read():
+    with pytest.raises(
+        ModelFileError, match="structural = '1cpt_orl' is not a known model; did you mean '1cpt_oral'"
+    ):
+        ModelSpec.from_toml('name = "x"\nstructural = "1cpt_orl"\n')

@@ -747,25 +747,17 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelSpec:
-        """Read a spec from the plain dict of :meth:`to_dict` (TOML's structure)."""
+    def from_dict(cls, d: dict, source: str = "model dict") -> ModelSpec:
+        """Read a spec from the plain dict of :meth:`to_dict` (TOML's structure).
+
+        Every section and key is checked first (:mod:`nlmebayes.model.modelfile`): an unknown or
+        missing key raises :class:`~nlmebayes.model.modelfile.ModelFileError` naming ``source``,
+        the section, the key and the closest known key.
+        """
+        from nlmebayes.model.modelfile import validate_model_dict
+
         d = dict(d)
-        known = {
-            "name",
-            "structural",
-            "description",
-            "parameters",
-            "covariates",
-            "iiv",
-            "error",
-            "observations",
-            "iov",
-            "levels",
-            "flip_flop_guard",
-        }
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model keys {sorted(unknown)}; expected {sorted(known)}")
+        validate_model_dict(d, source)
         params = []
         for name, p in d.get("parameters", {}).items():
             if not isinstance(p, dict):
@@ -819,10 +811,16 @@ class ModelSpec:
         if isinstance(source, Path) or (
             isinstance(source, str) and "\n" not in source and source.endswith(".toml")
         ):
-            text = Path(source).read_text()
+            text, name = Path(source).read_text(), str(source)
         else:
-            text = source
-        return cls.from_dict(tomllib.loads(text))
+            text, name = source, "TOML text"
+        try:
+            d = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            from nlmebayes.model.modelfile import ModelFileError
+
+            raise ModelFileError(f"{name}: not valid TOML: {e}") from None
+        return cls.from_dict(d, source=name)
 
 
 def _error_dict(e: ResidualError) -> dict:
