@@ -94,6 +94,28 @@ class FitResult:
         """The posterior group as a Dataset."""
         return self.idata["posterior"].to_dataset()
 
+    def __repr__(self) -> str:
+        post = self.idata["posterior"]
+        structural = self.spec.structural if isinstance(self.spec.structural, str) else "ODE"
+        return (
+            f"FitResult(model {self.spec.name!r} ({structural}), "
+            f"{self.data.n_subjects} subjects, {self.data.n_obs} observations, "
+            f"{post.sizes.get('chain', 0)} chains x {post.sizes.get('draw', 0)} draws; "
+            f"groups {', '.join(self.idata.children)})"
+        )
+
+    def individual_parameters(self, ci: float = 0.9) -> pd.DataFrame:
+        """Each subject's parameters: posterior summaries (:func:`nlmebayes.report.individual_parameters`)."""
+        from nlmebayes.report.individual import individual_parameters
+
+        return individual_parameters(self, ci)
+
+    def etas(self, ci: float = 0.9) -> pd.DataFrame:
+        """Each subject's etas: posterior summaries (:func:`nlmebayes.report.eta_table`)."""
+        from nlmebayes.report.individual import eta_table
+
+        return eta_table(self, ci)
+
     def report(self, **kwargs) -> str:
         """Text report: run, parameter table and diagnostics warnings (:mod:`nlmebayes.report`)."""
         return report(self, **kwargs)

@@ -71,6 +71,24 @@ def test_report_reads_like_a_pharmacometric_table(theo_fit):
         assert fragment in text
 
 
+def test_individual_tables_and_a_short_repr(theo_fit):
+    """Per-subject tables: IDs as in the data (integers), each row the summary of that subject's
+    own draws; the repr is one short line, not the DataTree."""
+    tab = theo_fit.individual_parameters()
+    assert list(tab.columns) == ["ID", "parameter", "mean", "median", "sd", "lower", "upper"]
+    assert sorted(tab["parameter"].unique()) == ["CL", "KA", "V"] and len(tab) == 36
+    assert tab["ID"].tolist()[:12] == [int(i) for i in theo_fit.data.ids]
+    third = theo_fit.data.ids[2]
+    draws = theo_fit.posterior["V"].isel(subject=2).values
+    row = tab[(tab["ID"] == int(third)) & (tab["parameter"] == "V")].iloc[0]
+    assert row["mean"] == pytest.approx(draws.mean(), rel=1e-12)
+    assert row["lower"] == pytest.approx(np.quantile(draws, 0.05), rel=1e-12)
+    etas = theo_fit.etas()
+    assert sorted(etas["parameter"].unique()) == ["CL", "KA", "V"] and len(etas) == 36
+    text = repr(theo_fit)
+    assert "\n" not in text and len(text) < 300 and "12 subjects" in text
+
+
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])
 def test_save_load_round_trip_is_lossless(theo_fit, tmp_path, suffix):
     path = theo_fit.save(tmp_path / f"theo{suffix}")
