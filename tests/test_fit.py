@@ -162,6 +162,15 @@ def test_pheno_matches_nonmem():
     tab = res.parameter_table(ci=0.90).set_index("parameter")
     for name, ref in {"omega2(CL)": 0.0293508, "omega2(V)": 0.0279060, "sigma2_prop": 0.013241}.items():
         assert tab.loc[name, "lower"] < ref < tab.loc[name, "upper"], (name, tab.loc[name])
+    # NONMEM's names beside ours, and RSE% = 100 sd / median
+    names = tab["nonmem"].to_dict()
+    assert [names[k] for k in ("CL", "V", "theta_V_APGR", "omega2(CL)", "omega2(V)", "sigma2_prop")] == [
+        "THETA(1)", "THETA(2)", "THETA(3)", "OMEGA(1,1)", "OMEGA(2,2)", "SIGMA(1,1)",
+    ]  # fmt: skip
+    assert tab.loc["CL", "rse%"] == pytest.approx(100 * tab.loc["CL", "sd"] / tab.loc["CL", "median"])
+    text = res.report()
+    for fragment in ("THETA(3)", "OMEGA(2,2)", "SIGMA(1,1)", "RSE%", "comparable with NONMEM's OFV"):
+        assert fragment in text, fragment
 
 
 def test_warfarin_model_fits_and_agrees_with_nonmem_saem():

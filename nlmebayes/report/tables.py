@@ -45,13 +45,50 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
 
     Returns
     -------
-    DataFrame with one row per reported quantity and columns parameter, kind (theta, omega,
-    sigma), description, median, mean, sd, lower, upper, rhat, ess_bulk, ess_tail.
+    DataFrame with one row per reported quantity and columns parameter, nonmem (THETA(n),
+    OMEGA(i,j), SIGMA(n,n) where NONMEM has a name for the quantity), kind (theta, omega, sigma),
+    description, median, mean, sd, rse% (100 sd / |median|), lower, upper, rhat, ess_bulk,
+    ess_tail.
     """
     post = result.idata["posterior"].to_dataset()
     spec = result.spec
     rows = _theta_rows(spec, post, ci) + _omega_rows(spec, post, ci) + _sigma_rows(spec, post, ci)
-    return pd.DataFrame(rows)
+    tab = pd.DataFrame(rows)
+    # RSE%: the posterior SD relative to the median, the analogue of NONMEM's $COV RSE
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tab.insert(tab.columns.get_loc("sd") + 1, "rse%", 100 * tab["sd"] / tab["median"].abs())
+    tab.insert(1, "nonmem", _nonmem_names(spec, tab))
+    return tab
+
+
+def _nonmem_names(spec, tab: pd.DataFrame) -> list[str]:
+    """NONMEM's name of each row ('' where NONMEM has none: SDs, CV%).
+
+    THETA(n) in table order; OMEGA(i,i) for IIV (then IOV) variances and OMEGA(i,j) beside an
+    eta correlation (NONMEM estimates the covariance there); SIGMA(n,n) for residual variances.
+    """
+    order = list(spec.iiv_parameters) + [f"occ:{p}" for p in spec.iov_parameters]
+    index = {p: i + 1 for i, p in enumerate(order)}
+    names, theta, sigma = [], 0, 0
+    for name, kind in zip(tab["parameter"], tab["kind"], strict=True):
+        label = ""
+        if kind == "theta":
+            theta += 1
+            label = f"THETA({theta})"
+        elif name.startswith("omega2("):
+            i = index[name[7:-1]]
+            label = f"OMEGA({i},{i})"
+        elif name.startswith("pi2("):
+            i = index[f"occ:{name[4:-1]}"]
+            label = f"OMEGA({i},{i})"
+        elif name.startswith("corr("):
+            a, b = name[5:-1].split(",")
+            label = f"OMEGA({index[b]},{index[a]})"
+        elif name.startswith("sigma2_"):
+            sigma += 1
+            label = f"SIGMA({sigma},{sigma})"
+        names.append(label)
+    return names
 
 
 def _theta_rows(spec, post, ci: float) -> list[dict]:

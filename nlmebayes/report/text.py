@@ -77,8 +77,8 @@ def _parameter_lines(result, ci: float) -> list[str]:
     pct = f"{100 * ci:g}%"
     lines = []
     header = (
-        f"{'parameter':<22} {'median':>10} {pct + ' interval':>23} {'sd':>9} {'R-hat':>6} "
-        f"{'ESS bulk':>8} {'ESS tail':>8}  description"
+        f"{'parameter':<22} {'NONMEM':<11} {'median':>10} {pct + ' interval':>23} {'sd':>9} {'RSE%':>6} "
+        f"{'R-hat':>6} {'ESS bulk':>8} {'ESS tail':>8}  description"
     )
     lines.append(header)
     lines.append("-" * len(header))
@@ -94,8 +94,8 @@ def _parameter_lines(result, ci: float) -> list[str]:
         for _, r in sub.iterrows():
             interval = f"[{_fmt(r['lower'])}, {_fmt(r['upper'])}]"
             lines.append(
-                f"  {r['parameter']:<20} {_fmt(r['median']):>10} {interval:>23} "
-                f"{_fmt(r['sd']):>9} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
+                f"  {r['parameter']:<20} {r['nonmem']:<11} {_fmt(r['median']):>10} {interval:>23} "
+                f"{_fmt(r['sd']):>9} {r['rse%']:>6.1f} {r['rhat']:>6.3f} {r['ess_bulk']:>8.0f} "
                 f"{r['ess_tail']:>8.0f}  {r['description']}"
             )
     return lines
@@ -131,6 +131,8 @@ def _marginal_lines(result) -> list[str]:
         f"Marginal likelihood ({str(at['method']).upper()}, at the {at['evaluated_at']}): "
         f"OFV {at['ofv']:.3f} (-2LL without N log 2pi), -2LL {at['m2ll']:.3f}, "
         f"AIC {at['aic']:.3f}, BIC {at['bic']:.3f} (k = {at['k']}, N = {at['n_obs']})",
+        "  comparable with NONMEM's OFV at the same values; at other values (e.g. NONMEM's estimates): "
+        "nlmebayes.diagnostics.ofv.marginal_likelihood(spec, data, PopulationValues(...))",
     ]
     if result.spec.iiv:
         tab = shrinkage_table(result)
