@@ -22,6 +22,7 @@ from nlmebayes.inference.parameterisation import (
     noncentred_draws,
     run_pilot,
 )
+from nlmebayes.inference.preflight import check_start
 from nlmebayes.model.builder import build_model
 from nlmebayes.model.compile import compile_settings
 from nlmebayes.model.spec import ModelSpec
@@ -166,6 +167,9 @@ def _pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
         with pytensor.config.change_flags(traceback__limit=0):
             return run_pilot(spec, data)
     except (NotImplementedError, FloatingPointError, ArithmeticError, ValueError) as e:
+        # A pilot that fails may mean a density NUTS cannot start on (then it would retry in
+        # silence for the whole warm-up): check, and name the cause, before sampling.
+        check_start(build_model(spec, data, deterministics=False), spec, None)
         warnings.warn(
             f"parameterisation pilot failed ({e}): etas non-centred, sampler starts from PyMC's defaults",
             stacklevel=3,

@@ -110,6 +110,9 @@ def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
     cm = ConditionalModel(core, data, lean=True)
     sd = np.array([s for b in core.iiv for s in b.sd])
     pop = _initial_values(core, cm)
+    f, R = cm.predict(pop, np.zeros((data.n_subjects, len(sd))))
+    if not (np.all(np.isfinite(f)) and np.all(np.isfinite(R))):
+        raise FloatingPointError("predictions not finite at the initial values")  # fit names the cause
     held = np.r_[sd[:q], np.full(len(pseudo), 1e-6)]
     with warnings.catch_warnings():
         # a pilot: an unconverged subject still ranks the information well enough

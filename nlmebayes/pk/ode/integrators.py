@@ -118,6 +118,11 @@ def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, 
             zt[i] = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i] + E7 * k7[i])
         err = error_norm(zt, z, zn, rtol, atol, scale)
         counters[0] += 1
+        if not np.isfinite(err) and h < 1e-10 * max(abs(t), 1.0):
+            # NaN that no smaller step removes (0**P in a sensitivity): give up now, not
+            # after max_steps steps of 1e-14
+            z[:] = np.nan
+            break
         if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
             while jq < nq and q_t[jq] <= t + h:
                 # y(t + th h) = z + th (dz + (1-th) (b + th (dz - h k7 - b + (1-th) c5))),
@@ -185,6 +190,9 @@ def rosenbrock23_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
         e = h / 6.0 * (k1 - 2.0 * k2 + k3)
         err = error_norm(e, z, zn, rtol, atol, scale)
         counters[0] += 1
+        if not np.isfinite(err) and h < 1e-10 * max(abs(t), 1.0):
+            z = z * np.nan  # as in dopri5: a NaN no smaller step removes
+            break
         if err <= 1.0 or h < 1e-14 * max(abs(t), 1.0):
             t += h
             z = zn
