@@ -205,3 +205,16 @@ def test_dose_observation_pairs_match_their_definition_on_random_designs():
             and (ev.time[j] < time[r] or (ev.time[j] == time[r] and ev.record[j] < r))
         ]
         assert list(zip(po.tolist(), pd_.tolist(), strict=True)) == expected
+
+
+def test_exactly_duplicated_records_are_warned_about_and_kept():
+    df = pd.DataFrame(
+        {"ID": [1, 1, 1, 1], "TIME": [0.0, 1.0, 1.0, 2.0], "AMT": [100, 0, 0, 0], "DV": [0, 5, 5, 4]}
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"<DataFrame>: record\(s\) 3 repeat an earlier record in every column \(first copy at "
+        r"record 2\)",
+    ):
+        data = read_nonmem(df)
+    assert data.n_obs == 3  # kept: a warning, not a silent drop

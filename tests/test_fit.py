@@ -251,4 +251,10 @@ def test_report_warns_when_chains_disagree(theo_fit):
         bad.idata["posterior"].to_dataset().assign(log_CL_pop=(post["log_CL_pop"].dims, shifted))
     )
     text = bad.report()
-    assert "Warnings:" in text and "R-hat up to" in text and "(in log_CL_pop)" in text
+    assert "Warnings:" in text and "R-hat up to" in text and "(in typical CL)" in text
+    # an eta stuck elsewhere in one chain is named by subject and parameter, not as z_0[3, 2]
+    z = post["z_0"].values.copy()
+    z[1, :, 3, 2] += 3.0
+    bad.idata["posterior"] = post.assign(z_0=(post["z_0"].dims, z))
+    subject = int(theo_fit.data.ids[3])
+    assert f"(in eta of subject {subject} on V)" in bad.report()

@@ -267,3 +267,18 @@ def test_design_warnings():
         fit(spec, one_occ, draws=20, tune=20, chains=1, seed=1, diagnostics=False)
     with pytest.raises(ValueError, match="flip_flop_guard"):
         dataclasses.replace(spec2, flip_flop_guard=True)
+
+
+def test_zero_dv_with_proportional_error_is_warned_about():
+    """DV = 0 (a pre-dose or BLQ sample) with proportional error: named by row, with the remedies."""
+    data = _design(3, [0.5, 2.0, 8.0])
+    df = data.input_frame()
+    df.loc[1, "DV"] = 0.0
+    data = read_nonmem(df)
+    spec = ModelSpec(
+        "p", "1cpt_oral", {"KA": 1.0, "CL": 2.0, "V": 20.0}, error=ResidualError("proportional", prop=0.1)
+    )
+    (w,) = [w for w in design_warnings(spec, data) if "DV <= 0" in w]
+    assert w.startswith("1 observation(s) have DV <= 0 (rows 2) with proportional error")
+    combined = dataclasses.replace(spec, error=ResidualError("combined", add=0.1, prop=0.1))
+    assert not [w for w in design_warnings(combined, data) if "DV <= 0" in w]

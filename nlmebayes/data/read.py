@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,7 @@ def build_events(df: pd.DataFrame, lines, src: str, *, rename=None, drop=()) -> 
     if lines is not None and np.isnan(np.asarray(lines, dtype=float)).all():
         lines = None
     df = _normalise_columns(df, lines, src, rename or {}, tuple(drop))
+    _warn_duplicated_rows(df, src)
     rec = _Records(df, lines, src)
     _parse_numeric(rec)
     _apply_defaults(rec)
@@ -179,6 +181,21 @@ def build_events(df: pd.DataFrame, lines, src: str, *, rename=None, drop=()) -> 
     new_block = _check_subject_order(rec, evid)
     covariates = _check_covariates(rec)
     return _events(rec, evid, is_dose, is_obs, new_block, covariates)
+
+
+def _warn_duplicated_rows(df: pd.DataFrame, src: str) -> None:
+    """Warn about records that repeat an earlier record in every column (kept, but rarely meant)."""
+    data_cols = [c for c in df.columns if not c.startswith("_")]
+    dup = df.duplicated(subset=data_cols).to_numpy()
+    if dup.any():
+        rows = df.loc[dup, "_ROW"].astype(int).tolist()
+        first = df.loc[df.duplicated(subset=data_cols, keep=False).to_numpy() & ~dup, "_ROW"].astype(int)
+        shown = ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+        warnings.warn(
+            f"{src}: record(s) {shown} repeat an earlier record in every column (first copy at "
+            f"record {int(first.iloc[0])}); they are kept: remove them if they are a copy error",
+            stacklevel=4,
+        )
 
 
 def _normalise_columns(df: pd.DataFrame, lines, src: str, rename: dict, drop: tuple) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from arviz_stats import ess, rhat
 
 from nlmebayes.diagnostics.identifiability import flip_flop_warning, subject_flip_flop_warning
 
-__all__ = ["sampler_diagnostics", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
+__all__ = ["sampler_diagnostics", "user_name", "RHAT_MAX", "ESS_MIN_PER_CHAIN"]
 
 RHAT_MAX = 1.01  # Vehtari et al. (2021) recommend R-hat < 1.01
 ESS_MIN_PER_CHAIN = 100  # and bulk/tail ESS > 100 per chain
@@ -32,14 +32,16 @@ def sampler_diagnostics(result) -> dict:
         if v.startswith(("log_", "z_", "theta_", "omega_sd_", "omega_chol", "sigma_"))
     ]
     worst_rhat, min_ess = 1.0, np.inf
-    worst_var = ""
+    worst_var = worst_ess_var = ""
     for v in free:
         r = rhat(post[v])
         e = ess(post[v], method="bulk")
         rmax = float(np.nanmax(np.atleast_1d(r.values)))
         if rmax > worst_rhat:
-            worst_rhat, worst_var = rmax, v
-        min_ess = min(min_ess, float(np.nanmin(np.atleast_1d(e.values))))
+            worst_rhat, worst_var = rmax, user_name(r, v)
+        emin = float(np.nanmin(np.atleast_1d(e.values)))
+        if emin < min_ess:
+            min_ess, worst_ess_var = emin, user_name(-e, v)
     warnings = []
     if div:
         warnings.append(
@@ -50,7 +52,7 @@ def sampler_diagnostics(result) -> dict:
         warnings.append(f"R-hat up to {worst_rhat:.3f} (in {worst_var}) > {RHAT_MAX}: chains disagree")
     if min_ess < ESS_MIN_PER_CHAIN * n_chains:
         warnings.append(
-            f"bulk ESS as low as {min_ess:.0f}, below {ESS_MIN_PER_CHAIN} per chain "
+            f"bulk ESS as low as {min_ess:.0f} (in {worst_ess_var}), below {ESS_MIN_PER_CHAIN} per chain "
             f"({ESS_MIN_PER_CHAIN * n_chains}): draw more"
         )
     if depth:
@@ -69,3 +71,32 @@ def sampler_diagnostics(result) -> dict:
         "draws": post.sizes["draw"],
         "warnings": warnings,
     }
+
+
+def user_name(stat, var: str) -> str:
+    """The element of ``var`` where ``stat`` is largest, named as a pharmacometrician would.
+
+    ``log_CL_pop`` -> "typical CL"; ``z_0`` at (subject 17, CL) -> "eta of subject 17 on CL";
+    ``omega_sd_0_CL`` -> "omega(CL)"; ``omega_chol_0`` -> "the correlations of Omega block 1".
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> coords = {"subject": ["17"], "iiv_0": ["KA", "CL"]}
+    >>> r = xr.DataArray([[1.0, 1.2]], dims=("subject", "iiv_0"), coords=coords)
+    >>> user_name(r, "z_0")
+    'eta of subject 17 on CL'
+    """
+    if var.startswith("log_") and var.endswith("_pop"):
+        return f"typical {var[4:-4]}"
+    if var.startswith("omega_sd_"):
+        return f"omega({var.split('_', 3)[3]})"
+    if var.startswith("omega_chol_"):
+        return f"the correlations of Omega block {int(var.rsplit('_', 1)[1]) + 1}"
+    if var.startswith("z_") and stat.ndim == 2:
+        i, j = np.unravel_index(int(np.nanargmax(stat.values)), stat.shape)
+        labels = [stat[d].values if d in stat.coords else np.arange(stat.sizes[d]) for d in stat.dims]
+        what = "kappa" if var == "z_iov" else "eta" if stat.dims[0] == "subject" else "effect"
+        unit = {"subject": "subject", "occasion": "occasion"}.get(stat.dims[0], stat.dims[0])
+        return f"{what} of {unit} {labels[0][i]} on {labels[1][j]}"
+    return var

@@ -44,6 +44,7 @@ def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
             f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one "
             f"observation: eta cannot be told apart from the residual error"
         )
+    out += _nonpositive_dv_warnings(spec, data)
     for lvl in spec.levels:
         groups = data.subject_covariates([lvl.column])[lvl.column]
         sizes = groups.value_counts()
@@ -53,6 +54,30 @@ def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
             out.append(
                 f"level {lvl.column} has one subject per group: its variance cannot be "
                 f"told apart from the IIV"
+            )
+    return out
+
+
+def _nonpositive_dv_warnings(spec: ModelSpec, data: EventData) -> list[str]:
+    """Observations at or below 0 under an error model whose SD is proportional to the prediction.
+
+    A DV of 0 is usually a BLQ record or a pre-dose sample: with proportional error it pulls the
+    prediction (and so the residual SD) towards 0, where the density is very narrow.
+    """
+    errors = spec.error if isinstance(spec.error, dict) else {None: spec.error}
+    out = []
+    for output, err in errors.items():
+        if err.kind != "proportional":  # an additive term keeps the SD away from 0
+            continue
+        rows = data.obs_output == str(output) if output is not None else np.ones(data.n_obs, bool)
+        bad = rows & (data.obs_dv <= 0) & ((data.obs_cens if data.obs_cens is not None else 0) == 0)
+        if bad.any():
+            shown = ", ".join(str(int(r)) for r in data.obs_row[bad][:5])
+            out.append(
+                f"{int(bad.sum())} observation(s){f' of {output}' if output else ''} have DV <= 0 "
+                f"(rows {shown}{' ...' if bad.sum() > 5 else ''}) with proportional error: mark them "
+                f'censored (CENS, M3), ignore them ([observations] ignore = ["DV == 0"]) or add an '
+                f"additive term"
             )
     return out
 
