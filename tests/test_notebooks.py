@@ -26,3 +26,24 @@ def test_notebook_runs(path):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ should hold at least one notebook"
+
+
+@pytest.mark.sampling
+def test_demo_prints_a_report_and_no_warnings(capfd, monkeypatch):
+    """``make demo``'s fit and report, shortened: nothing on stderr, no Python warnings."""
+    import warnings
+
+    from nlmebayes import demo
+
+    real_fit = demo.fit
+    monkeypatch.setattr(
+        demo,
+        "fit",
+        lambda spec, data, **kw: real_fit(spec, data, **{**kw, "draws": 300, "tune": 300, "chains": 2}),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        demo.main()
+    out, err = capfd.readouterr()
+    assert "Fixed effects" in out and "THETA(1)" in out
+    assert err == "" and [str(w.message) for w in caught] == []

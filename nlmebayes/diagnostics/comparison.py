@@ -116,6 +116,14 @@ def _verdict(t: pd.DataFrame) -> str:
         parts.append(
             f"LOO {what} prefers {best} over {runner} by {gap:.1f} elpd (SE {se:.1f}): {sure} better."
         )
+    for level in ("marginal", "observation"):
+        k = t.get(f"max_pareto_k_{level}")
+        if k is not None and (k > 0.7).any():
+            units = "subjects" if level == "marginal" else "observations"
+            parts.append(
+                f"PSIS-LOO ({level}) is unreliable for {', '.join(map(str, k.index[k > 0.7]))} "
+                f"(Pareto k up to {k.max():.2f} > 0.7: influential {units})."
+            )
     if "AIC" in t:
         aic_best = t["AIC"].idxmin()
         parts.append(

@@ -22,6 +22,8 @@ since reporting never rebuilds the model). Both are conditional on the etas.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import xarray as xr
 from arviz_stats import loo as _az_loo
@@ -60,11 +62,18 @@ def log_likelihood(result, level: str = "observation") -> xr.DataArray:
 
 
 def loo(result, level: str = "observation"):
-    """PSIS-LOO at ``level``: an ArviZ ``ELPDData`` (elpd, se, p, pareto_k, warning)."""
+    """PSIS-LOO at ``level``: an ArviZ ``ELPDData`` (elpd, se, p, pareto_k, warning).
+
+    ArviZ's console warning about large Pareto k is not passed on: ``pareto_k`` and ``warning``
+    carry it, and :func:`~nlmebayes.diagnostics.compare` reports the largest k and which
+    observations or subjects have k > 0.7.
+    """
     ll = log_likelihood(result, level)
     post = result.posterior.sel(chain=ll["chain"], draw=ll["draw"])
     tree = xr.DataTree.from_dict({"posterior": post, "log_likelihood": xr.Dataset({"ll": ll})})
-    return _az_loo(tree, var_name="ll", pointwise=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        return _az_loo(tree, var_name="ll", pointwise=True)
 
 
 def _draws_by_point(ll: xr.DataArray) -> np.ndarray:
