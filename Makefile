@@ -8,7 +8,7 @@ PY312 := $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12
 STAMP := $(VENV)/.installed
 LINTED := nlmebayes tests models benchmarks docs scripts
 
-.PHONY: demo test test-fast lint docs clean
+.PHONY: demo test test-fast lint docs notebooks clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PY312)" || { echo "error: no working python3.12 found" >&2; exit 1; }
@@ -35,6 +35,11 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+# Executed, rendered copies of the notebooks for the docs site (Jupyter comes with the extra).
+notebooks: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[notebooks]"
+	$(PY) scripts/render_notebooks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build docs/_api docs/models

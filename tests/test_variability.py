@@ -200,6 +200,8 @@ def test_flip_flop_warning_and_guard():
     assert_converged(guarded)  # the unguarded fit is meant to split; the guarded one must not
     assert flip_flop_warning(guarded.posterior, guarded_spec) is None
     assert "flip-flop" not in guarded.report()
+    # the sampled KA is the excess over elimination, and the table says so
+    assert "KA_i = k_i + this" in guarded.parameter_table().set_index("parameter").loc["KA", "description"]
     assert int(guarded.idata["sample_stats"]["diverging"].sum()) == 0
     ka = guarded.posterior["KA_individual"]
     assert bool((ka > guarded.posterior["CL"] / guarded.posterior["V"]).all())

@@ -97,7 +97,13 @@ def _theta_rows(spec, post, ci: float) -> list[dict]:
     for p in spec.parameters:
         if p.fixed:
             continue
-        rows.append(_row(p.name, "theta", "typical value", post[f"{p.name}_pop"], ci))
+        # with the flip-flop guard the sampled "KA" is the excess over elimination: KA_i = k_i + KA'
+        what = (
+            "typical KA - k (guarded: KA_i = k_i + this)"
+            if spec.flip_flop_guard and p.name == "KA"
+            else "typical value"
+        )
+        rows.append(_row(p.name, "theta", what, post[f"{p.name}_pop"], ci))
     for c in spec.covariates:
         if c.fixed:
             continue
