@@ -8,6 +8,8 @@ which account for that Monte Carlo and posterior uncertainty.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,10 +212,23 @@ def test_parameter_recovery_block_omega_and_covariate():
 def test_map_is_a_quick_look_near_the_posterior(theo_fit):
     """The joint mode (etas included) sits near the posterior medians of well-determined typical
     values: within 2 posterior SDs on the log scale."""
-    m = map_estimate(theo_fit.spec, datasets.theophylline())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = map_estimate(theo_fit.spec, datasets.theophylline())
+    assert [str(w.message) for w in caught] == []  # PyMC's FutureWarnings are not passed on
     for p, v in m.typical_values().items():
         x = np.log(theo_fit.posterior[f"{p}_pop"].values)
         assert abs(np.log(v) - np.median(x)) < 2 * x.std(), (p, v)
+
+
+def test_one_chain_report_is_quiet_and_says_r_hat_needs_chains():
+    spec = ModelSpec.from_toml(MODEL_DIR / "theophylline_1cpt_oral.toml")
+    res = fit(spec, datasets.theophylline(), draws=100, tune=100, chains=1, seed=3, progressbar=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = res.report()
+    assert [str(w.message) for w in caught] == []  # was 15 "All-NaN slice" RuntimeWarnings
+    assert "max R-hat n/a (one chain)" in text and "one chain: R-hat cannot be computed" in text
 
 
 def test_pymc_sampler_option_and_posterior_predictive():

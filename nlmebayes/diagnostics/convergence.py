@@ -34,15 +34,18 @@ def sampler_diagnostics(result) -> dict:
     worst_rhat, min_ess = 1.0, np.inf
     worst_var = worst_ess_var = ""
     for v in free:
-        r = rhat(post[v])
         e = ess(post[v], method="bulk")
-        rmax = float(np.nanmax(np.atleast_1d(r.values)))
-        if rmax > worst_rhat:
-            worst_rhat, worst_var = rmax, user_name(r, v)
+        if n_chains > 1:  # R-hat compares chains: with one there is nothing to compare
+            r = rhat(post[v])
+            rmax = float(np.nanmax(np.atleast_1d(r.values)))
+            if rmax > worst_rhat:
+                worst_rhat, worst_var = rmax, user_name(r, v)
         emin = float(np.nanmin(np.atleast_1d(e.values)))
         if emin < min_ess:
             min_ess, worst_ess_var = emin, user_name(-e, v)
     warnings = []
+    if n_chains == 1:
+        warnings.append("one chain: R-hat cannot be computed; run at least 2 chains to check convergence")
     if div:
         warnings.append(
             f"{div} divergent transitions: the posterior geometry is hard; raise "
@@ -65,7 +68,7 @@ def sampler_diagnostics(result) -> dict:
     return {
         "divergences": div,
         "max_treedepth_hits": depth,
-        "max_rhat": worst_rhat,
+        "max_rhat": worst_rhat if n_chains > 1 else float("nan"),
         "min_ess_bulk": min_ess,
         "chains": n_chains,
         "draws": post.sizes["draw"],

@@ -46,6 +46,15 @@ def map_estimate(spec: ModelSpec, data: EventData, *, seed: int | None = 0, maxe
     """
     built = build_model(spec, data)
     with built.model, compile_settings():
-        point = pm.find_MAP(method="L-BFGS-B", random_seed=seed, progressbar=False, maxeval=maxeval)
-    point = {k: np.asarray(v) for k, v in point.items()}
+        # every option PyMC plans to change is given explicitly: no FutureWarnings on the console
+        tree = pm.find_MAP(
+            method="L-BFGS-B",
+            random_seed=seed,
+            progressbar=False,
+            maxiter=maxeval,
+            jitter=False,
+            return_inferencedata=True,
+        )
+    post = tree["posterior"].to_dataset()
+    point = {k: np.asarray(v.values[0, 0]) for k, v in post.data_vars.items()}  # (chain 1, draw 1)
     return MapResult(point=point, spec=spec, data=built.data)

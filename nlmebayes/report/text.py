@@ -55,8 +55,9 @@ def report(result, ci: float = 0.95) -> str:
             if "nlmebayes_sampling_seconds" in attrs
             else ""
         )
-        + f"; divergences {d['divergences']}, max R-hat {d['max_rhat']:.3f}, "
-        f"min bulk ESS {d['min_ess_bulk']:.0f}",
+        + f"; divergences {d['divergences']}, max R-hat "
+        + (f"{d['max_rhat']:.3f}, " if np.isfinite(d["max_rhat"]) else "n/a (one chain), ")
+        + f"min bulk ESS {d['min_ess_bulk']:.0f}",
     ]
     lines += _parameterisation_lines(spec, attrs)
     lines += [""]
