@@ -87,6 +87,12 @@ def test_individual_tables_and_a_short_repr(theo_fit):
     assert row["lower"] == pytest.approx(np.quantile(draws, 0.05), rel=1e-12)
     etas = theo_fit.etas()
     assert sorted(etas["parameter"].unique()) == ["CL", "KA", "V"] and len(etas) == 36
+    # derived rows, draw by draw from the typical values
+    tab = theo_fit.parameter_table().set_index("parameter")
+    post = theo_fit.posterior
+    half_life = np.log(2) * post["V_pop"] / post["CL_pop"]
+    assert tab.loc["t1/2", "median"] == pytest.approx(float(half_life.median()), rel=1e-12)
+    assert tab.loc["t1/2,abs", "kind"] == "derived" and "Derived from the typical values" in theo_fit.report()
     text = repr(theo_fit)
     assert "\n" not in text and len(text) < 300 and "12 subjects" in text
 

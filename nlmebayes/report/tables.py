@@ -46,13 +46,15 @@ def parameter_table(result, ci: float = 0.95) -> pd.DataFrame:
     Returns
     -------
     DataFrame with one row per reported quantity and columns parameter, nonmem (THETA(n),
-    OMEGA(i,j), SIGMA(n,n) where NONMEM has a name for the quantity), kind (theta, omega, sigma),
+    OMEGA(i,j), SIGMA(n,n) where NONMEM has a name for the quantity), kind (theta, omega, sigma,
+    derived: half-lives and V = CL/K from the typical values, draw by draw),
     description, median, mean, sd, rse% (100 sd / |median|), lower, upper, rhat, ess_bulk,
     ess_tail.
     """
     post = result.idata["posterior"].to_dataset()
     spec = result.spec
     rows = _theta_rows(spec, post, ci) + _omega_rows(spec, post, ci) + _sigma_rows(spec, post, ci)
+    rows += _derived_rows(spec, post, ci)
     tab = pd.DataFrame(rows)
     # RSE%: the posterior SD relative to the median, the analogue of NONMEM's $COV RSE
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -174,6 +176,26 @@ def _omega_rows(spec, post, ci: float) -> list[dict]:
                 _row(f"var_{lvl.column}({p})", "omega", f"variance between {lvl.column} groups", sd**2, ci)
             )
             rows.append(_row(f"sd_{lvl.column}({p})", "omega", f"SD between {lvl.column} groups", sd, ci))
+    return rows
+
+
+def _derived_rows(spec, post, ci: float) -> list[dict]:
+    """Quantities computed from the typical values, draw by draw: half-lives, V from CL/K."""
+    rows = []
+    tv = {p: post[f"{p}_pop"] for p in ("CL", "V", "K", "KA") if f"{p}_pop" in post}
+    if "CL" in tv and "K" in tv and "V" not in tv:
+        tv["V"] = tv["CL"] / tv["K"]
+        rows.append(_row("V (= CL/K)", "derived", "typical volume from CL and K", tv["V"], ci))
+    k = tv["K"] if "K" in tv else tv["CL"] / tv["V"] if "CL" in tv and "V" in tv else None
+    if k is not None:
+        rows.append(
+            _row(
+                "t1/2", "derived", "ln2 V/CL: elimination half-life (k10 with peripherals)", np.log(2) / k, ci
+            )
+        )
+    if "KA" in tv:
+        ka = tv["KA"] + k if spec.flip_flop_guard and k is not None else tv["KA"]
+        rows.append(_row("t1/2,abs", "derived", "ln2/KA: absorption half-life", np.log(2) / ka, ci))
     return rows
 
 

@@ -87,6 +87,7 @@ def _parameter_lines(result, ci: float) -> list[str]:
         ("theta", "Fixed effects"),
         ("omega", "Inter-individual variability"),
         ("sigma", "Residual error"),
+        ("derived", "Derived from the typical values"),
     ):
         sub = tab[tab["kind"] == kind]
         if sub.empty:
