@@ -7,12 +7,13 @@ turn NaN and so does the solution; NUTS would retry in silence for all of warm-u
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 
 from nlmebayes import IIV, ODE, ModelSpec, ResidualError, datasets, fit
-from nlmebayes.inference.preflight import PreflightError, check_start
+from nlmebayes.inference.preflight import PreflightError, SamplingStalled, check_start
 from nlmebayes.model.builder import build_model
 
 HILL = ODE(
@@ -56,3 +57,25 @@ def test_a_healthy_model_passes_the_check():
     spec = ModelSpec.from_toml("models/theophylline_1cpt_oral.toml")
     built = build_model(spec, datasets.theophylline(), deterministics=False)
     check_start(built, spec, None)  # raises if not finite
+
+
+def test_a_stalled_sampler_is_stopped_with_a_reason():
+    """The guard's mechanism: with a stall time shorter than nutpie's first progress report, the
+    run counts as stalled at once, is aborted, and the error says what was done and why it may be."""
+    spec = ModelSpec.from_toml("models/theophylline_1cpt_oral.toml")
+    with pytest.raises(SamplingStalled) as info:
+        fit(
+            spec,
+            datasets.theophylline(),
+            draws=200,
+            tune=200,
+            chains=2,
+            stall_seconds=1e-9,
+            progressbar=False,
+        )
+    text = str(info.value)
+    assert re.match(r"no chain finished a draw in 1e-09 s \(\d+ of 800 draws done, in warm-up\)", text)
+    assert "rosenbrock23" in text
+    # and a normal run goes through the same guarded path
+    res = fit(spec, datasets.theophylline(), draws=100, tune=100, chains=2, seed=1, progressbar=False)
+    assert res.posterior.sizes["draw"] == 100

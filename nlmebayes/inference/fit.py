@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
@@ -22,7 +23,7 @@ from nlmebayes.inference.parameterisation import (
     noncentred_draws,
     run_pilot,
 )
-from nlmebayes.inference.preflight import check_start
+from nlmebayes.inference.preflight import check_start, sample_with_guard
 from nlmebayes.model.builder import build_model
 from nlmebayes.model.compile import compile_settings
 from nlmebayes.model.spec import ModelSpec
@@ -57,6 +58,7 @@ def fit(
     n_sim: int = 1000,
     init: Literal["pilot", "jitter"] = "pilot",
     adaptation: Literal["diag", "low_rank"] = "diag",
+    stall_seconds: float | None = 600.0,
 ) -> FitResult:
     """Sample the posterior of ``spec`` given ``data`` with NUTS.
 
@@ -99,6 +101,9 @@ def fit(
     adaptation : {"diag", "low_rank"}
         nutpie's mass-matrix adaptation: diagonal, or diagonal plus a low-rank correction for
         strongly correlated directions (nutpie only).
+    stall_seconds : float or None
+        Stop with :class:`~nlmebayes.inference.preflight.SamplingStalled`, saying why it may be,
+        when no chain has finished a draw for this long (nutpie only; None: wait forever).
 
     Returns
     -------
@@ -135,6 +140,7 @@ def fit(
         target_accept=target_accept,
         progressbar=progressbar,
         cores=cores,
+        stall_seconds=stall_seconds,
     )
     idata = _sample(spec, data, centered, pilot if init == "pilot" else None, sampler, settings)
     wall = time.perf_counter() - t0
@@ -213,6 +219,7 @@ def _run_sampler(
     target_accept,
     progressbar,
     cores,
+    stall_seconds,
 ):
     """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables.
 
@@ -226,7 +233,8 @@ def _run_sampler(
             import nutpie
 
             compiled = nutpie.compile_pymc_model(bare, initial_points=start, jitter_rvs=pop)
-            return nutpie.sample(
+            run = functools.partial(
+                nutpie.sample,
                 compiled,
                 draws=draws,
                 tune=tune,
@@ -238,6 +246,7 @@ def _run_sampler(
                 target_accept=target_accept,
                 adaptation=adaptation,
             )
+            return sample_with_guard(run, stall_seconds)
         with bare:
             return pm.sample(
                 nuts_sampler="pymc",  # PyMC >= 6 would pick nutpie when it is installed

@@ -1,4 +1,7 @@
-"""A check before sampling: the log-density and its gradient are finite where the chains start.
+"""Checks before and during sampling: a finite start, and progress.
+
+Before: the log-density and its gradient are finite where the chains start. During: a guard
+stops sampling with a message when no chain has finished a draw for ``stall_seconds``.
 
 NUTS started where the density or its gradient is not finite does not fail: it tries, rejects and
 tries again, silently, for as long as warm-up lasts (a turnover model with a Hill term
@@ -11,12 +14,13 @@ are the usual cause (``x**P`` at ``x = 0`` has the derivative ``x**P * log(x)`` 
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 
 from nlmebayes.data import id_label
 
-__all__ = ["PreflightError", "check_start"]
+__all__ = ["PreflightError", "check_start", "SamplingStalled", "StallGuard", "sample_with_guard"]
 
 
 class PreflightError(FloatingPointError):
@@ -109,3 +113,78 @@ def _power_lines(spec) -> list[str]:
         + "): x**P at x = 0 has the derivative x**P * log(x), NaN in P. Write the term so it "
         "stays finite at 0, e.g. C**GAM -> (C + 1e-12)**GAM"
     ]
+
+
+class SamplingStalled(RuntimeError):
+    """No chain finished a draw for ``stall_seconds``: sampling was stopped, with the reason."""
+
+
+class StallGuard:
+    """nutpie progress callback that notices when no chain has finished a draw for a while.
+
+    Parameters
+    ----------
+    seconds : float
+        How long without a new draw in any chain counts as stalled.
+
+    Examples
+    --------
+    >>> guard = StallGuard(seconds=60)
+    >>> guard.stalled(now=guard.last_change + 61)
+    True
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.last_change = time.monotonic()
+        self.done, self.total, self.tuning = 0, 0, True
+
+    def __call__(self, progress) -> None:
+        """Record the chains' progress (a list of ``nutpie.ChainProgress``)."""
+        done = sum(p.finished_draws for p in progress)
+        if done > self.done:
+            self.done, self.last_change = done, time.monotonic()
+        self.total = sum(p.total_draws for p in progress)
+        self.tuning = any(p.tuning for p in progress)
+
+    def stalled(self, now: float | None = None) -> bool:
+        """True when no new draw has come for ``seconds``."""
+        return (time.monotonic() if now is None else now) - self.last_change > self.seconds
+
+    def message(self) -> str:
+        """What stalled, where, and the usual causes."""
+        phase = "warm-up" if self.tuning else "sampling"
+        return (
+            f"no chain finished a draw in {self.seconds:g} s ({self.done} of {self.total} draws done, "
+            f"in {phase}); sampling was stopped. Usual causes: an ODE that is stiff for the "
+            "solver (ODE(method='rosenbrock23')), parameter values where the solver or the "
+            "density breaks down (check the initial values and priors), or a posterior with "
+            "regions of extreme curvature. Try fit(..., draws=20, tune=20) and "
+            "nlmebayes.inference.preflight.check_start; raise stall_seconds if a draw is "
+            "genuinely this slow"
+        )
+
+
+def sample_with_guard(sample, seconds: float | None, poll: float = 0.05):
+    """Run ``sample(blocking=False, progress_callback=...)`` and stop it when it stalls.
+
+    ``sample`` is a partial of :func:`nutpie.sample`. Returns its trace; raises
+    :class:`SamplingStalled` after ``seconds`` without a new draw (never, if None).
+    """
+    if seconds is None:
+        return sample(blocking=True)
+    guard = StallGuard(seconds)
+    run = sample(blocking=False, progress_callback=guard)
+    while not _finished(run):
+        time.sleep(poll)
+        if guard.stalled():
+            run.abort()
+            raise SamplingStalled(guard.message())
+    return run.wait()
+
+
+def _finished(run) -> bool:
+    try:
+        return bool(run.is_finished)  # a property; nutpie may raise TimeoutError while running
+    except TimeoutError:
+        return False
