@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from nlmebayes import IIV, IOV, ModelSpec, ResidualError, datasets, read_nonmem
 from nlmebayes.simulation import (
@@ -41,9 +42,9 @@ ORAL = _spec("1cpt_oral", {"KA": 1.2, "CL": 2.0, "V": 20.0, "F": 0.7})
 POP = dict(omega_sd_0_CL=0.3, omega_sd_0_V=0.2, sigma_prop=0.1)
 
 
-def _result(spec, design, **extra):
+def _result(spec, design, draws: int = 50, **extra):
     fixed = {p.name: p.initial for p in spec.parameters if not p.fixed}
-    return fixed_result(spec, design, **fixed, **POP, **extra)
+    return fixed_result(spec, design, draws=draws, **fixed, **POP, **extra)
 
 
 def test_regimen_records_and_checks():
@@ -250,3 +251,23 @@ def test_warfarin_pkpd_predicts_pca_under_a_new_regimen():
     np.testing.assert_allclose(cp10, 2 * cp5, rtol=1e-5)
     band = prediction_summary(curves[1], quantiles=(0.5,))
     assert band.dims == ("quantile", "time", "output")
+
+
+def test_individual_level_uses_each_fitted_subjects_own_etas():
+    """level="individual": CL_i = CL_pop exp(omega z_i) with the posterior z of that subject (matched
+    by ID, whatever the design's order); uncertainty=False holds the population values at their
+    posterior median."""
+    fitted = regimen_design(IV, Regimen(100.0, route="iv"), [1.0, 4.0], 3)
+    z = np.array([[0.5, -1.0], [-2.0, 0.3], [1.5, 0.0]])  # (subject, iiv): CL, V
+    draws = 4
+    res = _result(IV, fitted, draws=draws)
+    post = res.posterior.assign(
+        z_0=(("chain", "draw", "subject", "iiv_0"), np.broadcast_to(z, (1, draws, 3, 2)).copy())
+    ).assign_coords(subject=["1", "2", "3"], iiv_0=["CL", "V"])
+    res.idata["posterior"] = xr.DataTree(post)
+    later = regimen_design(IV, Regimen(50.0, route="iv", start=24), [25.0], pd.DataFrame({"ID": [3, 1]}))
+    p = predict(res, later, level="individual", draws=draws)
+    np.testing.assert_allclose(p["CL"].values[0], 2.0 * np.exp(0.3 * z[[2, 0], 0]), rtol=1e-12)
+    fixed = predict(res, later, level="typical", uncertainty=False, draws=2)
+    assert (fixed["posterior_draw"] == -1).all()
+    np.testing.assert_allclose(fixed["CL"].values, 2.0, rtol=1e-12)
