@@ -35,7 +35,7 @@ from scipy import special, stats
 from nlmebayes.data import EventData
 from nlmebayes.simulation.exposure import _evaluate, exposure
 from nlmebayes.simulation.predict import to_grid
-from nlmebayes.simulation.predictive import Z_PREFIX, Predictor, _stacked
+from nlmebayes.simulation.predictive import Z_PREFIX, Predictor, _stacked, n_samples, posterior_median
 from nlmebayes.simulation.regimen import Regimen, continue_design
 
 __all__ = ["Forecast", "forecast", "recommend_dose", "observation_loglik"]
@@ -209,6 +209,12 @@ def _subject_z(pred: Predictor) -> list[str]:
     return [n for n in pred.names if n.startswith(Z_PREFIX) and pred.dims[n][:1] == ("subject",)]
 
 
+def _split(pred: Predictor, names: list[str], Z: np.ndarray) -> dict:
+    """``Z`` (..., subjects, Q), all per-subject innovations side by side, back into ``z_k`` blocks."""
+    edges = np.cumsum([0, *(pred.shapes[n][1] for n in names)])
+    return {n: Z[..., edges[i] : edges[i + 1]] for i, n in enumerate(names)}
+
+
 def _subject_loglik(pred: Predictor, values: dict) -> np.ndarray:
     """Log-likelihood of each patient's observations, (batch, subjects)."""
     ll = observation_loglik(pred, pred(values))
@@ -237,8 +243,7 @@ def _importance(result, pred: Predictor, draws: int, proposals: int, min_ess: in
     that likelihood, i.e. from ``p(theta, eta | y) ~ p(theta | data) p(eta | theta) p(y | theta, eta)``.
     """
     K = max(1, proposals // INNER)
-    total = result.posterior.sizes["chain"] * result.posterior.sizes["draw"]
-    theta = rng.permutation(np.resize(rng.permutation(total), K))
+    theta = rng.permutation(np.resize(rng.permutation(n_samples(result)), K))
     pop = _population_rows(result, pred, np.repeat(theta, INNER))
     z = {n: rng.standard_normal((K * INNER, *pred.shapes[n])) for n in pred.names if n.startswith(Z_PREFIX)}
     logw = _batched_loglik(pred, pop | z)
@@ -282,17 +287,21 @@ def _batched_loglik(pred: Predictor, values: dict, batch: int = 2000) -> np.ndar
     )
 
 
-def _ess(logw: np.ndarray) -> np.ndarray:
+def _weights(logw: np.ndarray) -> np.ndarray:
+    """Normalised importance weights ``exp(logw)`` along the first axis."""
     w = np.exp(logw - logw.max(axis=0))
-    w /= w.sum(axis=0)
+    return w / w.sum(axis=0)
+
+
+def _ess(logw: np.ndarray) -> np.ndarray:
+    w = _weights(logw)
     return 1.0 / np.sum(w * w, axis=0)
 
 
 def _resample(logw: np.ndarray, n: int, rng) -> np.ndarray:
     """Systematic resampling of ``n`` indices by the weights ``exp(logw)``."""
-    w = np.exp(logw - logw.max())
-    c = np.cumsum(w / w.sum())
-    return np.minimum(np.searchsorted(c, (rng.uniform() + np.arange(n)) / n), len(w) - 1)
+    c = np.cumsum(_weights(logw))
+    return np.minimum(np.searchsorted(c, (rng.uniform() + np.arange(n)) / n), len(c) - 1)
 
 
 def _adapted_round(pred: Predictor, pop: dict, z: dict, logw: np.ndarray, rng):
@@ -302,12 +311,9 @@ def _adapted_round(pred: Predictor, pop: dict, z: dict, logw: np.ndarray, rng):
     patient's proposal is its likelihood times the prior over the mixture density of its etas.
     """
     names = _subject_z(pred)
-    q = [pred.shapes[n][1] for n in names]
-    edges = np.cumsum([0, *q])
     Z = np.concatenate([z[n] for n in names], axis=2)  # (M, subjects, Q)
     M, N, Q = Z.shape
-    w = np.exp(logw - logw.max(axis=0))
-    w /= w.sum(axis=0)
+    w = _weights(logw)
     mean = np.einsum("ms,msq->sq", w, Z)
     dev = Z - mean
     cov = 2.0 * np.einsum("ms,msq,msr->sqr", w, dev, dev) + 1e-6 * np.eye(Q)
@@ -315,7 +321,7 @@ def _adapted_round(pred: Predictor, pop: dict, z: dict, logw: np.ndarray, rng):
     fitted = rng.uniform(size=(M, N)) < 0.5
     e = rng.standard_normal((M, N, Q))
     new = np.where(fitted[..., None], mean + np.einsum("sqr,msr->msq", chol, e), e)
-    z = dict(z) | {n: new[:, :, edges[i] : edges[i + 1]] for i, n in enumerate(names)}
+    z = dict(z) | _split(pred, names, new)
     log_prior = stats.norm.logpdf(new).sum(axis=2)
     log_fit = np.stack(
         [stats.multivariate_normal(mean[i], cov[i]).logpdf(new[:, i]) for i in range(N)], axis=1
@@ -326,17 +332,14 @@ def _adapted_round(pred: Predictor, pop: dict, z: dict, logw: np.ndarray, rng):
 
 def _laplace(result, pred: Predictor, draws: int, rng):
     """Etas' mode at the population posterior median, and draws from the Laplace approximation."""
-    total = result.posterior.sizes["chain"] * result.posterior.sizes["draw"]
-    pop = {k: np.median(v, axis=0) for k, v in _population_rows(result, pred, np.arange(total)).items()}
+    pop = {n: posterior_median(result, n) for n in pred.names if not n.startswith(Z_PREFIX)}
     names = _subject_z(pred)
-    q = [pred.shapes[n][1] for n in names]
-    N, Q = pred.data.n_subjects, sum(q)
+    N, Q = pred.data.n_subjects, sum(pred.shapes[n][1] for n in names)
     other = {n: np.zeros(pred.shapes[n]) for n in pred.names if n.startswith(Z_PREFIX) and n not in names}
 
     def objective(Z):  # Z (batch, N, Q) -> -log posterior per subject (batch, N)
         values = {k: np.broadcast_to(v, (len(Z), *np.shape(v))) for k, v in {**pop, **other}.items()}
-        for n, a, b in zip(names, np.cumsum([0, *q[:-1]]), np.cumsum(q), strict=True):
-            values[n] = Z[:, :, a:b]
+        values |= _split(pred, names, Z)
         return 0.5 * np.sum(Z * Z, axis=2) - _subject_loglik(pred, values)
 
     zhat, H = _newton(objective, np.zeros((N, Q)))
@@ -344,8 +347,7 @@ def _laplace(result, pred: Predictor, draws: int, rng):
     chol = np.linalg.cholesky(0.5 * (cov + np.swapaxes(cov, 1, 2)))
     Z = zhat + np.einsum("sqr,msr->msq", chol, rng.standard_normal((draws, N, Q)))
     values = {k: np.broadcast_to(v, (draws, *np.shape(v))).copy() for k, v in pop.items()}
-    for n, a, b in zip(names, np.cumsum([0, *q[:-1]]), np.cumsum(q), strict=True):
-        values[n] = Z[:, :, a:b]
+    values |= _split(pred, names, Z)
     for n in other:
         values[n] = rng.standard_normal((draws, *pred.shapes[n]))
     index = np.repeat(np.arange(draws)[:, None], N, axis=1)

@@ -15,7 +15,15 @@ import pandas as pd
 import xarray as xr
 
 from nlmebayes.data import EventData, id_label
-from nlmebayes.simulation.predictive import Z_PREFIX, Predictor, _matched_z, _stacked, draw_indices
+from nlmebayes.simulation.predictive import (
+    Z_PREFIX,
+    Predictor,
+    _matched_z,
+    _stacked,
+    draw_indices,
+    n_samples,
+    posterior_median,
+)
 
 __all__ = ["predict", "prediction_summary", "Level", "to_grid"]
 
@@ -85,7 +93,7 @@ def predict(
     """
     if level not in ("typical", "population", "individual"):
         raise ValueError(f"level must be 'typical', 'population' or 'individual', got {level!r}")
-    n = _n_samples(result) if draws is None else draws
+    n = n_samples(result) if draws is None else draws
     work = n * max(len(design.pair_obs), design.n_obs)
     pred = predictor or Predictor(
         result.spec, design, mode="FAST_RUN" if work > C_BACKEND_WORK else "FAST_COMPILE"
@@ -95,8 +103,14 @@ def predict(
     batch = max(1, BATCH_VALUES // max(len(pred.data.pair_obs), pred.data.n_obs, 1))
     out = {"ipred": []} | ({"dv": []} if residual else {})
     params = {p: [] for p in pred.parameter_names}
+    # without parameter uncertainty: the medians, computed once for all batches
+    medians = (
+        {}
+        if uncertainty
+        else {k: posterior_median(result, k) for k in pred.names if not k.startswith(Z_PREFIX)}
+    )
     for i in range(0, n, batch):
-        values = _level_values(result, pred, idx[i : i + batch], rng, level, uncertainty)
+        values = _level_values(result, pred, idx[i : i + batch], rng, level, medians)
         got = pred.replicate(values, rng) if residual else pred(values)
         for k in out:
             out[k].append(got[k])
@@ -109,8 +123,11 @@ def predict(
     return ds
 
 
-def _level_values(result, pred: Predictor, idx, rng, level: str, uncertainty: bool) -> dict:
-    """Free-variable values of the predictor for the draws ``idx`` at ``level``."""
+def _level_values(result, pred: Predictor, idx, rng, level: str, medians: dict) -> dict:
+    """Free-variable values of the predictor for the draws ``idx`` at ``level``.
+
+    Population variables come from the draws, or are ``medians`` when given.
+    """
     values = {}
     for name in pred.names:
         if name.startswith(Z_PREFIX):
@@ -121,16 +138,11 @@ def _level_values(result, pred: Predictor, idx, rng, level: str, uncertainty: bo
                 values[name] = rng.standard_normal(shape)
             else:
                 values[name] = _matched_z(result, pred, name, idx, rng)
-        elif uncertainty:
-            values[name] = _stacked(result, name, idx)
+        elif name in medians:
+            values[name] = np.broadcast_to(medians[name], (len(idx), *np.shape(medians[name])))
         else:
-            median = np.median(_stacked(result, name, np.arange(_n_samples(result))), axis=0)
-            values[name] = np.broadcast_to(median, (len(idx), *np.shape(median)))
+            values[name] = _stacked(result, name, idx)
     return values
-
-
-def _n_samples(result) -> int:
-    return result.posterior.sizes["chain"] * result.posterior.sizes["draw"]
 
 
 def to_grid(data: EventData, arrays: dict) -> xr.Dataset:

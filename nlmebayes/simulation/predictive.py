@@ -26,7 +26,15 @@ from nlmebayes.model.compile import batched_function
 from nlmebayes.model.likelihood import observation_params
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["Predictor", "posterior_predictive", "prior_predictive", "population_prediction", "draw_indices"]
+__all__ = [
+    "Predictor",
+    "posterior_predictive",
+    "prior_predictive",
+    "population_prediction",
+    "draw_indices",
+    "n_samples",
+    "posterior_median",
+]
 
 #: Free variables that are standard-normal random-effect innovations (not population parameters).
 Z_PREFIX = "z_"
@@ -97,17 +105,32 @@ class Predictor:
         return out
 
 
+def n_samples(result) -> int:
+    """Posterior draws of all chains together."""
+    post = result.idata["posterior"]
+    return post.sizes["chain"] * post.sizes["draw"]
+
+
 def draw_indices(result, n: int, seed: int | None) -> np.ndarray:
     """``n`` posterior draws (chains stacked), without replacement when there are enough."""
-    post = result.posterior
-    total = post.sizes["chain"] * post.sizes["draw"]
+    total = n_samples(result)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(total, size=n, replace=n > total))
 
 
 def _stacked(result, name: str, idx: np.ndarray) -> np.ndarray:
-    da = result.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...)
-    return da.values[idx]
+    """Draws ``idx`` of ``name``, chains stacked (chain-major, as ``stack(chain, draw)``).
+
+    A reshaped view of the stored array; only the rows asked for are copied (this runs once per
+    batch of a prediction).
+    """
+    da = result.idata["posterior"][name].transpose("chain", "draw", ...)
+    return da.values.reshape(-1, *da.shape[2:])[idx]
+
+
+def posterior_median(result, name: str) -> np.ndarray:
+    """Posterior median of ``name`` over all draws (chains pooled)."""
+    return np.median(_stacked(result, name, np.arange(n_samples(result))), axis=0)
 
 
 def _values(result, pred: Predictor, idx, rng, new_subjects: bool) -> dict:
@@ -221,8 +244,7 @@ def population_prediction(
         if name.startswith(Z_PREFIX):
             values[name] = np.zeros((1, *pred.shapes[name]))
         else:
-            draws = result.posterior[name].stack(sample=("chain", "draw")).transpose("sample", ...)
-            values[name] = np.median(draws.values, axis=0)[None]
+            values[name] = posterior_median(result, name)[None]
     return pred(values)["ipred"][0]
 
 

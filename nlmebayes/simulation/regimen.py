@@ -347,12 +347,9 @@ def continue_design(history: EventData, regimen: Regimen | None, times, spec: Mo
     past = df[history.records["_IS_DOSE"].to_numpy() | (df.get("EVID", 0) >= 3)]
     last = df.groupby("ID", sort=False).last().reset_index()
     covs = last[["ID", *[c for c in history.covariate_names if c in last.columns]]]
-    new = regimen_design(spec, regimen, times, covs) if regimen is not None else None
-    new_obs = (
-        new.input_frame()
-        if new is not None
-        else regimen_design(spec, Regimen(0.0), times, covs).input_frame().query("EVID == 0")
-    )
+    new_obs = regimen_design(spec, regimen or Regimen(0.0), times, covs).input_frame()
+    if regimen is None:  # observation records only
+        new_obs = new_obs[new_obs["EVID"] == 0]
     for col in {b.occasion for b in spec.iov} & set(df.columns):
         # future doses and samples are a new occasion: a fresh kappa, not the last one's
         new_obs[col] = new_obs["ID"].map(df.groupby("ID")[col].max() + 1)
