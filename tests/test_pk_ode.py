@@ -367,3 +367,33 @@ def test_reset_returns_to_nonzero_initial_amounts_and_step_budget():
     tight = dataclasses.replace(_DECAY, name="decay_budget", rtol=1e-12, atol=1e-14, max_steps=3)
     c = get_model(tight).concentration(data, params).eval()
     assert np.isnan(c).all(), c
+
+
+def test_rhs_and_initial_amounts_may_call_exp_log_sqrt_abs():
+    """The functions the ODE docstring promises compile in the numba kernel (they raised a
+    NameError there, issue 15) and differentiate correctly: x' = -exp(LK) x written through all
+    four functions, x(0) = exp(log(A0)); against the closed form A0 exp(-exp(LK) t) and its
+    derivatives, to 1e-6 (the solver's rtol 1e-10 over a few steps)."""
+    ode = ODE(
+        name="decay_funcs",
+        states=["x"],
+        rhs={"x": "-exp(LK) * sqrt(abs(x)) * sqrt(abs(x))"},
+        observe="x",
+        initial={"x": "exp(log(A0))"},
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    df = pd.DataFrame([dict(ID=1, TIME=0.0, AMT=0.0, EVID=2), dict(ID=1, TIME=1.0, AMT=0.0, EVID=0),
+                       dict(ID=1, TIME=4.0, AMT=0.0, EVID=0)])  # fmt: skip
+    data = read_nonmem(df.assign(DV=lambda d: np.where(d["EVID"] == 0, 1.0, np.nan)))
+    lk, a0, t = pt.dvector("LK"), pt.dvector("A0"), np.array([1.0, 4.0])
+    c = get_model(ode).concentration(data, {"LK": lk, "A0": a0})
+    w = pt.dvector("w")
+    fn = pytensor.function([lk, a0, w], [c, *pt.grad(pt.sum(c * w), [lk, a0])], mode=MODE)
+    k, amount = 0.25, 50.0
+    values, g_lk, g_a0 = fn([np.log(k)], [amount], [1.0, 0.5])
+    expected = amount * np.exp(-k * t)
+    np.testing.assert_allclose(values, expected, rtol=1e-6)
+    weights = np.array([1.0, 0.5])
+    np.testing.assert_allclose(g_lk, [np.sum(weights * -k * t * expected)], rtol=1e-6)
+    np.testing.assert_allclose(g_a0, [np.sum(weights * expected / amount)], rtol=1e-6)

@@ -8,6 +8,7 @@ initial amounts with their sensitivities.
 from __future__ import annotations
 
 import ast
+import math
 
 import numba
 import numpy as np
@@ -67,7 +68,8 @@ def njit_source(source: str, name: str):
 
     No fast-math, no numba cache: the PyTensor Op caches the compiled model instead.
     """
-    namespace = {"np": np}
+    # The functions the expression language allows (expressions._FUNCS); ``abs`` is a builtin.
+    namespace = {"np": np, "exp": math.exp, "log": math.log, "sqrt": math.sqrt}
     exec(compile(source, f"<nlmebayes ode {name}>", "exec"), namespace)
     return numba.njit(cache=False, fastmath=False)(namespace[name])
 
