@@ -44,6 +44,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from nlmebayes.data import OPS, DataError, EventData, id_label, parse_condition
+from nlmebayes.model import compile as _compile  # noqa: F401  (links PyTensor to scipy's BLAS first)
 from nlmebayes.model.likelihood import add_likelihood
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.select import select_observations

@@ -6,14 +6,77 @@ draws, simulation replicates).
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytensor
 import pytensor.tensor as pt
+import scipy
 from pytensor.graph.replace import vectorize_graph
 
-__all__ = ["compile_settings", "batched_function"]
+__all__ = ["compile_settings", "batched_function", "scipy_blas_ldflags"]
+
+# The BLAS routines PyTensor's C code declares (pytensor/tensor/blas/c_code/blas_headers.py).
+_BLAS_ROUTINES = [
+    f"{t}{r}" for t in "ds" for r in
+    ("axpy", "copy", "dot", "gemm", "gemv", "ger", "scal", "syrk", "trmv", "trsm", "trsv")
+]  # fmt: skip
+
+
+def scipy_blas_ldflags() -> str:
+    """PyTensor BLAS flags that link its C backend to the OpenBLAS bundled with scipy's wheel.
+
+    PyTensor installed with pip finds no system BLAS: it warns that BLAS operations "will be
+    severely degraded" and runs matrix products through NumPy. scipy's Linux wheel ships an
+    OpenBLAS (32-bit integers, as PyTensor's C declarations expect) whose symbols carry the
+    prefix ``scipy_``; the flags link it and map each name PyTensor uses (``dgemm_``) to the
+    prefixed one with a preprocessor define. Empty when no such library is found or one of the
+    routines is missing (then PyTensor's own search runs, as before).
+
+    Examples
+    --------
+    >>> flags = scipy_blas_ldflags()
+    >>> flags == "" or "-Ddgemm_=scipy_dgemm_" in flags
+    True
+    """
+    libdir = Path(scipy.__file__).parent.parent / "scipy.libs"
+    libs = sorted(libdir.glob("libscipy_openblas*.so")) if sys.platform == "linux" else []
+    if not libs:
+        return ""
+    try:
+        lib = ctypes.CDLL(str(libs[0]))
+        if not all(hasattr(lib, f"scipy_{r}_") for r in _BLAS_ROUTINES):
+            return ""
+    except OSError:
+        return ""
+    name = libs[0].name.removeprefix("lib").removesuffix(".so")
+    defines = " ".join(f"-D{r}_=scipy_{r}_" for r in _BLAS_ROUTINES)
+    return f"-L{libdir} -l{name} -Wl,-rpath,{libdir} {defines}"
+
+
+def _link_scipy_blas() -> None:
+    """Use :func:`scipy_blas_ldflags` unless the user chose BLAS flags or PyTensor has settled them.
+
+    Flags from ``PYTENSOR_FLAGS`` or ``.pytensorrc``, or set in the session before nlmebayes was
+    imported, are left alone.
+    """
+    try:
+        pytensor.config.fetch_val_for_key("blas__ldflags")
+        return
+    except KeyError:
+        pass
+    param = getattr(pytensor.config, "_config_var_dict", {}).get("blas__ldflags")
+    if param is not None and hasattr(param, "val"):
+        return
+    flags = scipy_blas_ldflags()
+    if flags:
+        pytensor.config.blas__ldflags = flags
+
+
+_link_scipy_blas()
 
 
 @contextmanager
