@@ -397,3 +397,70 @@ def test_rhs_and_initial_amounts_may_call_exp_log_sqrt_abs():
     weights = np.array([1.0, 0.5])
     np.testing.assert_allclose(g_lk, [np.sum(weights * -k * t * expected)], rtol=1e-6)
     np.testing.assert_allclose(g_a0, [np.sum(weights * expected / amount)], rtol=1e-6)
+
+
+# (expression, parameter value, the function in NumPy): each evaluates to a positive rate
+_FUNCTION_CASES = {
+    "exp": ("exp(P)", -1.0, np.exp),
+    "log": ("log(P)", 2.0, np.log),
+    "sqrt": ("sqrt(P)", 0.3, np.sqrt),
+    "abs": ("abs(P)", -0.4, np.abs),
+    "pow": ("pow(P, 2)", 0.6, lambda p: p**2),
+    "min": ("min(P, 0.5)", 0.3, lambda p: np.minimum(p, 0.5)),
+    "max": ("max(0.1, P)", 0.3, lambda p: np.maximum(0.1, p)),
+    "expit": ("expit(P)", 0.2, lambda p: 1 / (1 + np.exp(-p))),
+    "logistic": ("logistic(P)", -0.3, lambda p: 1 / (1 + np.exp(-p))),
+    "logit": ("logit(P)", 0.7, lambda p: np.log(p / (1 - p))),
+}
+
+
+def test_each_expression_function_in_rhs_observe_and_initial():
+    """Every documented function, in each place an ODE takes expressions (issue 15). One state per
+    function, each with its own parameter P_f and r = f(P_f): x_f' = -r x_f, x_f(0) = 10 r, and the
+    output sums x_f r, i.e. 10 r^2 exp(-r t) per function. The sum against its closed form, and
+    d/dP_f (which involves f only) against a central difference, to 1e-6 (solver rtol 1e-10,
+    difference step 1e-6). One system: one compile for all ten."""
+    names = list(_FUNCTION_CASES)
+    expr = {fn: _FUNCTION_CASES[fn][0].replace("P", f"P_{fn}") for fn in names}
+    ode = ODE(
+        name="functions",
+        states=[f"x_{fn}" for fn in names],
+        rhs={f"x_{fn}": f"-({expr[fn]}) * x_{fn}" for fn in names},
+        observe=" + ".join(f"x_{fn} * {expr[fn]}" for fn in names),
+        observe_state="x_exp",  # the CMT observations name (no doses here)
+        initial={f"x_{fn}": f"10 * {expr[fn]}" for fn in names},
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    df = pd.DataFrame([dict(ID=1, TIME=0.0, AMT=0.0, EVID=2), dict(ID=1, TIME=1.0, AMT=0.0, EVID=0),
+                       dict(ID=1, TIME=3.0, AMT=0.0, EVID=0)])  # fmt: skip
+    data = read_nonmem(df.assign(DV=lambda d: np.where(d["EVID"] == 0, 1.0, np.nan)))
+    syms = {f"P_{fn}": pt.dvector(f"P_{fn}") for fn in names}
+    c = get_model(ode).concentration(data, syms)
+    fn_c = pytensor.function(list(syms.values()), [c, *pt.grad(pt.sum(c), list(syms.values()))], mode=MODE)
+    t = np.array([1.0, 3.0])
+
+    def closed(fn, q):
+        r = _FUNCTION_CASES[fn][2](q)
+        return 10 * r**2 * np.exp(-r * t)
+
+    values, *grads = fn_c(*([_FUNCTION_CASES[fn][1]] for fn in names))
+    np.testing.assert_allclose(values, sum(closed(fn, _FUNCTION_CASES[fn][1]) for fn in names), rtol=1e-6)
+    for fn, g in zip(names, grads, strict=True):
+        p = _FUNCTION_CASES[fn][1]
+        fd = (closed(fn, p + 1e-6).sum() - closed(fn, p - 1e-6).sum()) / 2e-6
+        np.testing.assert_allclose(g, [fd], rtol=1e-6, err_msg=fn)
+
+
+def test_unknown_functions_and_names_are_named_with_the_known_ones():
+    """At spec time (no PyTensor), naming the model, the place and the known functions."""
+    for where, kwargs, says in (
+        ("rhs of x", dict(rhs={"x": "-expp(K) * x"}), "unknown function 'expp'.*known: exp, log"),
+        ("observe", dict(observe="pow(x) / V"), "pow takes 2 argument"),
+        ("initial amount of x", dict(initial={"x": "A0 *"}), "cannot read the expression"),
+    ):
+        base = dict(name="bad", states=["x"], rhs={"x": "-K * x"}, observe="x")
+        with pytest.raises(ValueError, match=f"ODE bad, {where}: {says}"):
+            ODE(**(base | kwargs))
+    with pytest.raises(ValueError, match="unknown name 'Q'.*known: K, x"):
+        parse_expression("-Q * x", {"K": pt.dscalar(), "x": pt.dscalar()})

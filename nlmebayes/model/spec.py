@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Literal, cast, get_args
 
 from nlmebayes.data.conditions import parse_condition
+from nlmebayes.model.expressions import expression_names
 
 __all__ = [
     "Prior",
@@ -352,9 +353,10 @@ class ODE:
     states : list of str
         Compartments in CMT order (the data's CMT 1 is the first state).
     rhs : dict state -> str
-        ``d state / dt`` as an expression of states and parameters (``+ - * / **``,
-        exp/log/sqrt/abs), e.g. ``"KA * depot - CL / V * central"``. Doses are added by the
-        solver; any other name is a structural parameter.
+        ``d state / dt`` as an expression of states and parameters (``+ - * / **``; exp, log,
+        sqrt, abs, pow, min, max, expit or logistic, logit), e.g.
+        ``"KA * depot - CL / V * central"``. Doses are added by the solver; any other name is a
+        structural parameter.
     observe : str or dict
         The observed quantity, e.g. ``"central / V"``; or several outputs by observation type,
         ``{"cp": "central / V", "pca": "effect"}``, each observation taking the output named
@@ -411,6 +413,14 @@ class ODE:
         for s in (self.dose_state, self.observe_state):
             if s is not None and s not in self.states:
                 raise ValueError(f"ODE {self.name}: unknown state {s!r}")
+        places = [(f"rhs of {s}", e) for s, e in self.rhs.items()]
+        places += [(f"output {k}" if k else "observe", e) for k, e in self.outputs.items()]
+        places += [(f"initial amount of {s}", e) for s, e in self.initial.items()]
+        for where, e in places:
+            try:
+                expression_names(e)
+            except ValueError as err:
+                raise ValueError(f"ODE {self.name}, {where}: {err}") from None
 
     @property
     def outputs(self) -> dict[str | None, str]:

@@ -63,13 +63,31 @@ def initial_source(states, initial, param_names) -> str:
     return "\n".join(lines + ["    return"]) + "\n"
 
 
+@numba.njit(cache=False)
+def _expit(x):
+    # the form whose exp cannot overflow
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@numba.njit(cache=False)
+def _logit(p):
+    return math.log(p) - math.log1p(-p)
+
+
 def njit_source(source: str, name: str):
     """Compile generated Python ``source`` and return its function ``name`` jitted by numba.
 
     No fast-math, no numba cache: the PyTensor Op caches the compiled model instead.
     """
-    # The functions the expression language allows (expressions._FUNCS); ``abs`` is a builtin.
-    namespace = {"np": np, "exp": math.exp, "log": math.log, "sqrt": math.sqrt}
+    # The functions the expression language allows (expressions.FUNCTIONS); abs, min, max and
+    # pow are builtins numba compiles.
+    namespace = {
+        "np": np, "exp": math.exp, "log": math.log, "sqrt": math.sqrt,
+        "expit": _expit, "logistic": _expit, "logit": _logit,
+    }  # fmt: skip
     exec(compile(source, f"<nlmebayes ode {name}>", "exec"), namespace)
     return numba.njit(cache=False, fastmath=False)(namespace[name])
 

@@ -3,7 +3,8 @@
 Parsing into PyTensor graphs, the names they use, and symbolic derivatives of their syntax trees (which the
 generated numba kernels of :mod:`.codegen` are written from).
 
-Allowed: numbers, names, ``+ - * / **``, unary minus, and ``exp``, ``log``, ``sqrt``, ``abs``.
+The syntax (and the names an expression uses) is defined without PyTensor in
+:mod:`nlmebayes.model.expressions`, so that the spec can check it at load time.
 """
 
 from __future__ import annotations
@@ -12,9 +13,22 @@ import ast
 
 import pytensor.tensor as pt
 
-__all__ = ["expression_names", "parse_expression", "derivative"]
+from nlmebayes.model.expressions import FUNCTIONS, check_call, expression_names
 
-_FUNCS = {"exp": pt.exp, "log": pt.log, "sqrt": pt.sqrt, "abs": pt.abs}
+__all__ = ["FUNCTIONS", "expression_names", "parse_expression", "derivative"]
+
+_FUNCS = {
+    "exp": pt.exp,
+    "log": pt.log,
+    "sqrt": pt.sqrt,
+    "abs": pt.abs,
+    "expit": pt.sigmoid,
+    "logistic": pt.sigmoid,
+    "logit": lambda p: pt.log(p) - pt.log1p(-p),
+    "pow": lambda a, b: a**b,
+    "min": pt.minimum,
+    "max": pt.maximum,
+}
 _BINOPS = {
     ast.Add: lambda a, b: a + b,
     ast.Sub: lambda a, b: a - b,
@@ -24,24 +38,11 @@ _BINOPS = {
 }
 
 
-def expression_names(text: str) -> set[str]:
-    """Names used in an expression (states and parameters).
-
-    Examples
-    --------
-    >>> sorted(expression_names("KA * depot - CL / V * central"))
-    ['CL', 'KA', 'V', 'central', 'depot']
-    """
-    return {
-        n.id for n in ast.walk(ast.parse(text, mode="eval")) if isinstance(n, ast.Name) and n.id not in _FUNCS
-    }
-
-
 def parse_expression(text: str, symbols: dict):
     """Evaluate an arithmetic expression with ``symbols`` mapping names to PyTensor variables.
 
-    ``+ - * / **``, numbers, names and exp/log/sqrt/abs are allowed; anything else is rejected
-    with a ValueError.
+    ``+ - * / **``, numbers, names and the functions of :data:`FUNCTIONS` are allowed; anything
+    else is rejected with a ValueError.
 
     Examples
     --------
@@ -62,16 +63,11 @@ def parse_expression(text: str, symbols: dict):
             return float(node.value)
         if isinstance(node, ast.Name):
             if node.id not in symbols:
-                raise ValueError(f"unknown name {node.id!r} in {text!r}")
+                raise ValueError(f"unknown name {node.id!r} in {text!r}; known: {', '.join(sorted(symbols))}")
             return symbols[node.id]
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS
-            and len(node.args) == 1
-            and not node.keywords
-        ):
-            return _FUNCS[node.func.id](ev(node.args[0]))
+        if isinstance(node, ast.Call):
+            check_call(node, text)
+            return _FUNCS[node.func.id](*(ev(a) for a in node.args))
         raise ValueError(f"unsupported syntax in {text!r}: {ast.dump(node)[:60]}")
 
     return ev(ast.parse(text, mode="eval"))
@@ -110,18 +106,7 @@ def derivative(node, var):
         da = derivative(node.operand, var)
         return None if da is None else (ast.UnaryOp(ast.USub(), da) if isinstance(node.op, ast.USub) else da)
     if isinstance(node, ast.Call):
-        a = node.args[0]
-        da = derivative(a, var)
-        if da is None:
-            return None
-        fn = node.func.id
-        outer = {
-            "exp": lambda: node,
-            "log": lambda: _div(ast.Constant(1.0), a),
-            "sqrt": lambda: _div(ast.Constant(0.5), node),
-            "abs": lambda: _call("np.sign", a),
-        }[fn]()
-        return _mul(outer, da)
+        return _call_derivative(node, var)
     a, b = node.left, node.right
     da, db = derivative(a, var), derivative(b, var)
     if isinstance(node.op, ast.Add | ast.Sub):
@@ -145,6 +130,36 @@ def derivative(node, var):
         t2 = _mul(_mul(node, _call("np.log", a)), db) if db is not None else None
         return _add(t1, t2)
     raise ValueError(f"cannot differentiate {ast.dump(node)[:60]}")
+
+
+def _call_derivative(node: ast.Call, var: str):
+    """Chain rule through a call of one of :data:`FUNCTIONS`."""
+    fn, args = node.func.id, node.args
+    if fn == "pow":
+        return derivative(ast.BinOp(args[0], ast.Pow(), args[1]), var)
+    if fn in ("min", "max"):
+        da, db = (derivative(x, var) for x in args)
+        if da is None and db is None:
+            return None
+        # the derivative of the argument that is chosen (at a tie, the first one's)
+        op = ast.LtE() if fn == "min" else ast.GtE()
+        test = ast.Compare(args[0], [op], [args[1]])
+        return ast.IfExp(test, da or ast.Constant(0.0), db or ast.Constant(0.0))
+    a = args[0]
+    da = derivative(a, var)
+    if da is None:
+        return None
+    one = ast.Constant(1.0)
+    outer = {
+        "exp": lambda: node,
+        "log": lambda: _div(one, a),
+        "sqrt": lambda: _div(ast.Constant(0.5), node),
+        "abs": lambda: _call("np.sign", a),
+        "expit": lambda: _mul(node, ast.BinOp(one, ast.Sub(), node)),
+        "logistic": lambda: _mul(node, ast.BinOp(one, ast.Sub(), node)),
+        "logit": lambda: _div(one, _mul(a, ast.BinOp(one, ast.Sub(), a))),
+    }[fn]()
+    return _mul(outer, da)
 
 
 def _add(a, b):
