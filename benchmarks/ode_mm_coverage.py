@@ -60,6 +60,7 @@ def main() -> None:
             seed=rep,
             diagnostics=False,
             progressbar=False,
+            adaptation="low_rank",  # as tests/test_ode_fit.py fits it
         )
         tab = res.parameter_table(ci=0.90).set_index("parameter")
         for k, v in EXPECT.items():

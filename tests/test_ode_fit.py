@@ -8,6 +8,7 @@ import pytest
 
 from nlmebayes import ModelSpec, fit, read_nonmem
 from nlmebayes.simulation import simulate
+from tests.calibration import assert_calibrated_coverage, assert_converged
 from tests.test_spec import MODELS
 
 pytestmark = pytest.mark.sampling
@@ -17,9 +18,10 @@ MODEL_DIR = MODELS[0].parent
 def test_michaelis_menten_population_recovery():
     """30 simulated subjects given 25, 100 or 400 mg, so that concentrations span KM (C0 from
     ~0.8 to ~13 mg/L against KM = 2): the population parameters' 90% intervals hold the truth
-    as calibrated intervals do (at most 2 of the 8 outside, none outside its 99% interval).
-    The data set is checked to be a fair draw (realised eta SDs within 2 SE); the coverage
-    over many data sets is measured by benchmarks/ode_mm_coverage.py."""
+    as calibrated intervals do (at most 2 of the 8 outside, none outside its 99.5% interval), after
+    the chains are checked to agree. The coverage over many data sets is measured by
+    benchmarks/ode_mm_coverage.py. Data seed 4, the first one tried (seed 5 had replaced it when
+    this test asked for all eight truths inside; with the calibrated assertion it is back)."""
     spec = ModelSpec.from_toml(MODEL_DIR / "mm_1cpt_oral_ode.toml")
     rows = []
     for i in range(1, 31):
@@ -29,37 +31,17 @@ def test_michaelis_menten_population_recovery():
     design = read_nonmem(pd.DataFrame(rows))
     truth = dict(KA=1.0, V=30.0, VMAX=20.0, KM=2.0)
     sim = simulate(
-        spec, design, typical=truth, omega=np.diag([0.09, 0.04]), sigma={"add": 0.05, "prop": 0.1}, seed=5
+        spec, design, typical=truth, omega=np.diag([0.09, 0.04]), sigma={"add": 0.05, "prop": 0.1}, seed=4
     )
-    # A fair draw: realised eta SDs and standardised residual SD within 2 SE of the truth.
-    # (Seed 4 passed this too, and its sigma_prop 90% interval started at 0.1002: one of the
-    # eight intervals missing by a hair, as 90% intervals will.)
-    eta = sim.records.attrs["eta"]
-    assert np.all(np.abs(eta.std(axis=0, ddof=1) / [0.3, 0.2] - 1) < 2 / np.sqrt(2 * 30))
-    ipred = sim.records.attrs["ipred"]
-    r = (sim.obs_dv - ipred) / np.sqrt(0.05**2 + (0.1 * ipred) ** 2)
-    assert abs(r.std() - 1) < 2 / np.sqrt(2 * len(r))
-    res = fit(spec, sim, draws=500, tune=500, chains=2, seed=5, diagnostics=False)
-    # Not asserted converged: at these settings VMAX has a bulk ESS of ~28 per 1000 draws and KM
-    # ~36 (assert_converged asks > 100). Centring the etas (R-hat of omega(VMAX) 1.07 -> 1.02) did
-    # not fix it: the slow direction is the VMAX-KM ridge of the typical values (issue 13).
+    # nutpie's low-rank mass matrix: the slow direction is the VMAX-KM ridge of the typical
+    # values, a correlation the diagonal adaptation cannot learn (bulk ESS of VMAX ~28 per 1000
+    # draws with it, ~530 with low-rank, in half the time; benchmarks/mass_matrix.py).
+    res = fit(spec, sim, draws=500, tune=500, chains=2, seed=5, diagnostics=False, adaptation="low_rank")
+    assert_converged(res)
     expect = truth | {"omega(VMAX)": 0.3, "omega(V)": 0.2, "sigma_prop": 0.1, "sigma_add": 0.05}
 
-    def missed(ci):
-        tab = res.parameter_table(ci=ci).set_index("parameter")
-        return {
-            k: (v, tab.loc[k, "lower"], tab.loc[k, "upper"])
-            for k, v in expect.items()
-            if not tab.loc[k, "lower"] < v < tab.loc[k, "upper"]
-        }
-
-    # Calibrated 90% intervals miss each truth 10% of the time, so one data set with all eight
-    # inside happens only ~0.9^8 = 43% of the time: asserting that would test the seed. The
-    # number missed is ~Binomial(8, 0.1), P(<= 2) = 0.96; and no truth may be outside the 99%
-    # interval (P(any of 8) ~ 8%, but a bias of a few posterior SDs lands there at once).
-    assert len(missed(0.90)) <= 2, missed(0.90)
-    assert not missed(0.99), missed(0.99)
-    assert int(res.idata["sample_stats"]["diverging"].sum()) < 5
+    # at most 2 of 8 outside the 90% intervals, none outside 99.5%: P = 0.93 under calibration
+    assert_calibrated_coverage(res, expect, k=2)
 
 
 def test_warfarin_pk_turnover_pd_fit(tmp_path):
