@@ -237,8 +237,11 @@ def test_warfarin_model_fits_and_agrees_with_nonmem_saem():
     SAEM printed 3 digits and had IIV on TLAG that our model leaves out (see the TOML), so we ask
     for the 90% intervals to contain those values, and for a clean sampler run."""
     spec = ModelSpec.from_toml(MODEL_DIR / "warfarin_1cpt_oral_lag.toml")
-    # KA varies ~100% CV between subjects: a curved posterior that needs smaller steps.
-    res = fit(spec, datasets.warfarin(), seed=3, target_accept=0.95, **SETTINGS)
+    # KA varies ~100% CV between subjects: a curved posterior that needs smaller steps. With the
+    # diagonal mass matrix KA's bulk ESS was ~74 per 1000 draws (R-hat 1.02); the low-rank one
+    # learns the KA-TLAG-V correlations: min bulk ESS ~240 (omega(KA)), R-hat <= 1.01.
+    res = fit(spec, datasets.warfarin(), seed=3, target_accept=0.95, adaptation="low_rank", **SETTINGS)
+    assert_converged(res)
     assert res.data.n_obs == 247  # 251 cp minus the 4 zeros at 0.5 h (IGNORE=(DV == 0))
     assert (res.data.excluded["reason"] == "IGNORE (DV == 0)").sum() == 4
     tab = res.parameter_table(ci=0.90).set_index("parameter")
