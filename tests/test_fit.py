@@ -8,6 +8,7 @@ which account for that Monte Carlo and posterior uncertainty.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -333,3 +334,30 @@ def test_report_warns_when_chains_disagree(theo_fit):
     bad.idata["posterior"] = post.assign(z_0=(post["z_0"].dims, z))
     subject = int(theo_fit.data.ids[3])
     assert f"(in eta of subject {subject} on V)" in bad.report()
+
+
+def test_low_ess_with_correlated_typical_values_suggests_low_rank(theo_fit):
+    """Make typical V follow typical CL draw by draw (r ~ 0.99) and thin the ESS of CL by
+    repeating draws: the low-ESS warning must name the pair and the option; the real fit (no such
+    correlation) must not, and neither does a fit that already used the low-rank adaptation."""
+    assert "low_rank" not in theo_fit.report()
+    bad = FitResult(theo_fit.idata.copy(), theo_fit.spec, theo_fit.data)
+    post = bad.idata["posterior"].to_dataset()
+    cl = np.repeat(post["log_CL_pop"].values[:, ::20], 20, axis=1)  # ~1/20 of the ESS
+    v = np.log(31.5) + 0.5 * (cl - cl.mean()) + 0.001 * np.random.default_rng(0).standard_normal(cl.shape)
+    dims = post["log_CL_pop"].dims
+    bad.idata["posterior"] = post.assign(log_CL_pop=(dims, cl), log_V_pop=(dims, v))
+    text = bad.report()
+    assert "bulk ESS as low as" in text
+    assert re.search(r"correlation of typical (CL and typical V|V and typical CL) \(r = 1\.00\)", text)
+    assert 'adaptation="low_rank"' in text
+    bad.idata.attrs["nlmebayes_adaptation"] = "low_rank"
+    assert "low_rank" not in bad.report()
+
+
+def test_adaptation_option_is_checked():
+    spec = ModelSpec.from_toml(MODEL_DIR / "theophylline_1cpt_oral.toml")
+    with pytest.raises(ValueError, match="adaptation must be"):
+        fit(spec, datasets.theophylline(), adaptation="dense")
+    with pytest.raises(ValueError, match="nutpie's; PyMC's NUTS"):
+        fit(spec, datasets.theophylline(), adaptation="low_rank", sampler="pymc")

@@ -56,7 +56,7 @@ def sampler_diagnostics(result) -> dict:
     if min_ess < ESS_MIN_PER_CHAIN * n_chains:
         warnings.append(
             f"bulk ESS as low as {min_ess:.0f} (in {worst_ess_var}), below {ESS_MIN_PER_CHAIN} per chain "
-            f"({ESS_MIN_PER_CHAIN * n_chains}): draw more"
+            f"({ESS_MIN_PER_CHAIN * n_chains}): draw more" + _low_rank_hint(result, post)
         )
     if depth:
         warnings.append(f"{depth} draws hit the maximum tree depth")
@@ -74,6 +74,35 @@ def sampler_diagnostics(result) -> dict:
         "draws": post.sizes["draw"],
         "warnings": warnings,
     }
+
+
+#: Posterior correlation of two typical values above which a diagonal mass matrix mixes slowly.
+CORRELATION_HINT = 0.8
+
+
+def _low_rank_hint(result, post) -> str:
+    """Advice (``", or ..."``) to adapt a low-rank mass matrix, naming the correlated typical values.
+
+    Given when the sampler adapted a diagonal mass matrix and the most correlated pair of typical
+    values (log scale) exceeds :data:`CORRELATION_HINT`: a diagonal mass matrix cannot learn that
+    direction.
+    """
+    if result.idata.attrs.get("nlmebayes_adaptation", "diag") != "diag":
+        return ""
+    names = [f"log_{p.name}_pop" for p in result.spec.parameters if f"log_{p.name}_pop" in post]
+    if len(names) < 2:
+        return ""
+    x = np.array([post[v].values.ravel() for v in names])
+    corr = np.corrcoef(x)
+    np.fill_diagonal(corr, 0.0)
+    i, j = np.unravel_index(int(np.nanargmax(np.abs(corr))), corr.shape)
+    if not abs(corr[i, j]) > CORRELATION_HINT:
+        return ""
+    a, b = (user_name(None, names[k]) for k in (i, j))
+    return (
+        f", or let the sampler learn the correlation of {a} and {b} (r = {corr[i, j]:.2f}): "
+        f'fit(..., adaptation="low_rank")'
+    )
 
 
 def user_name(stat, var: str) -> str:

@@ -99,8 +99,11 @@ def fit(
         chains cannot settle on different sides of a per-subject flip-flop. ``"jitter"``: PyMC's
         default, every variable jittered (etas included), as before version 0.4.
     adaptation : {"diag", "low_rank"}
-        nutpie's mass-matrix adaptation: diagonal, or diagonal plus a low-rank correction for
-        strongly correlated directions (nutpie only).
+        nutpie's mass-matrix adaptation: diagonal (default), or diagonal plus a low-rank
+        correction that learns strongly correlated directions (nutpie only). Low-rank pays where
+        typical values are correlated in the posterior (VMAX and KM: 8x the min ESS/s; KA, TLAG
+        and V) and costs where they are not (a rich 120-subject oral design: 0.13x);
+        ``benchmarks/mass_matrix.py``. The report suggests it when it would help.
     stall_seconds : float or None
         Stop with :class:`~nlmebayes.inference.preflight.SamplingStalled`, saying why it may be,
         when no chain has finished a draw for this long (nutpie only; None: wait forever).
@@ -122,6 +125,10 @@ def fit(
         raise ValueError(f"sampler must be 'nutpie' or 'pymc', got {sampler!r}")
     if init not in ("pilot", "jitter"):
         raise ValueError(f"init must be 'pilot' or 'jitter', got {init!r}")
+    if adaptation not in ("diag", "low_rank"):
+        raise ValueError(f"adaptation must be 'diag' or 'low_rank', got {adaptation!r}")
+    if adaptation == "low_rank" and sampler != "nutpie":
+        raise ValueError("adaptation='low_rank' is nutpie's; PyMC's NUTS adapts a diagonal mass matrix")
     built = build_model(spec, data)
     design = design_warnings(spec, built.data)
     for w in design:
@@ -153,6 +160,7 @@ def fit(
             )
     idata.attrs.update(
         nlmebayes_sampler=sampler,
+        nlmebayes_adaptation=adaptation if sampler == "nutpie" else "pymc",
         nlmebayes_sampling_seconds=wall,
         nlmebayes_pilot_seconds=t0 - t_pilot,
         nlmebayes_derived_seconds=t_derived,
