@@ -102,7 +102,7 @@ def fit(
         nutpie's mass-matrix adaptation: diagonal (default), or diagonal plus a low-rank
         correction that learns strongly correlated directions (nutpie only). Low-rank pays where
         typical values are correlated in the posterior (VMAX and KM: 8x the min ESS/s; KA, TLAG
-        and V) and costs where they are not (a rich 120-subject oral design: 0.13x);
+        and V) and costs where they are not (rich 120-subject designs: 0.13x oral, 0.02x IV);
         ``benchmarks/mass_matrix.py``. The report suggests it when it would help.
     stall_seconds : float or None
         Stop with :class:`~nlmebayes.inference.preflight.SamplingStalled`, saying why it may be,
