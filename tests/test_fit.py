@@ -361,3 +361,58 @@ def test_adaptation_option_is_checked():
         fit(spec, datasets.theophylline(), adaptation="dense")
     with pytest.raises(ValueError, match="nutpie's; PyMC's NUTS"):
         fit(spec, datasets.theophylline(), adaptation="low_rank", sampler="pymc")
+
+
+def test_nonmem_style_tables_read_back_with_pandas(theo_fit, tmp_path):
+    """sdtab/patab/cotab/catab and run1.ext as NONMEM writes them (``TABLE NO.`` line, header,
+    %13.5E values): they load with pandas, carry NONMEM's column names, and their numbers are the
+    fit's own to the 6 significant digits the format keeps (rtol 1e-5)."""
+    from nlmebayes.io import ext_table, patab, sdtab, write_tables
+
+    paths = write_tables(theo_fit, tmp_path / "run1")
+    read = {k: pd.read_csv(p, sep=r"\s+", skiprows=1) for k, p in paths.items()}
+    sd = read["sdtab"]
+    assert sd.columns.tolist() == ["ID", "TIME", "DV", "PRED", "IPRED", "RES", "CWRES", "IWRES", "NPDE", "MDV"]
+    assert len(sd) == theo_fit.data.n_obs and (sd["MDV"] == 0).all()
+    np.testing.assert_allclose(sd["DV"], theo_fit.data.obs_dv, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(sd["RES"], sd["DV"] - sd["IPRED"], rtol=1e-4, atol=1e-4)
+    mg = theo_fit.idata["marginal"].to_dataset()
+    np.testing.assert_allclose(sd["CWRES"], mg["cwres"].values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sdtab(theo_fit)["PRED"], mg["pred"].values)
+    pa = read["patab"]
+    assert pa.columns.tolist() == ["ID", "TIME", "KA", "CL", "V", "ETA1", "ETA2", "ETA3"]
+    cl = theo_fit.posterior["CL"].median(("chain", "draw")).values
+    np.testing.assert_allclose(pa["CL"], cl[theo_fit.data.obs_subject], rtol=1e-5)
+    np.testing.assert_allclose(patab(theo_fit)["CL"], pa["CL"], rtol=1e-5)
+    assert read["cotab"].columns[:2].tolist() == ["ID", "TIME"]
+    # .ext: medians, then SDs; THETAs in the parameter table's order, OMEGA and SIGMA variances
+    ext = read["ext"]
+    assert ext["ITERATION"].tolist() == [-1000000000, -1000000001]
+    tab = theo_fit.parameter_table().set_index("nonmem")
+    for label, col in (("THETA(1)", "THETA1"), ("OMEGA(2,2)", "OMEGA(2,2)"), ("SIGMA(1,1)", "SIGMA(1,1)")):
+        np.testing.assert_allclose(ext.loc[0, col], tab.loc[label, "median"], rtol=1e-5)
+        np.testing.assert_allclose(ext.loc[1, col], tab.loc[label, "sd"], rtol=1e-5)
+    np.testing.assert_allclose(ext.loc[0, "OBJ"], theo_fit.idata["marginal"].attrs["ofv"], rtol=1e-5)
+    assert ext_table(theo_fit).columns[-1] == "OBJ"
+
+
+def test_ext_omega_covariances_follow_nonmem_numbering():
+    """OMEGA(i,j) in the .ext table: variances sd_i^2 and, within a block, covariances
+    corr_ij sd_i sd_j draw by draw, numbered by the spec's IIV order (block KA/CL, then V)."""
+    from types import SimpleNamespace
+
+    import xarray as xr
+
+    from nlmebayes import IIV
+    from nlmebayes.io.nonmem_tables import _omega_draws
+
+    spec = ModelSpec("b", "1cpt_oral", {"KA": 1.0, "CL": 2.0, "V": 30.0},
+                     iiv=[IIV(["KA", "CL"], sd=[0.3, 0.2], block=True), IIV(["V"], sd=[0.1])])  # fmt: skip
+    sd = np.array([[[0.3, 0.2, 0.1], [0.4, 0.25, 0.15]]])  # (chain, draw, iiv)
+    corr = np.array([[[[1.0, 0.5], [0.5, 1.0]], [[1.0, -0.2], [-0.2, 1.0]]]])
+    post = xr.Dataset({"omega_sd": (("chain", "draw", "iiv"), sd),
+                       "omega_corr_0": (("chain", "draw", "iiv_0", "iiv_0_"), corr)})  # fmt: skip
+    out = _omega_draws(SimpleNamespace(posterior=post, spec=spec))
+    assert sorted(out) == ["OMEGA(1,1)", "OMEGA(2,1)", "OMEGA(2,2)", "OMEGA(3,3)"]
+    np.testing.assert_allclose(out["OMEGA(2,1)"], [0.5 * 0.3 * 0.2, -0.2 * 0.4 * 0.25])
+    np.testing.assert_allclose(out["OMEGA(3,3)"], [0.01, 0.0225])
