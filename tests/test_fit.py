@@ -372,7 +372,7 @@ def test_nonmem_style_tables_read_back_with_pandas(theo_fit, tmp_path):
     paths = write_tables(theo_fit, tmp_path / "run1")
     read = {k: pd.read_csv(p, sep=r"\s+", skiprows=1) for k, p in paths.items()}
     sd = read["sdtab"]
-    assert sd.columns.tolist() == ["ID", "TIME", "DV", "PRED", "IPRED", "RES", "CWRES", "IWRES", "NPDE", "MDV"]
+    assert sd.columns.tolist() == "ID TIME DV PRED IPRED RES CWRES IWRES NPDE MDV".split()
     assert len(sd) == theo_fit.data.n_obs and (sd["MDV"] == 0).all()
     np.testing.assert_allclose(sd["DV"], theo_fit.data.obs_dv, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(sd["RES"], sd["DV"] - sd["IPRED"], rtol=1e-4, atol=1e-4)
