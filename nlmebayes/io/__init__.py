@@ -1,6 +1,7 @@
 """Interop and scripted use: NONMEM-style tables and the ``nlmebayes`` command.
 
-NONMEM-style output tables are in :mod:`.nonmem_tables`, the command line in :mod:`.cli`. The tables load on first use, so that ``nlmebayes --help`` answers without importing PyMC.
+NONMEM-style output tables are in :mod:`.nonmem_tables`, the command line in :mod:`.cli`. The
+tables load on first use, so that ``nlmebayes --help`` answers without importing PyMC.
 """
 
 __all__ = ["sdtab", "patab", "cotab", "catab", "ext_table", "write_tables"]
