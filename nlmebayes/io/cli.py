@@ -33,12 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"nlmebayes {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="{fit,report,check}")
-    f = sub.add_parser(
-        "fit",
-        help="fit a model file to a data file; write the result, report and tables",
-        epilog="example:\n  nlmebayes fit models/pheno_1cpt_iv.toml pheno.csv --out run1 --seed 1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    f = _command(sub, "fit", "fit a model file to a data file; write the result, report and tables",
+                 "nlmebayes fit models/pheno_1cpt_iv.toml pheno.csv --out run1 --seed 1")  # fmt: skip
     f.add_argument("model", type=Path, help="model file (TOML)")
     f.add_argument("data", type=Path, help="NONMEM-style data (CSV or whitespace table)")
     f.add_argument("--out", type=Path, default=Path("run1"), help="output folder (default run1)")
@@ -47,23 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--chains", type=int, default=4, help="chains (4)")
     f.add_argument("--seed", type=int, default=1, help="random seed (1): same seed, same draws")
     f.add_argument("--html", action="store_true", help="also write report.html (plots, VPC)")
-    r = sub.add_parser(
-        "report",
-        help="print the report of a saved run and rewrite its tables",
-        epilog="example:\n  nlmebayes report run1 --html",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    r = _command(sub, "report", "print the report of a saved run and rewrite its tables",
+                 "nlmebayes report run1 --html")  # fmt: skip
     r.add_argument("run", type=Path, help="folder written by 'nlmebayes fit'")
     r.add_argument("--html", action="store_true", help="also write report.html")
-    c = sub.add_parser(
-        "check",
-        help="read a model file (and data) and say what was found, without fitting",
-        epilog="example:\n  nlmebayes check models/theophylline_1cpt_oral.toml theo.csv",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    c = _command(sub, "check", "read a model file (and data) and say what was found, without fitting",
+                 "nlmebayes check models/theophylline_1cpt_oral.toml theo.csv")  # fmt: skip
     c.add_argument("model", type=Path, help="model file (TOML)")
     c.add_argument("data", type=Path, nargs="?", help="NONMEM-style data (optional)")
     return ap
+
+
+def _command(sub, name: str, what: str, example: str) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` ends with an example."""
+    return sub.add_parser(name, help=what, description=what, epilog=f"example:\n  {example}",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
 
 
 def _version() -> str:
