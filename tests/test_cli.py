@@ -53,7 +53,7 @@ def test_fit_writes_result_report_and_nonmem_tables(tmp_path):
     for name in ("result.nc", "report.txt", "sdtab1", "patab1", "cotab1", "catab1", "run1.ext"):
         assert (run / name).exists(), name
     sd = pd.read_csv(run / "sdtab1", sep=r"\s+", skiprows=1)
-    assert sd.columns.tolist() == "ID TIME DV PRED IPRED RES CWRES IWRES NPDE MDV".split()
+    assert sd.columns.tolist() == "ID TIME DV PRED IPRED RES IRES CWRES IWRES NPDE MDV".split()
     assert len(sd) == 132 and np.isfinite(sd.to_numpy()).all()
     assert {"CL", "ETA1"} <= set(pd.read_csv(run / "patab1", sep=r"\s+", skiprows=1).columns)
     assert "THETA(1)" in (run / "report.txt").read_text()

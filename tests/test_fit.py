@@ -372,10 +372,12 @@ def test_nonmem_style_tables_read_back_with_pandas(theo_fit, tmp_path):
     paths = write_tables(theo_fit, tmp_path / "run1")
     read = {k: pd.read_csv(p, sep=r"\s+", skiprows=1) for k, p in paths.items()}
     sd = read["sdtab"]
-    assert sd.columns.tolist() == "ID TIME DV PRED IPRED RES CWRES IWRES NPDE MDV".split()
+    assert sd.columns.tolist() == "ID TIME DV PRED IPRED RES IRES CWRES IWRES NPDE MDV".split()
     assert len(sd) == theo_fit.data.n_obs and (sd["MDV"] == 0).all()
     np.testing.assert_allclose(sd["DV"], theo_fit.data.obs_dv, rtol=1e-5, atol=1e-12)
-    np.testing.assert_allclose(sd["RES"], sd["DV"] - sd["IPRED"], rtol=1e-4, atol=1e-4)
+    # NONMEM's RES is the population residual DV - PRED; IRES the individual one
+    np.testing.assert_allclose(sd["RES"], sd["DV"] - sd["PRED"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sd["IRES"], sd["DV"] - sd["IPRED"], rtol=1e-4, atol=1e-4)
     mg = theo_fit.idata["marginal"].to_dataset()
     np.testing.assert_allclose(sd["CWRES"], mg["cwres"].values, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sdtab(theo_fit)["PRED"], mg["pred"].values)
@@ -397,22 +399,20 @@ def test_nonmem_style_tables_read_back_with_pandas(theo_fit, tmp_path):
 
 
 def test_ext_omega_covariances_follow_nonmem_numbering():
-    """OMEGA(i,j) in the .ext table: variances sd_i^2 and, within a block, covariances
-    corr_ij sd_i sd_j draw by draw, numbered by the spec's IIV order (block KA/CL, then V)."""
-    from types import SimpleNamespace
-
+    """OMEGA(i,j) off the diagonal of the .ext table: the covariance corr_ij sd_i sd_j draw by
+    draw, for the pair the parameter table's corr(KA,CL) row names."""
     import xarray as xr
 
     from nlmebayes import IIV
-    from nlmebayes.io.nonmem_tables import _omega_draws
+    from nlmebayes.io.nonmem_tables import _covariance_draws
 
     spec = ModelSpec("b", "1cpt_oral", {"KA": 1.0, "CL": 2.0, "V": 30.0},
                      iiv=[IIV(["KA", "CL"], sd=[0.3, 0.2], block=True), IIV(["V"], sd=[0.1])])  # fmt: skip
     sd = np.array([[[0.3, 0.2, 0.1], [0.4, 0.25, 0.15]]])  # (chain, draw, iiv)
     corr = np.array([[[[1.0, 0.5], [0.5, 1.0]], [[1.0, -0.2], [-0.2, 1.0]]]])
     post = xr.Dataset({"omega_sd": (("chain", "draw", "iiv"), sd),
-                       "omega_corr_0": (("chain", "draw", "iiv_0", "iiv_0_"), corr)})  # fmt: skip
-    out = _omega_draws(SimpleNamespace(posterior=post, spec=spec))
-    assert sorted(out) == ["OMEGA(1,1)", "OMEGA(2,1)", "OMEGA(2,2)", "OMEGA(3,3)"]
-    np.testing.assert_allclose(out["OMEGA(2,1)"], [0.5 * 0.3 * 0.2, -0.2 * 0.4 * 0.25])
-    np.testing.assert_allclose(out["OMEGA(3,3)"], [0.01, 0.0225])
+                       "omega_corr_0": (("chain", "draw", "iiv_0", "iiv_0_"), corr)},
+                      coords={"iiv": ["KA", "CL", "V"]})  # fmt: skip
+    np.testing.assert_allclose(
+        _covariance_draws(post, spec, "KA", "CL"), [0.5 * 0.3 * 0.2, -0.2 * 0.4 * 0.25]
+    )

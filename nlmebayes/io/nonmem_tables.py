@@ -1,6 +1,6 @@
 """NONMEM-style output tables of a fit, for xpose, Pirana, PsN and anyone used to them.
 
-``sdtab`` (ID TIME DV PRED IPRED RES CWRES IWRES NPDE MDV), ``patab`` (individual parameters and
+``sdtab`` (ID TIME DV PRED IPRED RES IRES CWRES IWRES NPDE MDV), ``patab`` (individual parameters and
 ETA1..n), ``cotab``/``catab`` (continuous and categorical covariates), one row per observation so
 the tables align row by row as NONMEM writes them without FIRSTONLY; and an ``.ext``-like file of
 the population estimates. The Bayesian reading of each column:
@@ -17,6 +17,7 @@ Only observation records are written (MDV = 0): dose rows carry no DV and xpose 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,19 @@ EXT_ESTIMATES, EXT_SE = -1000000000, -1000000001
 
 
 def sdtab(result) -> pd.DataFrame:
-    """ID, TIME, DV, PRED, IPRED, RES, CWRES, IWRES, NPDE, MDV per observation.
+    """ID, TIME, DV, PRED, IPRED, RES (DV - PRED), IRES (DV - IPRED), CWRES, IWRES, NPDE, MDV.
+
+    One row per observation; NONMEM's definitions of each column.
 
     Examples
     --------
     >>> sdtab(result).columns.tolist()  # doctest: +SKIP
-    ['ID', 'TIME', 'DV', 'PRED', 'IPRED', 'RES', 'CWRES', 'IWRES', 'NPDE', 'MDV']
+    ['ID', 'TIME', 'DV', 'PRED', 'IPRED', 'RES', 'IRES', 'CWRES', 'IWRES', 'NPDE', 'MDV']
     """
     g = gof_data(result)
     out = g[["ID", "TIME", "DV", "PRED", "IPRED"]].copy()
-    out.insert(5, "RES", g["DV"] - g["IPRED"])
+    out["RES"] = g["DV"] - g["PRED"]  # NONMEM's RES: the population residual
+    out["IRES"] = g["DV"] - g["IPRED"]
     for c in ("CWRES", "IWRES", "NPDE"):
         out[c] = g[c]
     out["MDV"] = 0
@@ -84,50 +88,50 @@ def catab(result) -> pd.DataFrame:
     return _covariates(result, categorical=True)
 
 
-def _omega_draws(result) -> dict[str, np.ndarray]:
-    """OMEGA(i,j) -> its draws (variances and, within blocks, covariances), NONMEM numbering."""
-    post, spec = result.posterior, result.spec
-    order = {p: i for i, p in enumerate(spec.iiv_parameters)}
-    sd = post["omega_sd"].transpose("chain", "draw", ...).values.reshape(-1, len(order))
-    out: dict[str, np.ndarray] = {}
-    for k, block in enumerate(spec.iiv):
-        corr = post.get(f"omega_corr_{k}")
-        n = len(block.parameters)
-        c = corr.transpose("chain", "draw", ...).values.reshape(-1, n, n) if corr is not None else None
-        for a, pa in enumerate(block.parameters):
-            for b, pb in enumerate(block.parameters[: a + 1]):
-                if a != b and c is None:
-                    continue
-                i, j = order[pa], order[pb]
-                cov = sd[:, i] * sd[:, j] * (1.0 if a == b else c[:, a, b])
-                out[f"OMEGA({i + 1},{j + 1})"] = cov
-    return out
+def _covariance_draws(post, spec, a: str, b: str) -> np.ndarray:
+    """Draws of the eta covariance corr(a, b) * omega(a) * omega(b) within a block."""
+    block, k = next((blk, k) for k, blk in enumerate(spec.iiv) if {a, b} <= set(blk.parameters))
+    corr = post[f"omega_corr_{k}"]
+    i, j = block.parameters.index(b), block.parameters.index(a)
+    c = corr.isel({corr.dims[-2]: i, corr.dims[-1]: j}, drop=True)
+    sd = post["omega_sd"]
+    return (c * sd.sel(iiv=a, drop=True) * sd.sel(iiv=b, drop=True)).values.ravel()
 
 
 def ext_table(result) -> pd.DataFrame:
     """An ``.ext``-like table: THETA1.., OMEGA(i,j).., SIGMA(n,n).., OBJ.
 
     Two rows: ITERATION -1000000000 (posterior medians; OBJ the OFV at them) and -1000000001
-    (posterior SDs; OBJ 0). THETAs are the typical values on the natural scale and the covariate
-    effects, in the parameter table's order; SIGMAs are residual variances.
+    (posterior SDs; OBJ 0). Columns and numbering are the parameter table's ``nonmem`` labels:
+    THETAs are the typical values on the natural scale and the covariate effects, OMEGA(i,i) the
+    IIV and IOV variances, OMEGA(i,j) the covariances within a block (draw by draw, where the
+    table reports the correlation), SIGMAs the residual variances.
     """
     tab = result.parameter_table().set_index("parameter")
     est: dict[str, float] = {}
     se: dict[str, float] = {}
     for name, label in tab["nonmem"].items():
-        if label.startswith(("THETA", "SIGMA")):
-            key = label.replace("(", "").replace(")", "") if label.startswith("THETA") else label
+        if not label:
+            continue
+        key = label.replace("(", "").replace(")", "") if label.startswith("THETA") else label
+        if name.startswith("corr("):
+            draws = _covariance_draws(result.posterior, result.spec, *name[5:-1].split(","))
+            est[key], se[key] = float(np.median(draws)), float(np.std(draws, ddof=1))
+        else:
             est[key], se[key] = float(tab.loc[name, "median"]), float(tab.loc[name, "sd"])
-    for key, draws in _omega_draws(result).items():
-        est[key], se[key] = float(np.median(draws)), float(np.std(draws, ddof=1))
     ofv = np.nan
     if "marginal" in result.idata.children:
         ofv = float(result.idata["marginal"].attrs.get("ofv", np.nan))
     est["OBJ"], se["OBJ"] = ofv, 0.0
-    cols = sorted((k for k in est if k.startswith("THETA")), key=lambda k: int(k[5:]))
-    cols += [k for k in est if k.startswith("OMEGA")] + [k for k in est if k.startswith("SIGMA")] + ["OBJ"]
+    kinds = ("THETA", "OMEGA", "SIGMA", "OBJ")
+    cols = sorted(est, key=lambda k: (kinds.index(k[:5] if k != "OBJ" else "OBJ"), _ext_order(k)))
     rows = [{"ITERATION": EXT_ESTIMATES, **est}, {"ITERATION": EXT_SE, **se}]
     return pd.DataFrame(rows)[["ITERATION", *cols]]
+
+
+def _ext_order(key: str) -> tuple[int, ...]:
+    """THETA12 -> (12,), OMEGA(2,1) -> (2, 1): NONMEM's column order within a kind."""
+    return tuple(int(d) for d in re.findall(r"\d+", key))
 
 
 def _write(table: pd.DataFrame, path: Path, number: int) -> Path:
