@@ -36,6 +36,7 @@ __all__ = [
     "Parameter",
     "Prior",
     "ResidualError",
+    "informative_priors",
     "build_model",
     "fit",
     "map_estimate",
@@ -52,6 +53,7 @@ except PackageNotFoundError:  # a source tree that is not installed
 # Names loaded on first use, and the module that holds each: the backend imports PyMC.
 _LAZY = {
     "build_model": "nlmebayes.model.builder",
+    "informative_priors": "nlmebayes.model.informative",
     "fit": "nlmebayes.inference",
     "map_estimate": "nlmebayes.inference",
     "FitResult": "nlmebayes.results",

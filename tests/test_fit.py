@@ -404,7 +404,7 @@ def test_ext_omega_covariances_follow_nonmem_numbering():
     import xarray as xr
 
     from nlmebayes import IIV
-    from nlmebayes.io.nonmem_tables import _covariance_draws
+    from nlmebayes.io.nonmem.tables import _covariance_draws
 
     spec = ModelSpec("b", "1cpt_oral", {"KA": 1.0, "CL": 2.0, "V": 30.0},
                      iiv=[IIV(["KA", "CL"], sd=[0.3, 0.2], block=True), IIV(["V"], sd=[0.1])])  # fmt: skip

@@ -2,8 +2,8 @@
 
 The marginal likelihood and OFV (:mod:`.ofv`, with :mod:`.conditional`, :mod:`.ebe`, :mod:`.importance`,
 :mod:`.population`), residuals (:mod:`.residuals`), shrinkage (:mod:`.shrinkage`), LOO/WAIC/DIC (:mod:`.loo`),
-model comparison (:mod:`.comparison`), identifiability (:mod:`.identifiability`) and sampler convergence
-(:mod:`.convergence`).
+model comparison (:mod:`.comparison`), identifiability (:mod:`.identifiability`), sampler convergence
+(:mod:`.convergence`) and prior-data conflict (:mod:`.prior_conflict`).
 
 Names are loaded on first use, so that e.g. the shrinkage functions do not import PyMC.
 """
@@ -34,6 +34,7 @@ _WHERE = {
     "flip_flop_warning": "identifiability",
     "subject_flip_flop_warning": "identifiability",
     "sampler_diagnostics": "convergence",
+    "prior_data_conflict": "prior_conflict",
 }
 __all__ = list(_WHERE)
 

@@ -1,15 +1,22 @@
-"""Interop and scripted use: NONMEM-style tables and the ``nlmebayes`` command.
+"""Interop and scripted use: NONMEM in and out, and the ``nlmebayes`` command.
 
-NONMEM-style output tables are in :mod:`.nonmem_tables`, the command line in :mod:`.cli`. The
-tables load on first use, so that ``nlmebayes --help`` answers without importing PyMC.
+:mod:`.nonmem` converts control streams (:func:`read_control_stream`), reads ``.ext``/``.phi``
+results (:func:`read_ext`, :func:`read_phi`) and writes NONMEM-style tables (:func:`write_tables`);
+the command line is :mod:`.cli`. Everything loads on first use, so that ``nlmebayes --help``
+answers without importing PyMC.
 """
 
-__all__ = ["sdtab", "patab", "cotab", "catab", "ext_table", "write_tables"]
+from importlib import import_module
+
+_WHERE = {
+    **dict.fromkeys(["sdtab", "patab", "cotab", "catab", "ext_table", "write_tables"], "tables"),
+    **dict.fromkeys(["read_control_stream", "ConvertedModel", "ControlStreamError"], "control_stream"),
+    **dict.fromkeys(["read_ext", "read_phi", "NonmemEstimates"], "results"),
+}
+__all__ = list(_WHERE)
 
 
 def __getattr__(name):
-    if name not in __all__:
+    if name not in _WHERE:
         raise AttributeError(f"module 'nlmebayes.io' has no attribute {name!r}")
-    from nlmebayes.io import nonmem_tables
-
-    return getattr(nonmem_tables, name)
+    return getattr(import_module(f"nlmebayes.io.nonmem.{_WHERE[name]}"), name)

@@ -1,12 +1,14 @@
 """The model.
 
 A declarative spec (:mod:`.spec`, PyMC-free, TOML) and the builder that turns it into a PyMC graph
-(:mod:`.builder`, with :mod:`.likelihood` and :mod:`.priors`).
+(:mod:`.builder`, with :mod:`.likelihood` and :mod:`.priors`); :mod:`.informative` sets priors
+from a previous analysis.
 
 ``import nlmebayes.model`` stays light: the PyMC side loads on first use of
 :func:`build_model` / :class:`BuiltModel`.
 """
 
+from nlmebayes.model.informative import informative_priors
 from nlmebayes.model.spec import (
     IIV,
     IOV,
@@ -31,6 +33,7 @@ __all__ = [
     "Parameter",
     "Prior",
     "ResidualError",
+    "informative_priors",
     "BuiltModel",
     "build_model",
     "select_observations",

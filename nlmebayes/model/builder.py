@@ -340,7 +340,11 @@ def _omega(model: pm.Model, k: int, block, det, store: bool):
             [random_variable(f"omega_sd_{k}_{p}", pr) for p, pr in zip(block.parameters, priors, strict=True)]
         )
         return sd, None
-    sd_dist = getattr(pm, priors[0].dist).dist(**priors[0].args, shape=len(block.parameters))
+    if any(pr.dist != priors[0].dist or pr.args.keys() != priors[0].args.keys() for pr in priors):
+        raise ValueError(f"block Omega over {block.parameters}: give every SD prior one distribution")
+    # One prior per SD: the distribution's arguments as vectors (LKJCholeskyCov takes one sd_dist).
+    args = {k: np.array([pr.args[k] for pr in priors], dtype=float) for k in priors[0].args}
+    sd_dist = getattr(pm, priors[0].dist).dist(**args, shape=len(block.parameters))
     chol, corr, sd = pm.LKJCholeskyCov(
         f"omega_chol_{k}",
         n=len(block.parameters),

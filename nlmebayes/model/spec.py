@@ -219,11 +219,28 @@ def _sds(kind: str, parameters: list, sd) -> list[float]:
     return sd
 
 
-def _sd_priors(sd_prior: Prior | None, sd: list[float]) -> list[Prior]:
-    """Priors of random-effect SDs: ``sd_prior`` for each, else HalfNormal(max(2 sd, 0.5))."""
+def _sd_priors(sd_prior: Prior | list | None, sd: list[float]) -> list[Prior]:
+    """Priors of random-effect SDs: ``sd_prior`` (one for all, or one each), else HalfNormal(2 sd, >= 0.5)."""
+    if isinstance(sd_prior, list):
+        if len(sd_prior) != len(sd):
+            raise ValueError(f"give one sd_prior per parameter ({len(sd)}), got {len(sd_prior)}")
+        return list(sd_prior)
     if sd_prior is not None:
         return [sd_prior] * len(sd)
     return [Prior("HalfNormal", {"sigma": max(2.0 * s, 0.5)}) for s in sd]
+
+
+def _prior_or_list(x):
+    """A Prior, or a list of them, read from (or kept as) dicts."""
+    if isinstance(x, list):
+        return [_prior_or_list(p) for p in x]
+    return x if x is None or isinstance(x, Prior) else Prior.from_dict(x)
+
+
+def _prior_dict(x):
+    if isinstance(x, list):
+        return [p.to_dict() for p in x]
+    return x and x.to_dict()
 
 
 @dataclass(frozen=True)
@@ -241,8 +258,9 @@ class IIV:
     kind : {"lognormal", "additive"}
         ``TV * exp(eta)`` (log-normal, default; ``"exponential"``, NONMEM's word, is read as
         ``"lognormal"``) or ``TV + eta``.
-    sd_prior : Prior, optional
-        Overrides the default prior of every SD in the block.
+    sd_prior : Prior or list of Prior, optional
+        Overrides the default prior of every SD in the block (one Prior), or of each (a list in
+        parameter order; a block Omega needs one distribution family for all).
     lkj_eta : float
         Shape of the LKJ prior on the correlations of a block Omega.
     parameterisation : {"auto", "centered", "noncentered"}
@@ -256,13 +274,15 @@ class IIV:
     sd: list[float] | None = None
     block: bool = False
     kind: EtaKind = "lognormal"
-    sd_prior: Prior | None = None
+    sd_prior: Prior | list | None = None
     lkj_eta: float = 2.0
     parameterisation: Parameterisation = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
         object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
+        object.__setattr__(self, "sd_prior", _prior_or_list(self.sd_prior))
+        _sd_priors(self.sd_prior, self.sd or [])
         object.__setattr__(self, "kind", _ETA_ALIASES.get(self.kind, self.kind))
         if self.kind not in get_args(EtaKind):
             raise ValueError(
@@ -742,9 +762,7 @@ class ModelSpec:
         for key, blocks in (("iiv", self.iiv), ("iov", self.iov), ("levels", self.levels)):
             blocks = cast(list, blocks)
             if blocks:
-                out[key] = [
-                    _drop_none({**asdict(b), "sd_prior": b.sd_prior and b.sd_prior.to_dict()}) for b in blocks
-                ]
+                out[key] = [_drop_none({**asdict(b), "sd_prior": _prior_dict(b.sd_prior)}) for b in blocks]
         if self.flip_flop_guard:
             out["flip_flop_guard"] = True
         out["error"] = (
@@ -786,7 +804,7 @@ class ModelSpec:
             for b in d.get(key, []):
                 b = dict(b)
                 if "sd_prior" in b:
-                    b["sd_prior"] = Prior.from_dict(b["sd_prior"])
+                    b["sd_prior"] = _prior_or_list(b["sd_prior"])
                 blocks[key].append(cls_(**b))
         raw = dict(d.get("error", {"kind": "additive"}))
         # one error ({"kind": ...}) or one per output ({"cp": {"kind": ...}, ...})

@@ -65,11 +65,33 @@ def report(result, ci: float = 0.95) -> str:
     if spec.iov or spec.covariates:
         lines += _variability_lines(result)
     lines += _marginal_lines(result)
+    lines += _conflict_lines(result)
     if d["warnings"]:
         lines += ["", "Warnings:"] + [f"  - {w}" for w in d["warnings"]]
     else:
         lines += ["", "Diagnostics: no divergences, R-hat and ESS within limits."]
     return "\n".join(lines)
+
+
+def _conflict_lines(result) -> list[str]:
+    """Prior-data conflict of the parameters with given (informative) priors, if any."""
+    from nlmebayes.diagnostics.prior_conflict import CONFLICT_P, prior_data_conflict
+
+    tab = prior_data_conflict(result)
+    if tab.empty:
+        return []
+    flagged = tab[tab["conflict"]]
+    lines = [
+        "",
+        f"Prior-data conflict ({len(tab)} parameters with given priors; flagged at p < {CONFLICT_P}):",
+    ]
+    if flagged.empty:
+        return lines + ["  none: the data agree with the priors"]
+    return lines + [
+        f"  - {r.parameter}: the data say {r.data_mean:.3g} +/- {r.data_sd:.2g}, the prior "
+        f"{r.prior_mean:.3g} +/- {r.prior_sd:.2g} ({r.scale} scale; z = {r.z:.1f}, p = {r.p:.1g})"
+        for r in flagged.itertuples()
+    ]
 
 
 def _parameter_lines(result, ci: float) -> list[str]:

@@ -23,12 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nlmebayes.io.nonmem.results import EXT_ESTIMATES, EXT_SE
 from nlmebayes.plots.gof import gof_data
 
 __all__ = ["sdtab", "patab", "cotab", "catab", "ext_table", "write_tables"]
-
-#: NONMEM's ``.ext`` codes of the final estimates and their standard errors.
-EXT_ESTIMATES, EXT_SE = -1000000000, -1000000001
 
 
 def sdtab(result) -> pd.DataFrame:

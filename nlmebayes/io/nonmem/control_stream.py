@@ -1,0 +1,598 @@
+"""NONMEM control streams in: a ``ModelSpec`` and the ``EventData`` from a ``.mod`` file.
+
+Pharmpy parses the control stream (records, abbreviated code, $THETA/$OMEGA/$SIGMA, $INPUT and
+$DATA with IGNORE/ACCEPT filters, DROP and renames). This module reads Pharmpy's symbolic model
+into our declarative spec, and refuses, with the record, the line and the construct, anything the
+spec cannot say exactly: a silently different model would be worse than none.
+
+What converts:
+
+- ``$SUBROUTINE ADVAN1/2 TRANS2``, ``ADVAN3/4/11/12 TRANS4``, with the scale ``S1``/``S2`` equal to
+  the central volume, and ``ALAG1``, ``F1``, ``D1`` as TLAG, F and D;
+- ``$PK``: each structural parameter ``TV * EXP(ETA(n))`` (log-normal) or ``TV + ETA(n)``
+  (additive), with ``TV`` a product of one THETA and covariate factors: ``COV`` and
+  ``(COV/ref)**THETA`` (power; a number for a fixed exponent), ``EXP(THETA*(COV-ref))``
+  (exponential, which also covers MU-referencing ``EXP(LOG(THETA) + THETA*LOGWT + ETA)``),
+  ``1 + THETA*(COV-ref)`` (linear) and ``IF (COND) TV = TV*(1+THETA)`` (indicator);
+- ``$OMEGA`` diagonal and ``BLOCK(n)``; ``$SIGMA``; ``$ERROR`` additive ``Y=F+EPS(1)``,
+  proportional ``Y=F+F*EPS(1)`` (``W=F``), combined (two EPS, or one EPS with
+  ``W=SQRT(THETA(a)**2+THETA(b)**2*F**2)`` and ``$SIGMA 1 FIX``), exponential ``Y=F*EXP(EPS(1))``.
+
+What does not (each an error naming it): ``$DES`` models (ODE right-hand sides are read when they
+do not use ``T``; time-dependent ones, e.g. a lag written as ``IF (T.GE.TLAG)``, are refused),
+TRANS1/3/5/6, lag/bioavailability/duration of other compartments, ``$OMEGA ... FIX`` (every
+omega is estimated here), ``$MIX``, a scale
+other than the central volume, ETAs that enter a parameter in another way, and residual models
+outside the four above.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nlmebayes.data.read import build_events
+from nlmebayes.model.spec import IIV, Covariate, ModelSpec, Parameter, ResidualError
+
+__all__ = ["ControlStreamError", "ConvertedModel", "read_control_stream"]
+
+# ADVAN/TRANS -> (our structural model, {NONMEM parameter: ours}, scale symbol)
+_ADVANS = {
+    (1, 2): ("1cpt_iv", {"CL": "CL", "V": "V"}, "S1"),
+    (2, 2): ("1cpt_oral", {"CL": "CL", "V": "V", "KA": "KA"}, "S2"),
+    (3, 4): ("2cpt_iv", {"CL": "CL", "V1": "V", "Q": "Q", "V2": "V2"}, "S1"),
+    (4, 4): ("2cpt_oral", {"CL": "CL", "V2": "V", "Q": "Q", "V3": "V2", "KA": "KA"}, "S2"),
+    (11, 4): ("3cpt_iv", {"CL": "CL", "V1": "V", "Q2": "Q", "V2": "V2", "Q3": "Q3", "V3": "V3"}, "S1"),
+    (12, 4): (
+        "3cpt_oral",
+        {"CL": "CL", "V2": "V", "Q3": "Q", "V3": "V2", "Q4": "Q3", "V4": "V3", "KA": "KA"},
+        "S2",
+    ),
+}
+# Dosing items of compartment 1 (the depot of oral ADVANs, else central) -> the analytic models'
+# optional parameters; those of other compartments are refused.
+_OPTIONAL = {"ALAG1": "TLAG", "F1": "F", "D1": "D"}
+_DOSING_ITEMS = re.compile(r"^(ALAG|F|D|R)\d+$")
+
+
+class ControlStreamError(ValueError):
+    """A control stream that cannot be converted; the message names the file, record, line, construct."""
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """What :func:`read_control_stream` returns.
+
+    Attributes
+    ----------
+    spec : ModelSpec
+    data : EventData
+        The dataset of ``$DATA`` with ``$INPUT``'s names, IGNORE/ACCEPT applied and DROP columns left out.
+    nonmem_names : dict
+        Our name of each estimated quantity -> NONMEM's (``{"CL": "THETA(1)", "omega2(CL)":
+        "OMEGA(1,1)", "sigma2_prop": "SIGMA(1,1)", ...}``), for reading ``.ext``/``.phi`` results.
+    notes : list of str
+        What was read but left out (e.g. ``$PK`` variables used only in ``$TABLE``).
+    table : DataFrame
+        The records of ``data`` as a table (what :meth:`write` saves as CSV).
+    """
+
+    spec: ModelSpec
+    data: object
+    nonmem_names: dict
+    notes: list = field(default_factory=list)
+    table: object = None
+
+    def write(self, folder) -> tuple[Path, Path]:
+        """Write ``<name>.toml`` and the records as ``<name>.csv`` into ``folder``; return both paths."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        toml, csv = folder / f"{self.spec.name}.toml", folder / f"{self.spec.name}.csv"
+        self.spec.to_toml(toml)
+        self.table.to_csv(csv, index=False, na_rep=".")
+        return toml, csv
+
+
+@dataclass
+class _Source:
+    """The control stream's text, to name the line of a construct in an error."""
+
+    path: Path
+    lines: list[str]
+
+    def line_of(self, record: str, pattern: str, last: bool = False) -> int | None:
+        """1-based line in ``$record`` (abbreviations allowed) where ``pattern`` (regex) matches."""
+        current, hits = None, []
+        for i, raw in enumerate(self.lines, start=1):
+            code = raw.split(";", 1)[0]
+            m = re.match(r"\s*\$(\w+)", code)
+            if m:
+                current = m.group(1).upper()
+                code = code[m.end() :]
+            if current and record.startswith(current[:3]) and re.search(pattern, code, re.I):
+                hits.append(i)
+        return (hits[-1] if last else hits[0]) if hits else None
+
+    def error(self, record: str, line: int | None, msg: str) -> ControlStreamError:
+        where = f"{self.path.name}: ${record}" + (f" line {line}" if line else "")
+        return ControlStreamError(f"{where}: {msg}")
+
+
+def read_control_stream(path) -> ConvertedModel:
+    """Convert a NONMEM control stream (and its ``$DATA``) into a spec and event data.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.mod``/``.ctl`` file; ``$DATA`` is found relative to it.
+
+    Returns
+    -------
+    ConvertedModel
+        ``spec``, ``data``, ``nonmem_names`` (for :func:`nlmebayes.io.read_ext`) and ``notes``.
+
+    Raises
+    ------
+    ControlStreamError
+        On a construct the spec cannot express, naming the record, line and construct.
+    ImportError
+        Without Pharmpy (``pip install nlmebayes[nonmem]``).
+
+    Examples
+    --------
+    >>> from nlmebayes.datasets import path
+    >>> m = read_control_stream(path("pheno_real.mod"))  # doctest: +SKIP
+    >>> m.spec.structural, [c.name for c in m.spec.covariates]  # doctest: +SKIP
+    ('1cpt_iv', ['theta_CL_WGT', 'theta_V_WGT', 'theta_V_APGR'])
+    """
+    path = Path(path)
+    src = _Source(path, path.read_text().splitlines())
+    structural, names, scale = _structure(src)
+    model = _pharmpy_model(path)
+    conv = _Converter(src, model, names)
+    parameters, covariates, iiv = conv.pk(scale)
+    error = conv.error(scale)
+    spec = ModelSpec(
+        name=path.stem,
+        structural=structural,
+        parameters=parameters,
+        covariates=covariates,
+        iiv=iiv,
+        error=error,
+        description=f"Converted from {path.name}: {_problem(src)}",
+    )
+    data, table = _data(src, model)
+    return ConvertedModel(spec, data, conv.nonmem_names, conv.notes, table)
+
+
+def _pharmpy_model(path: Path):
+    try:
+        from pharmpy.modeling import read_model
+    except ImportError as e:  # pragma: no cover - the extra is installed in the dev set-up
+        raise ImportError("reading control streams needs Pharmpy: pip install 'nlmebayes[nonmem]'") from e
+    try:
+        with _quiet():
+            return read_model(path)
+    except Exception as e:  # Pharmpy raises many types; the user needs the file and its words
+        raise ControlStreamError(f"{path.name}: Pharmpy could not parse it: {e}") from None
+
+
+@contextmanager
+def _quiet():
+    """Pandas deprecations raised inside Pharmpy (e.g. its IGNORE filters) are not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _problem(src: _Source) -> str:
+    line = src.line_of("PROBLEM", r".")
+    return src.lines[line - 1].split("$PROBLEM", 1)[-1].strip() if line else ""
+
+
+def _structure(src: _Source) -> tuple[str, dict, str]:
+    """The structural model from $SUBROUTINE: our name, the parameter map and the scale symbol."""
+    line = src.line_of("SUBROUTINES", r"ADVAN")
+    text = src.lines[line - 1] if line else ""
+    advan = re.search(r"ADVAN(\d+)", text, re.I)
+    trans = re.search(r"TRANS(\d+)", text, re.I)
+    if advan is None:
+        raise src.error("SUBROUTINES", line, "no ADVAN: give $SUBROUTINE ADVANn TRANSm")
+    a, t = int(advan.group(1)), int(trans.group(1)) if trans else 1
+    if a in (6, 8, 9, 13, 14, 15, 16, 17, 18):
+        _des_construct(src)
+        raise src.error(
+            "SUBROUTINES",
+            line,
+            f"ADVAN{a} ($DES): converting general ODE models is not supported yet; "
+            "write the model as an nlmebayes ODE (see nlmebayes.ODE) or use ADVAN1-4/11/12",
+        )
+    if (a, t) not in _ADVANS:
+        known = ", ".join(f"ADVAN{x} TRANS{y}" for x, y in _ADVANS)
+        raise src.error("SUBROUTINES", line, f"ADVAN{a} TRANS{t} is not supported; supported: {known}")
+    return _ADVANS[(a, t)]
+
+
+def _des_construct(src: _Source) -> None:
+    """Name a right-hand side that depends on time (``T``), which our ODE right-hand sides cannot."""
+    line = src.line_of("DES", r"(^|[^\w])T([^\w(]|$)")
+    if line:
+        raise src.error(
+            "DES",
+            line,
+            f"{src.lines[line - 1].strip()!r} depends on time T: right-hand sides of T are not "
+            "supported (write a lag time as ALAG1 in $PK of ADVAN2/4/12)",
+        )
+
+
+def _data(src: _Source, model) -> tuple:
+    """The dataset as Pharmpy reads it ($INPUT names, IGNORE/ACCEPT), checked by our reader."""
+    try:
+        with _quiet():
+            df = model.dataset
+    except Exception as e:
+        raise src.error("DATA", src.line_of("DATA", r"."), f"cannot read the dataset: {e}") from None
+    if df is None:
+        raise src.error("DATA", src.line_of("DATA", r"."), "the dataset was not found")
+    info = model.datainfo
+    table = df.drop(columns=[c.name for c in info if c.drop]).reset_index(drop=True)
+    name = Path(str(info.path)).name if info.path else "$DATA"
+    return build_events(table, None, f"{name} (as read by {src.path.name})"), table
+
+
+class _Converter:
+    """Reads Pharmpy's $PK and $ERROR statements into parameters, covariates, IIV and error."""
+
+    def __init__(self, src: _Source, model, names: dict):
+        import sympy
+
+        self.sp, self.src, self.model, self.names = sympy, src, model, dict(names)
+        rv = model.random_variables
+        self.thetas = [p.name for p in model.parameters if p.name not in rv.parameter_names]
+        self.etas, self.eps = list(rv.etas.names), list(rv.epsilons.names)
+        self.columns = {c.name for c in model.datainfo}
+        self.nonmem_names: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.eta_of: dict[str, tuple[str, str]] = {}  # parameter (ours) -> (eta, kind)
+
+    def _full(self, statements, name: str):
+        """The sympy expression of ``name`` with every earlier assignment substituted."""
+        return self.sp.sympify(statements.full_expression(self.sp.Symbol(name)))
+
+    # -- $PK ------------------------------------------------------------------------------------
+    def pk(self, scale: str):
+        sb = self.model.statements.before_odes
+        defined = [str(s.symbol) for s in sb if hasattr(s, "symbol")]
+        for v in defined:
+            if v in _OPTIONAL:
+                self.names[v] = _OPTIONAL[v]
+            elif _DOSING_ITEMS.match(v):
+                raise self._pk_error(
+                    v, f"{v}: only ALAG1, F1 and D1 (the dosing compartment's lag, bioavailability, "
+                    "duration) are supported"
+                )  # fmt: skip
+        parameters, covariates = {}, []
+        for nm, ours in self.names.items():
+            if nm not in defined:
+                raise self.src.error(
+                    "PK", None, f"{nm} is not defined; the ADVAN/TRANS needs {list(self.names)}"
+                )
+            typical, covs = self._parameter(nm, ours, self._full(sb, nm))
+            parameters[ours] = typical
+            covariates += covs
+        self._check_scale(sb, scale)
+        unused = _unused(sb, set(self.names) | {scale})
+        if unused:
+            self.notes.append(
+                f"$PK variables not used by the structural model (left out): {', '.join(unused)}"
+            )
+        return parameters, covariates, self._iiv()
+
+    def _pk_error(self, var: str, msg: str) -> ControlStreamError:
+        return self.src.error("PK", self.src.line_of("PK", rf"(^|[^\w]){var}\s*=", last=True), msg)
+
+    def _theta_label(self, name: str) -> str:
+        return f"THETA({self.thetas.index(name) + 1})"
+
+    def _parameter(self, nm: str, ours: str, expr):
+        """Split ``expr`` into its eta, typical-value THETA and covariate factors."""
+        tv = self._remove_eta(nm, ours, expr)
+        typical, covs, number = None, [], 1.0
+        for f in self.sp.Mul.make_args(self._factorable(tv)):
+            if f.is_Symbol and f.name in self.thetas:
+                if typical is not None:
+                    raise self._pk_error(
+                        nm, f"two THETAs multiply {nm} ({typical} and {f.name}): give one typical value"
+                    )
+                typical = f.name
+            elif f.is_number:
+                number *= float(f)
+            else:
+                covs.append(self._covariate(nm, ours, f))
+        if typical is None:
+            raise self._pk_error(nm, f"{nm} = {expr} has no THETA for its typical value")
+        covs = self._absorb_constant(nm, number, covs)
+        p = self.model.parameters[typical]
+        self._name(ours, typical, nm)
+        return Parameter(ours, initial=float(p.init), fixed=bool(p.fix)), covs
+
+    def _absorb_constant(self, nm: str, number: float, covs: list) -> list:
+        """``c * COV**e`` is ``(COV/ref)**e`` with ``ref = c**(-1/e)`` (sympy folds ``(WT/70)**0.75``)."""
+        if number == 1.0:
+            return covs
+        for i, c in enumerate(covs):
+            if c.kind == "power" and c.fixed and c.reference == 1.0 and number > 0:
+                covs[i] = replace(c, reference=float(f"{number ** (-1.0 / c.theta):.12g}"))
+                return covs
+        raise self._pk_error(nm, f"{nm} has a constant factor {number:g}: fold it into its THETA")
+
+    def _name(self, ours: str, theta: str, nm: str) -> None:
+        """Record NONMEM's label of ``theta``; one THETA may play one role only."""
+        label = self._theta_label(theta)
+        if label in self.nonmem_names.values():
+            raise self._pk_error(
+                nm, f"{theta} ({label}) is used in two places; give each effect its own THETA"
+            )
+        self.nonmem_names[ours] = label
+
+    def _remove_eta(self, nm: str, ours: str, expr):
+        sp = self.sp
+        etas = [s for s in expr.free_symbols if s.name in self.etas]
+        if len(etas) > 1:
+            raise self._pk_error(
+                nm, f"{nm} has {len(etas)} ETAs ({', '.join(sorted(map(str, etas)))}); give it one"
+            )
+        if not etas:
+            return expr
+        eta = etas[0]
+        if eta.name in {e for e, _ in self.eta_of.values()}:
+            raise self._pk_error(nm, f"{eta} acts on two parameters; an ETA may act on one only")
+        for kind, rest in (
+            ("lognormal", sp.powsimp(expr * sp.exp(-eta))),
+            ("additive", sp.expand(expr - eta)),
+        ):
+            rest = sp.simplify(rest)
+            if eta not in rest.free_symbols:
+                self.eta_of[ours] = (eta.name, kind)
+                return rest
+        raise self._pk_error(nm, f"{eta} enters {nm} as {expr}; write TV*EXP(ETA) or TV+ETA")
+
+    def _factorable(self, tv):
+        """``tv`` as a product: IF-branches as factors, ``EXP(a+b)`` as ``EXP(a)*EXP(b)``."""
+        sp = self.sp
+        for pw in tv.atoms(sp.Piecewise):
+            if len(pw.args) == 2 and pw.args[1].cond == sp.true:
+                (a, cond), (b, _) = pw.args
+                tv = tv.subs(pw, b * sp.Piecewise((sp.simplify(a / b), cond), (1, True)))
+        return sp.expand(
+            tv, power_exp=True, mul=False, multinomial=False, log=False, power_base=False, basic=False
+        )
+
+    def _covariate(self, nm: str, ours: str, f) -> Covariate:
+        """One covariate factor of a typical value as a :class:`Covariate`."""
+        sp = self.sp
+        cols = [s.name for s in f.free_symbols if s.name in self.columns]
+        ths = [s.name for s in f.free_symbols if s.name in self.thetas]
+        other = [s.name for s in f.free_symbols if s.name not in self.columns and s.name not in self.thetas]
+        if len(cols) != 1 or len(ths) > 1 or other:
+            raise self._pk_error(nm, f"cannot read the factor {f} of {nm} as a covariate effect")
+        cov, theta = sp.Symbol(cols[0]), (sp.Symbol(ths[0]) if ths else None)
+        kind, ref, value = self._covariate_form(f, cov, theta)
+        if kind is None:
+            raise self._pk_error(
+                nm,
+                f"the factor {f} of {nm} is not a supported covariate form "
+                "(COV**THETA, (COV/ref)**THETA, EXP(THETA*(COV-ref)), 1+THETA*(COV-ref), "
+                "IF (COND) TV=TV*(1+THETA))",
+            )
+        condition = value if kind == "indicator" else None
+        if theta is None:
+            return Covariate(ours, cov.name, kind, reference=ref, theta=value, fixed=True)
+        p = self.model.parameters[theta.name]
+        c = Covariate(ours, cov.name, kind, ref, float(p.init), bool(p.fix), condition)
+        self._name(c.name, theta.name, nm)
+        return c
+
+    def _covariate_form(self, f, cov, theta):
+        """(kind, reference, fixed value or condition) of factor ``f``, or (None, 0, 0)."""
+        sp = self.sp
+        if isinstance(f, sp.Piecewise) and len(f.args) == 2 and f.args[1].expr == 1 and theta is not None:
+            if sp.simplify(f.args[0].expr - 1 - theta) == 0:
+                return "indicator", 1.0, _condition(f.args[0].cond)
+            return None, 0, 0
+        if f == cov:
+            return "power", 1.0, 1.0
+        if f.is_Pow and f.base.free_symbols == {cov} and (f.exp == theta or f.exp.is_number):
+            scale = sp.simplify(f.base / cov)
+            if scale.is_number and scale > 0:
+                return "power", float(1 / scale), (None if theta is not None else float(f.exp))
+        arg = f.args[0] if isinstance(f, sp.exp) else (f - 1 if f.is_Add else None)
+        if arg is not None:
+            kind = "exponential" if isinstance(f, sp.exp) else "linear"
+            slope = sp.diff(arg, cov)
+            coef = slope / theta if theta is not None else slope
+            ref = sp.simplify(cov - arg / slope) if slope != 0 else None
+            if coef.is_number and coef == 1 or (theta is None and slope.is_number):
+                if ref is not None and ref.is_number:
+                    return kind, float(ref), (None if theta is not None else float(slope))
+        return None, 0, 0
+
+    def _check_scale(self, sb, scale: str) -> None:
+        central = next(nm for nm, ours in self.names.items() if ours == "V")
+        defined = [str(s.symbol) for s in sb if hasattr(s, "symbol")]
+        if scale not in defined:
+            raise self.src.error(
+                "PK", None, f"{scale} is not set; set {scale}={central} (concentration = amount / volume)"
+            )
+        s = self._full(sb, scale)
+        v = self._full(sb, central)
+        if self.sp.simplify(s - v) != 0:
+            raise self._pk_error(
+                scale,
+                f"{scale} is not the central volume {central} (unit conversions in S are not supported yet)",
+            )
+
+    def _iiv(self) -> list[IIV]:
+        """IIV blocks in $OMEGA order; consecutive diagonal etas of one kind share one IIV."""
+        by_eta = {eta: (p, kind) for p, (eta, kind) in self.eta_of.items()}
+        out: list[IIV] = []
+        index = {}
+        for dist in self.model.random_variables.etas:
+            if any(
+                self.model.parameters[str(s)].fix
+                for s in dist.free_symbols
+                if str(s) in self.model.parameters
+            ):
+                raise self.src.error(
+                    "OMEGA", self.src.line_of("OMEGA", r"FIX"), f"{', '.join(dist.names)}: OMEGA FIX is not "
+                    "supported (every omega is estimated here); remove FIX or the ETA"
+                )  # fmt: skip
+            unused = [e for e in dist.names if e not in by_eta]
+            if unused:
+                raise self.src.error(
+                    "OMEGA", None, f"{', '.join(unused)} is declared but acts on no structural parameter"
+                )
+            params = [by_eta[e][0] for e in dist.names]
+            kinds = {by_eta[e][1] for e in dist.names}
+            if len(kinds) > 1:
+                raise self.src.error("OMEGA", None, f"BLOCK over {params} mixes log-normal and additive ETAs")
+            var = np.atleast_2d(np.array(self._values(self.sp.sympify(dist.variance)), dtype=float))
+            for e, p in zip(dist.names, params, strict=True):
+                index[p] = self.etas.index(e) + 1
+            sd = list(np.sqrt(np.diag(var)))
+            kind = kinds.pop()
+            if len(params) == 1 and out and not out[-1].block and out[-1].kind == kind:
+                prev = out.pop()
+                out.append(IIV(prev.parameters + params, sd=prev.sd + sd, kind=kind))
+            else:
+                out.append(IIV(params, sd=sd, block=len(params) > 1, kind=kind))
+        for b in out:
+            for i, a in enumerate(b.parameters):
+                self.nonmem_names[f"omega2({a})"] = f"OMEGA({index[a]},{index[a]})"
+                for c in b.parameters[:i] if b.block else []:
+                    self.nonmem_names[f"omega({c},{a})"] = f"OMEGA({index[a]},{index[c]})"
+        return out
+
+    def _values(self, expr):
+        """``expr`` (a symbol, a matrix of symbols) at the initial estimates."""
+        values = {self.sp.Symbol(p.name): p.init for p in self.model.parameters}
+        return expr.subs(values).tolist() if hasattr(expr, "tolist") else float(expr.subs(values))
+
+    # -- $ERROR ---------------------------------------------------------------------------------
+    def error(self, scale: str) -> ResidualError:
+        """The residual model of ``Y`` in terms of F (amount / scale)."""
+        sp = self.sp
+        sa = self.model.statements.after_odes
+        y = self._full(sa, "Y")
+        line = self.src.line_of("ERROR", r"(^|[^\w])Y\s*=", last=True)
+        if y.atoms(sp.Piecewise):
+            raise self.src.error(
+                "ERROR",
+                line,
+                "Y is set inside IF blocks; only one residual model for all records is supported",
+            )
+        amount = sp.sympify(self.model.statements.ode_system.central_compartment.amount)
+        fsym = sp.Symbol("F")
+        y = sp.simplify(y.subs(amount, fsym * sp.Symbol(scale)))
+        eps = [sp.Symbol(e) for e in self.eps]
+        zero = {e: 0 for e in eps}
+        if sp.simplify(y.subs(zero) - fsym) != 0:
+            raise self.src.error("ERROR", line, f"Y at EPS=0 is {y.subs(zero)}, not the prediction F")
+        if len(eps) == 1 and sp.simplify(y - fsym * sp.exp(eps[0])) == 0:
+            self._sigma_label("exp", sp.sympify(self.model.random_variables[eps[0].name].variance))
+            return ResidualError("exponential", exp=float(np.sqrt(self._sigma_value(eps[0].name))))
+        grads = [sp.diff(y, e) for e in eps]
+        if any(sp.simplify(sp.diff(g, e2)) != 0 for g in grads for e2 in eps):
+            raise self.src.error(
+                "ERROR",
+                line,
+                f"Y = {y} is not linear in EPS; supported: additive, proportional, combined, exponential",
+            )
+        var = sp.expand(
+            sum(g.subs(zero) ** 2 * self._sigma_symbol(e.name) for g, e in zip(grads, eps, strict=True))
+        )
+        return self._error_kind(var, fsym, line, [g.subs(zero) for g in grads])
+
+    def _sigma_symbol(self, eps: str):
+        dist = self.model.random_variables[eps]
+        p = self.model.parameters[str(dist.variance)]
+        return p.init if p.fix else self.sp.Symbol(p.name)
+
+    def _sigma_value(self, eps: str) -> float:
+        return float(self.model.parameters[str(self.model.random_variables[eps].variance)].init)
+
+    def _error_kind(self, var, fsym, line, grads) -> ResidualError:
+        sp = self.sp
+        try:
+            poly = sp.Poly(var, fsym)
+        except sp.PolynomialError:
+            poly = None
+        if poly is None or poly.degree() > 2:
+            raise self.src.error("ERROR", line, f"residual variance {var} is not of the form a + b*F**2")
+        c0, c1, c2 = (poly.coeff_monomial(fsym**k) for k in range(3))
+        if c1 != 0:
+            return self._combined_sd(grads, fsym, line)
+        sd = {"add": c0, "prop": c2}
+        present = [k for k, v in sd.items() if v != 0]
+        kind = {("add",): "additive", ("prop",): "proportional", ("add", "prop"): "combined"}[tuple(present)]
+        for k in present:
+            self._sigma_label(k, sd[k])
+        return ResidualError(kind, **{k: float(np.sqrt(self._values(sd[k]))) for k in present})
+
+    def _sigma_label(self, kind: str, term) -> None:
+        """NONMEM's name of a residual variance (SIGMA) or of a THETA that is the SD itself."""
+        syms = [s.name for s in term.free_symbols]
+        if len(syms) != 1:
+            raise self.src.error(
+                "ERROR", None, f"the {kind} residual variance {term} has {len(syms)} parameters"
+            )
+        if syms[0] in self.thetas:
+            self.nonmem_names[f"sigma_{kind}"] = self._theta_label(syms[0])
+        else:
+            i = [str(self.model.random_variables[e].variance) for e in self.eps].index(syms[0]) + 1
+            self.nonmem_names[f"sigma2_{kind}"] = f"SIGMA({i},{i})"
+
+    def _combined_sd(self, grads, fsym, line) -> ResidualError:
+        """``W = THETA(a) + THETA(b)*F`` with ``$SIGMA 1 FIX``: SDs that add (combined_sd)."""
+        sp = self.sp
+        if len(grads) != 1:
+            raise self.src.error("ERROR", line, "W = a + b*F needs one EPS with $SIGMA 1 FIX")
+        w = sp.expand(grads[0])
+        a, b = w.subs(fsym, 0), sp.diff(w, fsym)
+        if fsym in b.free_symbols:
+            raise self.src.error(
+                "ERROR", line, f"residual SD {w} is not of the form a + b*F or sqrt(a**2 + b**2*F**2)"
+            )
+        if not all(t.is_Symbol and t.name in self.thetas for t in (a, b)):
+            raise self.src.error("ERROR", line, f"W = {w}: give THETAs for the additive and proportional SDs")
+        if self._sigma_value(self.eps[0]) != 1:
+            raise self.src.error("ERROR", line, "W = a + b*F needs $SIGMA 1 FIX (the THETAs are the SDs)")
+        self._sigma_label("add", a)
+        self._sigma_label("prop", b)
+        return ResidualError("combined_sd", add=float(self._values(a)), prop=float(self._values(b)))
+
+
+def _unused(statements, needed: set) -> list[str]:
+    """Variables assigned in ``statements`` that none of ``needed`` depends on."""
+    needed = set(needed)
+    for st in reversed(list(statements)):
+        name = str(getattr(st, "symbol", ""))
+        if name in needed:
+            needed |= {str(s) for s in st.expression.free_symbols}
+    names = [str(st.symbol) for st in statements if hasattr(st, "symbol")]
+    return list(dict.fromkeys(n for n in names if n not in needed))
+
+
+def _condition(rel) -> str:
+    """A sympy relation as our condition text, e.g. ``APGR < 5``."""
+    ops = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "==": "==", "!=": "!="}
+    op = ops.get(getattr(rel, "rel_op", ""), None)
+    if op is None or not rel.rhs.is_number:
+        raise ValueError(f"cannot read the condition {rel}")
+    return f"{rel.lhs} {op} {float(rel.rhs):g}"
