@@ -27,12 +27,16 @@ from nlmebayes.inference.preflight import check_start, sample_with_guard
 from nlmebayes.model.builder import build_model
 from nlmebayes.model.compile import compile_settings
 from nlmebayes.model.spec import ModelSpec
+from nlmebayes.pk import get_model
+from nlmebayes.pk.ode.system import ODESystem
 from nlmebayes.results import FitResult
 
 __all__ = ["fit", "Sampler"]
 
 #: The NUTS implementations :func:`fit` can use.
 Sampler = Literal["nutpie", "pymc"]
+#: How nutpie evaluates the density: numba (CPU) or JAX (CPU or GPU; analytic models).
+Backend = Literal["numba", "jax"]
 
 
 def _interactive() -> bool:
@@ -59,6 +63,7 @@ def fit(
     init: Literal["pilot", "jitter"] = "pilot",
     adaptation: Literal["diag", "low_rank"] = "diag",
     stall_seconds: float | None = 600.0,
+    backend: Backend = "numba",
 ) -> FitResult:
     """Sample the posterior of ``spec`` given ``data`` with NUTS.
 
@@ -107,6 +112,12 @@ def fit(
     stall_seconds : float or None
         Stop with :class:`~nlmebayes.inference.preflight.SamplingStalled`, saying why it may be,
         when no chain has finished a draw for this long (nutpie only; None: wait forever).
+    backend : {"numba", "jax"}
+        How nutpie evaluates the log-density and its gradient: numba on the CPU (default), or
+        JAX (``pip install nlmebayes[jax]``; on a GPU when JAX has one). JAX takes the analytic
+        models, whose graph it compiles op for op; ODE models need numba (their solver is a numba
+        kernel). The log-density is the same to rounding (``tests/test_jax_backend.py``); which is
+        faster depends on the device and the data size (``benchmarks/jax_backend.py``).
 
     Returns
     -------
@@ -129,6 +140,7 @@ def fit(
         raise ValueError(f"adaptation must be 'diag' or 'low_rank', got {adaptation!r}")
     if adaptation == "low_rank" and sampler != "nutpie":
         raise ValueError("adaptation='low_rank' is nutpie's; PyMC's NUTS adapts a diagonal mass matrix")
+    check_backend(backend, spec, sampler)
     built = build_model(spec, data)
     design = design_warnings(spec, built.data)
     for w in design:
@@ -139,6 +151,7 @@ def fit(
     centered = centred_parameters(spec, pilot)
     t0 = time.perf_counter()
     settings = dict(
+        backend=backend,
         adaptation=adaptation,
         draws=draws,
         tune=tune,
@@ -161,6 +174,7 @@ def fit(
     idata.attrs.update(
         nlmebayes_sampler=sampler,
         nlmebayes_adaptation=adaptation if sampler == "nutpie" else "pymc",
+        nlmebayes_backend=backend if sampler == "nutpie" else "pymc",
         nlmebayes_sampling_seconds=wall,
         nlmebayes_pilot_seconds=t0 - t_pilot,
         nlmebayes_derived_seconds=t_derived,
@@ -214,11 +228,32 @@ def _sample(
     return idata
 
 
+def check_backend(backend: str, spec: ModelSpec, sampler: str) -> None:
+    """Refuse a backend that cannot run this model, saying what would."""
+    if backend not in ("numba", "jax"):
+        raise ValueError(f"backend must be 'numba' or 'jax', got {backend!r}")
+    if backend == "numba":
+        return
+    if sampler != "nutpie":
+        raise ValueError("backend='jax' is nutpie's; PyMC's NUTS runs the C backend")
+    if isinstance(get_model(spec.structural), ODESystem):
+        name = getattr(spec.structural, "name", spec.structural)
+        raise ValueError(
+            f"backend='jax' samples analytic models only: the ODE model {name!r} is "
+            "solved by a numba kernel that JAX cannot trace; use backend='numba' (the default)"
+        )
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        raise ImportError("backend='jax' needs JAX: pip install 'nlmebayes[jax]'") from None
+
+
 def _run_sampler(
     bare,
     start: dict | None,
     sampler: str,
     *,
+    backend,
     adaptation,
     draws,
     tune,
@@ -240,7 +275,8 @@ def _run_sampler(
         if sampler == "nutpie":
             import nutpie
 
-            compiled = nutpie.compile_pymc_model(bare, initial_points=start, jitter_rvs=pop)
+            jax = {"backend": "jax", "gradient_backend": "jax"} if backend == "jax" else {}
+            compiled = nutpie.compile_pymc_model(bare, initial_points=start, jitter_rvs=pop, **jax)
             run = functools.partial(
                 nutpie.sample,
                 compiled,

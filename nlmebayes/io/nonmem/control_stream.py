@@ -18,8 +18,13 @@ What converts:
   proportional ``Y=F+F*EPS(1)`` (``W=F``), combined (two EPS, or one EPS with
   ``W=SQRT(THETA(a)**2+THETA(b)**2*F**2)`` and ``$SIGMA 1 FIX``), exponential ``Y=F*EXP(EPS(1))``.
 
-What does not (each an error naming it): ``$DES`` models (ODE right-hand sides are read when they
-do not use ``T``; time-dependent ones, e.g. a lag written as ``IF (T.GE.TLAG)``, are refused),
+- ``$DES`` (ADVAN6/8/9/13...): an :class:`~nlmebayes.model.spec.ODE` whose states are ``$MODEL``'s
+  compartments and whose right-hand sides are the ``DADT`` expressions with intermediate
+  variables expanded down to the structural parameters (the ``$PK`` variables that read as
+  ``TV * EXP(ETA)`` with covariates); the output is ``Y`` at EPS = 0 (one amount over a volume).
+
+What does not (each an error naming it): ``$DES`` right-hand sides of time ``T`` (e.g. a lag
+written as ``IF (T.GE.TLAG)``) or of data columns,
 TRANS1/3/5/6, lag/bioavailability/duration of other compartments, ``$OMEGA ... FIX`` (every
 omega is estimated here), ``$MIX``, a scale
 other than the central volume, ETAs that enter a parameter in another way, and residual models
@@ -37,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from nlmebayes.data.read import build_events
-from nlmebayes.model.spec import IIV, Covariate, ModelSpec, Parameter, ResidualError
+from nlmebayes.model.spec import IIV, ODE, Covariate, ModelSpec, Parameter, ResidualError
 
 __all__ = ["ControlStreamError", "ConvertedModel", "read_control_stream"]
 
@@ -54,6 +59,10 @@ _ADVANS = {
         "S2",
     ),
 }
+# ADVANs whose model is written in $DES (general linear and nonlinear ODEs).
+_GENERAL_ADVANS = (6, 8, 9, 13, 14, 15, 16, 17, 18)
+# sympy's names of functions -> those of our expression syntax (nlmebayes.model.expressions).
+_FUNCTION_NAMES = {"Abs(": "abs(", "Min(": "min(", "Max(": "max("}
 # Dosing items of compartment 1 (the depot of oral ADVANs, else central) -> the analytic models'
 # optional parameters; those of other compartments are refused.
 _OPTIONAL = {"ALAG1": "TLAG", "F1": "F", "D1": "D"}
@@ -155,7 +164,10 @@ def read_control_stream(path) -> ConvertedModel:
     structural, names, scale = _structure(src)
     model = _pharmpy_model(path)
     conv = _Converter(src, model, names)
-    parameters, covariates, iiv = conv.pk(scale)
+    if structural is None:
+        structural, parameters, covariates, iiv = conv.des(path.stem)
+    else:
+        parameters, covariates, iiv = conv.pk(scale)
     error = conv.error(scale)
     spec = ModelSpec(
         name=path.stem,
@@ -196,8 +208,11 @@ def _problem(src: _Source) -> str:
     return src.lines[line - 1].split("$PROBLEM", 1)[-1].strip() if line else ""
 
 
-def _structure(src: _Source) -> tuple[str, dict, str]:
-    """The structural model from $SUBROUTINE: our name, the parameter map and the scale symbol."""
+def _structure(src: _Source) -> tuple[str | None, dict, str]:
+    """The structural model from $SUBROUTINE: our name, the parameter map and the scale symbol.
+
+    ``(None, {}, "")`` for a general ODE ADVAN: the $DES block then says what the model is.
+    """
     line = src.line_of("SUBROUTINES", r"ADVAN")
     text = src.lines[line - 1] if line else ""
     advan = re.search(r"ADVAN(\d+)", text, re.I)
@@ -205,14 +220,9 @@ def _structure(src: _Source) -> tuple[str, dict, str]:
     if advan is None:
         raise src.error("SUBROUTINES", line, "no ADVAN: give $SUBROUTINE ADVANn TRANSm")
     a, t = int(advan.group(1)), int(trans.group(1)) if trans else 1
-    if a in (6, 8, 9, 13, 14, 15, 16, 17, 18):
+    if a in _GENERAL_ADVANS:
         _des_construct(src)
-        raise src.error(
-            "SUBROUTINES",
-            line,
-            f"ADVAN{a} ($DES): converting general ODE models is not supported yet; "
-            "write the model as an nlmebayes ODE (see nlmebayes.ODE) or use ADVAN1-4/11/12",
-        )
+        return None, {}, ""
     if (a, t) not in _ADVANS:
         known = ", ".join(f"ADVAN{x} TRANS{y}" for x, y in _ADVANS)
         raise src.error("SUBROUTINES", line, f"ADVAN{a} TRANS{t} is not supported; supported: {known}")
@@ -260,6 +270,8 @@ class _Converter:
         self.nonmem_names: dict[str, str] = {}
         self.notes: list[str] = []
         self.eta_of: dict[str, tuple[str, str]] = {}  # parameter (ours) -> (eta, kind)
+        self._params: dict = {}
+        self._covs: list = []
 
     def _full(self, statements, name: str):
         """The sympy expression of ``name`` with every earlier assignment substituted."""
@@ -287,11 +299,7 @@ class _Converter:
             parameters[ours] = typical
             covariates += covs
         self._check_scale(sb, scale)
-        unused = _unused(sb, set(self.names) | {scale})
-        if unused:
-            self.notes.append(
-                f"$PK variables not used by the structural model (left out): {', '.join(unused)}"
-            )
+        self._note_unused(sb, set(self.names) | {scale})
         return parameters, covariates, self._iiv()
 
     def _pk_error(self, var: str, msg: str) -> ControlStreamError:
@@ -497,13 +505,11 @@ class _Converter:
                 line,
                 "Y is set inside IF blocks; only one residual model for all records is supported",
             )
-        amount = sp.sympify(self.model.statements.ode_system.central_compartment.amount)
-        fsym = sp.Symbol("F")
-        y = sp.simplify(y.subs(amount, fsym * sp.Symbol(scale)))
         eps = [sp.Symbol(e) for e in self.eps]
         zero = {e: 0 for e in eps}
-        if sp.simplify(y.subs(zero) - fsym) != 0:
-            raise self.src.error("ERROR", line, f"Y at EPS=0 is {y.subs(zero)}, not the prediction F")
+        amount, coef = self._prediction(y.subs(zero), scale, line)
+        fsym = sp.Symbol("F")
+        y = sp.simplify(y.subs(amount, fsym / coef))
         if len(eps) == 1 and sp.simplify(y - fsym * sp.exp(eps[0])) == 0:
             self._sigma_label("exp", sp.sympify(self.model.random_variables[eps[0].name].variance))
             return ResidualError("exponential", exp=float(np.sqrt(self._sigma_value(eps[0].name))))
@@ -518,6 +524,112 @@ class _Converter:
             sum(g.subs(zero) ** 2 * self._sigma_symbol(e.name) for g, e in zip(grads, eps, strict=True))
         )
         return self._error_kind(var, fsym, line, [g.subs(zero) for g in grads])
+
+    def _prediction(self, y0, scale: str, line):
+        """Y at EPS = 0 as (amount, coefficient): one compartment's amount times a parameter.
+
+        Analytic ADVANs predict amount / central volume: the coefficient must be 1/S or 1/V.
+        """
+        sp = self.sp
+        amounts = [a for a in y0.atoms(sp.core.function.AppliedUndef) if a.args == (sp.Symbol("t"),)]
+        coef = sp.simplify(y0 / amounts[0]) if len(amounts) == 1 else None
+        if coef is None or coef.free_symbols & set(amounts) or amounts[0] in coef.atoms(sp.Function):
+            raise self.src.error(
+                "ERROR", line, f"the prediction (Y at EPS=0) {y0} is not one amount over a volume"
+            )
+        if scale:
+            central = self.model.statements.ode_system.central_compartment.amount
+            sb = self.model.statements.before_odes
+            volume = next(nm for nm, ours in self.names.items() if ours == "V")
+            if amounts[0] != sp.sympify(central) or not self._same(sb, 1 / coef, self._full(sb, volume)):
+                raise self.src.error(
+                    "ERROR", line, f"the prediction {y0} is not the central amount over {scale}"
+                )
+        self.observed = (amounts[0], coef)
+        return amounts[0], coef
+
+    def _same(self, statements, expr, target) -> bool:
+        """Whether ``expr`` (in $PK's variables) equals ``target`` (a full expression)."""
+        names = {str(s.symbol) for s in statements if hasattr(s, "symbol")}
+        full = expr.xreplace(
+            {s: self._full(statements, s.name) for s in expr.free_symbols if s.name in names}
+        )
+        return self.sp.simplify(full - target) == 0
+
+    # -- $DES -----------------------------------------------------------------------------------
+    def des(self, name: str):
+        """An ODE spec from $DES: states, right-hand sides, the observed amount over its volume."""
+        sp = self.sp
+        system = self.model.statements.ode_system
+        sb = self.model.statements.before_odes
+        states = {
+            sp.sympify(a): sp.Symbol(n) for a, n in zip(system.amounts, system.compartment_names, strict=True)
+        }
+        self._des_dosing_items(sb)
+        rhs = {}
+        for eq in system.eqs:
+            amount = sp.sympify(eq.lhs).args[0]
+            rhs[states[amount].name] = self._expression(sp.sympify(eq.rhs).xreplace(states), sb, states)
+        y0 = self._full(self.model.statements.after_odes, "Y").subs({sp.Symbol(e): 0 for e in self.eps})
+        amount, coef = self._prediction(y0, "", self.src.line_of("ERROR", r"(^|[^\w])Y\s*=", last=True))
+        observe = self._expression(coef * states[amount], sb, states)
+        rhs_names = {str(x) for eq in system.eqs for x in sp.sympify(eq.rhs).free_symbols}
+        self._note_unused(sb, rhs_names | {str(x) for x in coef.free_symbols})
+        dose = system.dosing_compartments[0].name if system.dosing_compartments else None
+        ode = ODE(f"{name}_des", [s.name for s in states.values()], rhs, observe, dose, states[amount].name)
+        return ode, self._params, self._covs, self._iiv()
+
+    def _des_dosing_items(self, sb) -> None:
+        """ALAG1, F1, D1 as the ODE's TLAG, F, D; other compartments' dosing items are refused."""
+        for v in (str(s.symbol) for s in sb if hasattr(s, "symbol")):
+            if v in _OPTIONAL and not self._try_parameter(sb, v, _OPTIONAL[v]):
+                raise self._pk_error(v, f"{v} is not a THETA with covariates and an ETA")
+            if _DOSING_ITEMS.match(v) and v not in _OPTIONAL:
+                raise self._pk_error(v, f"{v}: only ALAG1, F1 and D1 are supported")
+
+    def _note_unused(self, sb, needed: set) -> None:
+        unused = _unused(sb, needed)
+        if unused:
+            self.notes.append(
+                f"$PK variables not used by the structural model (left out): {', '.join(unused)}"
+            )
+
+    def _try_parameter(self, sb, nm: str, ours: str) -> bool:
+        """Read ``nm`` as a structural parameter if it is one (TV with covariates and an ETA)."""
+        saved = dict(self.eta_of), dict(self.nonmem_names)
+        try:
+            p, covs = self._parameter(nm, ours, self._full(sb, nm))
+        except ControlStreamError:
+            self.eta_of, self.nonmem_names = saved
+            return False
+        self._params[ours] = p
+        self._covs += covs
+        return True
+
+    def _expression(self, expr, sb, states, depth: int = 0) -> str:
+        """``expr`` in states and parameters, as our expression syntax (intermediate variables expanded)."""
+        sp = self.sp
+        last = {str(s.symbol): sp.sympify(s.expression) for s in sb if hasattr(s, "symbol")}
+        subs = {}
+        for s in sorted(expr.free_symbols, key=str):
+            n = s.name
+            if n in self._params or s in states.values():
+                continue
+            if n in last and depth < 20 and not self._try_parameter(sb, n, n):
+                if s in last[n].free_symbols or last[n].atoms(sp.Piecewise):
+                    raise self._pk_error(
+                        n, f"{n} is set inside IF blocks and is not a parameter (TV*EXP(ETA))"
+                    )
+                subs[s] = sp.sympify(self._expression(last[n], sb, states, depth + 1))
+            elif n not in self._params:
+                what = "a data column" if n in self.columns else "not a $PK variable"
+                line = self.src.line_of("DES", rf"(^|[^\w]){n}([^\w]|$)")
+                msg = f"{n} in $DES is {what}; only states and $PK parameters may appear"
+                raise self.src.error("DES", line, msg)
+        text = str(expr.xreplace(subs))
+        for a, b in _FUNCTION_NAMES.items():
+            text = text.replace(a, b)
+        return text
 
     def _sigma_symbol(self, eps: str):
         dist = self.model.random_variables[eps]
