@@ -241,12 +241,12 @@ def test_combined_error_with_thetas_as_sds(tmp_path):
 
 
 def test_oral_two_compartment_maps_nonmem_names(tmp_path):
-    # ADVAN4 TRANS4: V2 is central and V3 peripheral in NONMEM; V and V2 here. IGNORE=(...) and
-    # DROP come through Pharmpy.
+    # ADVAN4 TRANS4: V2 is central and V3 peripheral in NONMEM; V and V2 here. IGNORE=(...), DROP
+    # and synonyms come through Pharmpy.
     pk = ("$PK\nCL=THETA(1)*EXP(ETA(1))\nV2=THETA(2)*EXP(ETA(2))\nQ=THETA(3)\nV3=THETA(4)\n"
           "KA=THETA(5)*EXP(ETA(3))\nALAG1=THETA(6)\nS2=V2\n")  # fmt: skip
     text = (
-        "$PROBLEM oral 2cpt\n$INPUT ID TIME AMT DV WT=DROP\n$DATA data.csv IGNORE=@ IGNORE=(ID.EQ.2)\n"
+        "$PROBLEM oral 2cpt\n$INPUT ID TIME AMT CONC=DV WT=DROP\n$DATA data.csv IGNORE=@ IGNORE=(ID.EQ.2)\n"
         f"$SUBROUTINE ADVAN4 TRANS4\n{pk}$ERROR\nY=F*EXP(EPS(1))\n"
         "$THETA (0,3) (0,30) (0,2) (0,50) (0,1.5) (0,0.5)\n"
         "$OMEGA BLOCK(2) 0.1 0.01 0.1\n$OMEGA 0.2\n$SIGMA 0.04\n"
@@ -262,7 +262,12 @@ def test_oral_two_compartment_maps_nonmem_names(tmp_path):
     assert [(b.parameters, b.block) for b in m.spec.iiv] == [(["CL", "V"], True), (["KA"], False)]
     assert m.nonmem_names["omega(CL,V)"] == "OMEGA(2,1)" and m.nonmem_names["omega2(KA)"] == "OMEGA(3,3)"
     assert (m.spec.error.kind, m.spec.error.exp) == ("exponential", pytest.approx(0.2))
-    assert m.data.n_subjects == 1 and "WT" not in m.table.columns
+    # CONC=DV: the column keeps its name in Pharmpy and is DV here.
+    assert (
+        m.data.n_subjects == 1
+        and m.data.n_obs == 3
+        and m.table.columns.tolist() == ["ID", "TIME", "AMT", "DV"]
+    )
 
 
 DES_PHENO = (

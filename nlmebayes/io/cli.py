@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--chains", type=int, default=4, help="chains (4)")
     f.add_argument("--seed", type=int, default=1, help="random seed (1): same seed, same draws")
     f.add_argument("--html", action="store_true", help="also write report.html (plots, VPC)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar while sampling")
     r = _command(sub, "report", "print the report of a saved run and rewrite its tables",
                  "nlmebayes report run1 --html")  # fmt: skip
     r.add_argument("run", type=Path, help="folder written by 'nlmebayes fit'")
@@ -144,7 +145,8 @@ def _fit(args) -> None:
 
     spec, data = _read(args.model, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = fit(spec, data, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed)
+    result = fit(spec, data, draws=args.draws, tune=args.tune, chains=args.chains, seed=args.seed,
+                 progressbar=not args.no_progress)  # fmt: skip
     result.save(args.out / "result.nc")
     _write_outputs(result, args.out, args.html)
 

@@ -252,6 +252,7 @@ def _data(src: _Source, model) -> tuple:
         raise src.error("DATA", src.line_of("DATA", r"."), "the dataset was not found")
     info = model.datainfo
     table = df.drop(columns=[c.name for c in info if c.drop]).reset_index(drop=True)
+    table = table.rename(columns=_reserved_names(info))
     name = Path(str(info.path)).name if info.path else "$DATA"
     return build_events(table, None, f"{name} (as read by {src.path.name})"), table
 
@@ -688,6 +689,19 @@ class _Converter:
         self._sigma_label("add", a)
         self._sigma_label("prop", b)
         return ResidualError("combined_sd", add=float(self._values(a)), prop=float(self._values(b)))
+
+
+def _reserved_names(info) -> dict:
+    """``$INPUT CONC=DV`` keeps the name CONC: give ID, TIME and DV their reserved names back."""
+    out = {}
+    for attr, reserved in (("id_column", "ID"), ("idv_column", "TIME"), ("dv_column", "DV")):
+        try:
+            name = getattr(info, attr).name
+        except (IndexError, KeyError, AttributeError):  # Pharmpy found no column of that type
+            continue
+        if name != reserved:
+            out[name] = reserved
+    return out
 
 
 def _unused(statements, needed: set) -> list[str]:
