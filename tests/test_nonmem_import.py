@@ -100,7 +100,10 @@ def _variant(tmp_path: Path, name: str, old: str, new: str, extra: tuple = ()) -
     return p
 
 
-SUPPORTED = "ADVAN1 TRANS2, ADVAN2 TRANS2, ADVAN3 TRANS4, ADVAN4 TRANS4, ADVAN11 TRANS4, ADVAN12 TRANS4"
+SUPPORTED = (
+    "ADVAN1 TRANS1, ADVAN1 TRANS2, ADVAN2 TRANS1, ADVAN2 TRANS2, ADVAN3 TRANS4, ADVAN4 TRANS4, "
+    "ADVAN11 TRANS4, ADVAN12 TRANS4"
+)
 COVARIATE_FORMS = (
     "(COV**THETA, (COV/ref)**THETA, EXP(THETA*(COV-ref)), 1+THETA*(COV-ref), IF (COND) TV=TV*(1+THETA))"
 )
@@ -111,10 +114,10 @@ REFUSED = {
         "ADVAN5 TRANS1",
         f"$SUBROUTINES line 4: ADVAN5 TRANS1 is not supported; supported: {SUPPORTED}",
     ),
-    "trans1": (
+    "trans3": (
         "ADVAN1 TRANS2",
-        "ADVAN1 TRANS1",
-        f"$SUBROUTINES line 4: ADVAN1 TRANS1 is not supported; supported: {SUPPORTED}",
+        "ADVAN1 TRANS3",
+        f"$SUBROUTINES line 4: ADVAN1 TRANS3 is not supported; supported: {SUPPORTED}",
     ),
     "two_etas": (
         "CL=TVCL*EXP(ETA(1))",
@@ -298,3 +301,40 @@ def test_des_constructs_the_ode_spec_cannot_hold_are_refused(tmp_path):
     assert str(e.value) == (
         "des_cov.mod: $DES line 18: WGT in $DES is a data column; only states and $PK parameters may appear"
     )
+
+
+def _pheno_like(tmp_path: Path, name: str, subroutine: str, pk: str) -> Path:
+    """A one-eta proportional-error model of the pheno data with the given $SUBROUTINE and $PK."""
+    (tmp_path / "pheno.dta").write_text(path("pheno.dta").read_text())
+    text = (
+        f"$PROBLEM {name}\n$INPUT ID TIME AMT WGT APGR DV FA1=DROP FA2=DROP\n$DATA pheno.dta IGNORE=@\n"
+        f"$SUBROUTINE {subroutine}\n$PK\n{pk}S1=V\n$ERROR\nY=F+F*EPS(1)\n"
+        "$THETA (0,0.005) (0,1)\n$OMEGA 0.03\n$SIGMA 0.013\n"
+    )
+    (tmp_path / f"{name}.mod").write_text(text)
+    return tmp_path / f"{name}.mod"
+
+
+def test_trans1_k_and_v_is_the_trans2_model_with_cl_equal_k_times_v(tmp_path):
+    """ADVAN1 TRANS1 (K, V): with IIV on K only, K = t1 e^eta and V = t2 WGT is TRANS2's
+    CL = (t1 t2) WGT e^eta, V = t2 WGT: the OFVs at matching values are equal."""
+    k = read_control_stream(
+        _pheno_like(tmp_path, "k", "ADVAN1 TRANS1", "K=THETA(1)*EXP(ETA(1))\nV=THETA(2)*WGT\n")
+    )
+    cl = read_control_stream(
+        _pheno_like(tmp_path, "cl", "ADVAN1 TRANS2", "CL=THETA(1)*WGT*EXP(ETA(1))\nV=THETA(2)*WGT\n")
+    )
+    assert (k.spec.structural, list(k.spec.parameter_names), list(k.spec.iiv_parameters)) == (
+        "1cpt_iv",
+        ["K", "V"],
+        ["K"],
+    )
+    from nlmebayes.diagnostics import PopulationValues
+
+    common = dict(omega=np.array([[0.03]]), sigma={"prop": 0.11})
+    ofv_k = marginal_likelihood(k.spec, k.data, PopulationValues({"K": 0.0048, "V": 0.98}, **common)).ofv
+    ofv_cl = marginal_likelihood(
+        cl.spec, cl.data, PopulationValues({"CL": 0.0048 * 0.98, "V": 0.98}, **common)
+    ).ofv
+    # The same likelihood by two routes (K*V vs CL/V inside the model): rounding only.
+    assert ofv_k == pytest.approx(ofv_cl, abs=1e-6)

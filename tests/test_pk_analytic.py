@@ -377,3 +377,16 @@ def test_constant_infusion_is_rejected_by_the_ode_path():
     """The ODE path does not compute steady states yet: it says so, naming the row."""
     with pytest.raises(DataError, match="row 1.*column SS.*steady-state"):
         get_model("1cpt_iv_ode").check(_constant_infusion())
+
+
+def test_k_replaces_v_or_cl_but_not_both():
+    """K = CL/V may stand in for V (nlme's SSfol) or for CL (NONMEM's TRANS1): same curve."""
+    df = pd.DataFrame({"ID": 1, "TIME": [0, 1, 4, 12], "AMT": [100, 0, 0, 0], "DV": [None, 1, 1, 1]})
+    m, data = get_model("1cpt_iv"), read_nonmem(df)
+    ref = m.concentration(data, dict(CL=2.0, V=10.0)).eval()
+    np.testing.assert_allclose(m.concentration(data, dict(CL=2.0, K=0.2)).eval(), ref, rtol=1e-12)
+    np.testing.assert_allclose(m.concentration(data, dict(K=0.2, V=10.0)).eval(), ref, rtol=1e-12)
+    with pytest.raises(ValueError, match="give K with one of CL and V"):
+        m.check_parameters(["CL", "V", "K"])
+    with pytest.raises(ValueError, match=r"missing \['CL'\]"):
+        m.check_parameters(["V"])

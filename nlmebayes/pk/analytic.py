@@ -247,8 +247,9 @@ class Compartmental:
 
     optional_parameters: tuple[str, ...] = ("TLAG", "F", "D")
     #: Alternative parameterisations: K (elimination rate constant CL/V) may stand in for V, as in
-    #: NONMEM's TRANS1 or nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)``; then V = CL / K.
-    alternatives = {"V": "K"}
+    #: nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)`` (then V = CL / K), or for CL, as in NONMEM's
+    #: ADVAN1/2 TRANS1 (then CL = K * V). K takes the place of one of them, never both.
+    alternatives = {"V": "K", "CL": "K"}
 
     def check_parameters(self, names) -> None:
         """Raise if ``names`` do not form a valid parameter set of this model."""
@@ -256,13 +257,13 @@ class Compartmental:
         missing = [p for p in self.parameters if p not in names and self.alternatives.get(p) not in names]
         allowed = self.parameters + self.optional_parameters + tuple(self.alternatives.values())
         extra = [p for p in names if p not in allowed]
-        both = [p for p, alt in self.alternatives.items() if p in names and alt in names]
+        replaced = [p for p in self.alternatives if p in names]
+        both = "K" in names and len(replaced) != 1
         if missing or extra or both:
             raise ValueError(
                 f"structural model {self.name} needs parameters {list(self.parameters)} "
-                f"(optional {list(self.optional_parameters)}; K may replace V); missing {missing}, "
-                f"unknown {extra}"
-                + (f", give either of {both[0]} or {self.alternatives[both[0]]}" if both else "")
+                f"(optional {list(self.optional_parameters)}; K may replace V or CL); missing {missing}, "
+                f"unknown {extra}" + (", give K with one of CL and V" if both else "")
             )
 
     @property
@@ -298,6 +299,8 @@ class Compartmental:
         self.check_parameters(params)
         if "V" not in params:
             params = dict(params, V=params["CL"] / params["K"])
+        elif "CL" not in params:
+            params = dict(params, CL=params["K"] * params["V"])
         self.check(data)
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]

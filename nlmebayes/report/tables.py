@@ -186,6 +186,9 @@ def _derived_rows(spec, post, ci: float) -> list[dict]:
     if "CL" in tv and "K" in tv and "V" not in tv:
         tv["V"] = tv["CL"] / tv["K"]
         rows.append(_row("V (= CL/K)", "derived", "typical volume from CL and K", tv["V"], ci))
+    if "K" in tv and "V" in tv and "CL" not in tv:
+        tv["CL"] = tv["K"] * tv["V"]
+        rows.append(_row("CL (= K*V)", "derived", "typical clearance from K and V", tv["CL"], ci))
     k = tv["K"] if "K" in tv else tv["CL"] / tv["V"] if "CL" in tv and "V" in tv else None
     if k is not None:
         rows.append(

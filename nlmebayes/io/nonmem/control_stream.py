@@ -7,7 +7,7 @@ spec cannot say exactly: a silently different model would be worse than none.
 
 What converts:
 
-- ``$SUBROUTINE ADVAN1/2 TRANS2``, ``ADVAN3/4/11/12 TRANS4``, with the scale ``S1``/``S2`` equal to
+- ``$SUBROUTINE ADVAN1/2 TRANS1`` (K, V) and ``TRANS2``, ``ADVAN3/4/11/12 TRANS4``, with the scale ``S1``/``S2`` equal to
   the central volume, and ``ALAG1``, ``F1``, ``D1`` as TLAG, F and D;
 - ``$PK``: each structural parameter ``TV * EXP(ETA(n))`` (log-normal) or ``TV + ETA(n)``
   (additive), with ``TV`` a product of one THETA and covariate factors: ``COV`` and
@@ -25,7 +25,7 @@ What converts:
 
 What does not (each an error naming it): ``$DES`` right-hand sides of time ``T`` (e.g. a lag
 written as ``IF (T.GE.TLAG)``) or of data columns,
-TRANS1/3/5/6, lag/bioavailability/duration of other compartments, ``$OMEGA ... FIX`` (every
+TRANS1 of the multi-compartment ADVANs (rate constants K12, K21..), TRANS3/5/6, lag/bioavailability/duration of other compartments, ``$OMEGA ... FIX`` (every
 omega is estimated here), ``$MIX``, a scale
 other than the central volume, ETAs that enter a parameter in another way, and residual models
 outside the four above.
@@ -48,7 +48,9 @@ __all__ = ["ControlStreamError", "ConvertedModel", "read_control_stream"]
 
 # ADVAN/TRANS -> (our structural model, {NONMEM parameter: ours}, scale symbol)
 _ADVANS = {
+    (1, 1): ("1cpt_iv", {"K": "K", "V": "V"}, "S1"),
     (1, 2): ("1cpt_iv", {"CL": "CL", "V": "V"}, "S1"),
+    (2, 1): ("1cpt_oral", {"K": "K", "V": "V", "KA": "KA"}, "S2"),
     (2, 2): ("1cpt_oral", {"CL": "CL", "V": "V", "KA": "KA"}, "S2"),
     (3, 4): ("2cpt_iv", {"CL": "CL", "V1": "V", "Q": "Q", "V2": "V2"}, "S1"),
     (4, 4): ("2cpt_oral", {"CL": "CL", "V2": "V", "Q": "Q", "V3": "V2", "KA": "KA"}, "S2"),
