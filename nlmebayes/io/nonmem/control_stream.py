@@ -7,8 +7,8 @@ spec cannot say exactly: a silently different model would be worse than none.
 
 What converts:
 
-- ``$SUBROUTINE ADVAN1/2 TRANS1`` (K, V) and ``TRANS2``, ``ADVAN3/4/11/12 TRANS4``, with the scale ``S1``/``S2`` equal to
-  the central volume, and ``ALAG1``, ``F1``, ``D1`` as TLAG, F and D;
+- ``$SUBROUTINE ADVAN1/2 TRANS1`` (K, V) and ``TRANS2``, ``ADVAN3/4/11/12 TRANS4``, with the
+  scale ``S1``/``S2`` equal to the central volume, and ``ALAG1``, ``F1``, ``D1`` as TLAG, F and D;
 - ``$PK``: each structural parameter ``TV * EXP(ETA(n))`` (log-normal) or ``TV + ETA(n)``
   (additive), with ``TV`` a product of one THETA and covariate factors: ``COV`` and
   ``(COV/ref)**THETA`` (power; a number for a fixed exponent), ``EXP(THETA*(COV-ref))``
@@ -16,17 +16,17 @@ What converts:
   ``1 + THETA*(COV-ref)`` (linear) and ``IF (COND) TV = TV*(1+THETA)`` (indicator);
 - ``$OMEGA`` diagonal and ``BLOCK(n)``; ``$SIGMA``; ``$ERROR`` additive ``Y=F+EPS(1)``,
   proportional ``Y=F+F*EPS(1)`` (``W=F``), combined (two EPS, or one EPS with
-  ``W=SQRT(THETA(a)**2+THETA(b)**2*F**2)`` and ``$SIGMA 1 FIX``), exponential ``Y=F*EXP(EPS(1))``.
-
+  ``W=SQRT(THETA(a)**2+THETA(b)**2*F**2)`` and ``$SIGMA 1 FIX``; ``W=THETA(a)+THETA(b)*F``: SDs that
+  add, ``combined_sd``), exponential ``Y=F*EXP(EPS(1))``;
 - ``$DES`` (ADVAN6/8/9/13...): an :class:`~nlmebayes.model.spec.ODE` whose states are ``$MODEL``'s
   compartments and whose right-hand sides are the ``DADT`` expressions with intermediate
   variables expanded down to the structural parameters (the ``$PK`` variables that read as
   ``TV * EXP(ETA)`` with covariates); the output is ``Y`` at EPS = 0 (one amount over a volume).
 
 What does not (each an error naming it): ``$DES`` right-hand sides of time ``T`` (e.g. a lag
-written as ``IF (T.GE.TLAG)``) or of data columns,
-TRANS1 of the multi-compartment ADVANs (rate constants K12, K21..), TRANS3/5/6, lag/bioavailability/duration of other compartments, ``$OMEGA ... FIX`` (every
-omega is estimated here), ``$MIX``, a scale
+written as ``IF (T.GE.TLAG)``) or of data columns, TRANS1 of the multi-compartment ADVANs (rate
+constants K12, K21..), TRANS3/5/6, lag/bioavailability/duration of other compartments,
+``$OMEGA ... FIX`` (every omega is estimated here), ``$MIX``, a scale
 other than the central volume, ETAs that enter a parameter in another way, and residual models
 outside the four above.
 """
