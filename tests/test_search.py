@@ -101,6 +101,8 @@ def test_sweep_survives_a_killed_worker_and_resumes_from_its_folder(tmp_path):
     # The same seed and data: the three fits agree draw for draw, the killed one included.
     draws = [r.idata["posterior"]["log_CL_pop"].values for r in first.results.values()]
     assert all(np.array_equal(d, draws[0]) for d in draws)
+    table = first.table()  # compare() across the sweep: identical fits, identical scores
+    assert sorted(table.index) == ["m0", "m1", "m2"] and np.ptp(table["elpd_loo_observation"]) < 1e-9
     again = sweep(specs, data, tmp_path, progress=False, **kw)  # no cluster is started: nothing to fit
     assert again.fitted == [] and again.loaded == ["m0", "m1", "m2"]
     np.testing.assert_array_equal(again.results["m1"].idata["posterior"]["log_CL_pop"].values, draws[1])

@@ -96,7 +96,7 @@ def sweep(
     Examples
     --------
     >>> runs = sweep([base, with_wt, with_wt_sex], data, "runs", draws=500)  # doctest: +SKIP
-    >>> runs.table()[["model", "elpd_loo_subject", "OFV", "AIC"]]  # doctest: +SKIP
+    >>> runs.table()[["elpd_loo_subject", "OFV", "AIC"]]  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     specs = _named(specs)
