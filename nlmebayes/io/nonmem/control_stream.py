@@ -283,15 +283,9 @@ class _Converter:
     # -- $PK ------------------------------------------------------------------------------------
     def pk(self, scale: str):
         sb = self.model.statements.before_odes
-        defined = [str(s.symbol) for s in sb if hasattr(s, "symbol")]
-        for v in defined:
-            if v in _OPTIONAL:
-                self.names[v] = _OPTIONAL[v]
-            elif _DOSING_ITEMS.match(v):
-                raise self._pk_error(
-                    v, f"{v}: only ALAG1, F1 and D1 (the dosing compartment's lag, bioavailability, "
-                    "duration) are supported"
-                )  # fmt: skip
+        defined = _assigned(sb)
+        for v in self._dosing_items(defined):
+            self.names[v] = _OPTIONAL[v]
         parameters, covariates = {}, []
         for nm, ours in self.names.items():
             if nm not in defined:
@@ -436,8 +430,7 @@ class _Converter:
 
     def _check_scale(self, sb, scale: str) -> None:
         central = next(nm for nm, ours in self.names.items() if ours == "V")
-        defined = [str(s.symbol) for s in sb if hasattr(s, "symbol")]
-        if scale not in defined:
+        if scale not in _assigned(sb):
             raise self.src.error(
                 "PK", None, f"{scale} is not set; set {scale}={central} (concentration = amount / volume)"
             )
@@ -553,7 +546,7 @@ class _Converter:
 
     def _same(self, statements, expr, target) -> bool:
         """Whether ``expr`` (in $PK's variables) equals ``target`` (a full expression)."""
-        names = {str(s.symbol) for s in statements if hasattr(s, "symbol")}
+        names = set(_assigned(statements))
         full = expr.xreplace(
             {s: self._full(statements, s.name) for s in expr.free_symbols if s.name in names}
         )
@@ -582,13 +575,21 @@ class _Converter:
         ode = ODE(f"{name}_des", [s.name for s in states.values()], rhs, observe, dose, states[amount].name)
         return ode, self._params, self._covs, self._iiv()
 
-    def _des_dosing_items(self, sb) -> None:
-        """ALAG1, F1, D1 as the ODE's TLAG, F, D; other compartments' dosing items are refused."""
-        for v in (str(s.symbol) for s in sb if hasattr(s, "symbol")):
-            if v in _OPTIONAL and not self._try_parameter(sb, v, _OPTIONAL[v]):
-                raise self._pk_error(v, f"{v} is not a THETA with covariates and an ETA")
+    def _dosing_items(self, defined: list[str]) -> list[str]:
+        """The ALAG1/F1/D1 among ``defined``; a dosing item of another compartment is refused."""
+        for v in defined:
             if _DOSING_ITEMS.match(v) and v not in _OPTIONAL:
-                raise self._pk_error(v, f"{v}: only ALAG1, F1 and D1 are supported")
+                raise self._pk_error(
+                    v, f"{v}: only ALAG1, F1 and D1 (the dosing compartment's lag, bioavailability, "
+                    "duration) are supported"
+                )  # fmt: skip
+        return [v for v in defined if v in _OPTIONAL]
+
+    def _des_dosing_items(self, sb) -> None:
+        """ALAG1, F1, D1 as the ODE's TLAG, F, D (each must read as a parameter)."""
+        for v in self._dosing_items(_assigned(sb)):
+            if not self._try_parameter(sb, v, _OPTIONAL[v]):
+                raise self._pk_error(v, f"{v} is not a THETA with covariates and an ETA")
 
     def _note_unused(self, sb, needed: set) -> None:
         unused = _unused(sb, needed)
@@ -706,6 +707,11 @@ def _reserved_names(info) -> dict:
     return out
 
 
+def _assigned(statements) -> list[str]:
+    """Names assigned in ``statements``, in order, each once."""
+    return list(dict.fromkeys(str(st.symbol) for st in statements if hasattr(st, "symbol")))
+
+
 def _unused(statements, needed: set) -> list[str]:
     """Variables assigned in ``statements`` that none of ``needed`` depends on."""
     needed = set(needed)
@@ -713,8 +719,7 @@ def _unused(statements, needed: set) -> list[str]:
         name = str(getattr(st, "symbol", ""))
         if name in needed:
             needed |= {str(s) for s in st.expression.free_symbols}
-    names = [str(st.symbol) for st in statements if hasattr(st, "symbol")]
-    return list(dict.fromkeys(n for n in names if n not in needed))
+    return [n for n in _assigned(statements) if n not in needed]
 
 
 def _condition(rel) -> str:
