@@ -123,6 +123,24 @@ class EventData:
         g = self.records.groupby("ID", sort=False)
         return tuple(c for c in self.covariate_names if (g[c].nunique() > 1).any())
 
+    def sum_by_subject(self, x: np.ndarray) -> np.ndarray:
+        """Sum the last axis of ``x`` (a value per observation) by subject: (..., n_obs) -> (..., n_subjects).
+
+        A sparse indicator product, several times faster than ``np.add.at`` on batches.
+
+        Examples
+        --------
+        >>> from nlmebayes import datasets
+        >>> d = datasets.theophylline()
+        >>> d.sum_by_subject(np.ones((2, d.n_obs))).shape
+        (2, 12)
+        """
+        from scipy import sparse
+
+        n = self.n_obs
+        ind = sparse.csr_matrix((np.ones(n), (self.obs_subject, np.arange(n))), shape=(self.n_subjects, n))
+        return np.asarray(ind @ x.reshape(-1, n).T).T.reshape(*x.shape[:-1], self.n_subjects)
+
     def constant_covariates(self) -> tuple[str, ...]:
         """Covariates that keep one value within every subject."""
         varying = set(self.time_varying_covariates())

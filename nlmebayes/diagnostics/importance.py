@@ -31,9 +31,7 @@ def importance_loglik(cm: ConditionalModel, pop: dict, omega, props, log_q):
         {n: np.repeat(np.asarray(pop[n], dtype=float)[None], K, axis=0) for n in cm.pop_names}, props
     )
     ll_obs = -0.5 * (LOG_2PI + np.log(R) + (cm.y - f) ** 2 / R)
-    ll = np.zeros((n_sub, K))
-    np.add.at(ll, cm.data.obs_subject, ll_obs.T)
-    ll = ll.T
+    ll = cm.data.sum_by_subject(ll_obs)
     if not q:
         return ll[0], np.ones(n_sub)
     L = np.linalg.cholesky(omega)

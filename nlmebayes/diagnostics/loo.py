@@ -29,7 +29,7 @@ import xarray as xr
 from arviz_stats import loo as _az_loo
 from scipy.special import logsumexp
 
-__all__ = ["log_likelihood", "loo", "waic", "dic"]
+__all__ = ["log_likelihood", "loo", "psis_loo", "waic", "dic"]
 
 LEVELS = ("observation", "subject", "marginal")
 
@@ -68,8 +68,12 @@ def loo(result, level: str = "observation"):
     carry it, and :func:`~nlmebayes.diagnostics.compare` reports the largest k and which
     observations or subjects have k > 0.7.
     """
-    ll = log_likelihood(result, level)
-    post = result.posterior.sel(chain=ll["chain"], draw=ll["draw"])
+    return psis_loo(log_likelihood(result, level), result.posterior)
+
+
+def psis_loo(ll: xr.DataArray, posterior: xr.Dataset):
+    """PSIS-LOO of a pointwise log-likelihood (chain, draw, point) drawn from ``posterior``."""
+    post = posterior.sel(chain=ll["chain"], draw=ll["draw"])
     tree = xr.DataTree.from_dict({"posterior": post, "log_likelihood": xr.Dataset({"ll": ll})})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")

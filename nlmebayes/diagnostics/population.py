@@ -138,6 +138,14 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
             n_theta += data.subject_covariates([c.covariate])[c.covariate].nunique() - 1
         else:
             n_theta += 1
+    if spec.candidates is not None:
+        # every candidate effect counts, shrunk or not: an upper bound on the effective number
+        from nlmebayes.model.candidates import candidate_forms
+
+        if data is None:
+            raise ValueError("counting candidate covariate effects needs the data")
+        cov = data.subject_covariates(sorted({c for _, c in spec.candidates.pairs}))
+        n_theta += sum(len(f.labels) for f in candidate_forms(spec.candidates, cov))
     n_omega = sum(
         len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters) for b in spec.iiv
     )

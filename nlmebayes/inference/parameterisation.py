@@ -150,7 +150,7 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
     effects start at 0. A block Omega's Cholesky factor keeps PyMC's default start.
     """
     model = built.model
-    point = dict(pilot.pop)
+    point = {**built.starts, **pilot.pop}
     for k, block in enumerate(spec.iiv):
         point.update({f"omega_sd_{k}_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})
     for b in spec.iov:
@@ -193,7 +193,10 @@ def _evaluate(expr, model, values: dict):
 
 
 def _gaussian_core(spec: ModelSpec) -> ModelSpec:
-    """The spec without IOV, levels, Student-t tails or M3 censoring (censored rows dropped)."""
+    """The spec without IOV, levels, Student-t tails, M3 censoring or candidate effects.
+
+    Censored rows are dropped; candidate effects start at 0, where the model is the spec without them.
+    """
 
     def normal(e: ResidualError) -> ResidualError:
         return dataclasses.replace(e, distribution="normal", nu=None)
@@ -205,6 +208,7 @@ def _gaussian_core(spec: ModelSpec) -> ModelSpec:
         spec,
         iov=None,
         levels=None,
+        candidates=None,
         error=error,
         observations=dataclasses.replace(spec.observations, blq="M1"),
     )

@@ -11,6 +11,9 @@ name                dims                           meaning
 ``log_P_pop``       ()                             free: log typical value of parameter P
 ``P_pop``           ()                             typical value on the natural scale
 ``theta_P_COV``     () or (level)                  covariate effect
+``hs_z`` ...        (candidate)                    free: horseshoe of candidate effects
+                                                   (``hs_z``, ``hs_lambda``, ``hs_tau``, ``hs_c2``;
+                                                   ``beta_candidate`` standardised effects)
 ``omega_sd``        (iiv)                          SD of each eta (sqrt of Omega's diagonal)
 ``omega_corr_<k>``  (iiv_k, iiv_k\\_)               correlations (block Omega only)
 ``z_<k>``           (subject, iiv_<k>)             free: standard-normal etas of block k
@@ -79,6 +82,9 @@ class BuiltModel:
         ``z_<k>`` -> its expression in the free variables, for blocks with centred parameters.
     phi_means : dict
         ``phi_<k>`` -> its prior mean (log typical value per subject) as an expression.
+    starts : dict
+        Starting values the builder knows best for some free variables (the horseshoe of
+        candidate effects starts with every effect at 0 and its scales at their prior's).
     """
 
     model: pm.Model
@@ -90,6 +96,7 @@ class BuiltModel:
     centered: list = field(default_factory=list)
     z_expressions: dict = field(default_factory=dict)
     phi_means: dict = field(default_factory=dict)
+    starts: dict = field(default_factory=dict)
 
 
 def build_model(
@@ -151,9 +158,12 @@ def build_model(
         raise ValueError(f"centered parameters {sorted(unknown)} have no IIV")
     z_expressions: dict = {}
     phi_means: dict = {}
+    starts: dict = {}
     with pm.Model(coords=coords, name="") as model:
         tv = _typical_values(spec, det)
         tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
+        if spec.candidates is not None:
+            starts.update(_candidate_effects(spec, data, model, tv_i, det))
         _levels(spec, data, model, tv_i, det)
         params = _inter_individual(
             spec, model, tv_i, det, deterministics, set(centered), z_expressions, phi_means
@@ -176,6 +186,7 @@ def build_model(
         centered=[p for p in spec.iiv_parameters if p in set(centered)],
         z_expressions=z_expressions,
         phi_means=phi_means,
+        starts=starts,
     )
 
 
@@ -247,6 +258,51 @@ def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, 
             eff = covariate_effect(c.kind, values.astype(float), theta, c.reference, c.condition)
         tv_i[c.parameter] = tv_i[c.parameter] * eff
     return tv_i
+
+
+def _candidate_effects(spec: ModelSpec, data: EventData, model: pm.Model, tv_i: dict, det) -> dict:
+    """Candidate effects under a regularised horseshoe (Piironen & Vehtari 2017, appendix C.1).
+
+    ``beta_j = z_j tau lambda~_j`` with ``lambda~_j^2 = c^2 lambda_j^2 / (c^2 + tau^2 lambda_j^2)``,
+    local scales ``lambda_j ~ HalfCauchy(1)``, global ``tau ~ HalfCauchy(tau0)``, slab
+    ``c^2 ~ InvGamma(nu/2, nu s^2/2)``; everything non-centred. ``beta`` is per standardised
+    column; ``theta = beta / scale`` is the effect in the unit of the covariate, stored under the
+    same name an ordinary covariate relation would have. Returns the starting values: effects
+    at 0 (the model without them), scales at their prior's.
+    """
+    from nlmebayes.model.candidates import candidate_forms
+
+    cand = spec.candidates
+    assert cand is not None
+    cov = data.subject_covariates(sorted({c for _, c in cand.pairs}))
+    forms = candidate_forms(cand, cov)
+    labels = [lab for f in forms for lab in f.labels]
+    D = len(labels)
+    model.add_coord("candidate", labels)
+    sd0 = {p: s for b in spec.iiv for p, s in zip(b.parameters, b.sd or [], strict=True)}
+    omega = float(np.mean([sd0[f.parameter] for f in forms]))
+    # Piironen & Vehtari's tau0 with the IIV SD as the noise of log P_i across subjects
+    p0 = min(cand.expected, D - 0.5)
+    tau0 = p0 / (D - p0) * omega / np.sqrt(data.n_subjects)
+    z = pm.Normal("hs_z", 0.0, 1.0, dims="candidate")
+    lam = pm.HalfCauchy("hs_lambda", 1.0, dims="candidate")
+    tau = pm.HalfCauchy("hs_tau", tau0)
+    nu, s = cand.slab_df, cand.slab_scale
+    c2 = pm.InverseGamma("hs_c2", nu / 2, nu * s**2 / 2)
+    lam_t = pt.sqrt(c2 * lam**2 / (c2 + tau**2 * lam**2))
+    beta = det("beta_candidate", z * tau * lam_t, dims="candidate")
+    j = 0
+    for f in forms:
+        n = len(f.labels)
+        theta = beta[j : j + n] / f.scale
+        if f.kind == "categorical":
+            model.add_coord(f"{f.name}_level", [str(v) for v in f.levels])
+            det(f.name, theta, dims=f"{f.name}_level")
+        else:
+            det(f.name, theta[0])
+        tv_i[f.parameter] = tv_i[f.parameter] * pt.exp(pt.dot(f.columns, theta))
+        j += n
+    return {"hs_z": np.zeros(D), "hs_lambda": np.ones(D), "hs_tau": tau0, "hs_c2": s**2}
 
 
 def covariate_effect(kind: str, values, theta, reference: float = 1.0, condition: str | None = None):

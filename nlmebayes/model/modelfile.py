@@ -59,7 +59,7 @@ def validate_model_dict(d: dict, source: str = "model") -> None:
 
     top = {
         "name", "structural", "description", "parameters", "covariates", "iiv", "error",
-        "observations", "iov", "levels", "flip_flop_guard",
+        "observations", "iov", "levels", "flip_flop_guard", "candidates",
     }  # fmt: skip
     check_keys(d, top, "top level", source, required=("name", "structural"))
     for name, p in d.get("parameters", {}).items():
@@ -68,6 +68,7 @@ def validate_model_dict(d: dict, source: str = "model") -> None:
     for key, cls in (("covariates", S.Covariate), ("iiv", S.IIV), ("iov", S.IOV), ("levels", S.Level)):
         for i, block in enumerate(d.get(key, [])):
             check_keys(block, _fields(cls), f"[[{key}]] number {i + 1}", source)
+    check_keys(d.get("candidates", {}), _fields(S.CovariateCandidates), "candidates", source)
     _check_error(d.get("error", {}), source, S)
     check_keys(d.get("observations", {}), _fields(S.Observations), "observations", source)
     structural = d["structural"]

@@ -43,6 +43,7 @@ __all__ = [
     "Prior",
     "Parameter",
     "Covariate",
+    "CovariateCandidates",
     "IIV",
     "IOV",
     "Level",
@@ -208,6 +209,65 @@ class Covariate:
     def parsed_condition(self) -> tuple[str, str, float | str]:
         """The indicator condition as (column, operator, value)."""
         return parse_condition(self.condition)
+
+
+@dataclass(frozen=True)
+class CovariateCandidates:
+    """Candidate covariate effects estimated together under a regularised horseshoe prior.
+
+    The full covariate model of a Bayesian covariate search: every candidate (parameter, covariate)
+    pair gets an effect on the log typical value, and one shrinkage prior (Piironen & Vehtari
+    2017) pulls the effects the data do not support towards 0 while leaving strong ones alone.
+    The form of each effect follows from the data (:mod:`nlmebayes.model.candidates`): a
+    continuous positive covariate acts as a power ``(COV/median)**theta``, one with zero or
+    negative values as ``exp(theta (COV - median))``, a covariate with at most ``max_levels``
+    distinct values (or text) as categorical ``exp(theta_level)`` against its most common level.
+    The prior acts on standardised effects (per SD of log COV, of COV, or per level), so one
+    global scale fits covariates of any unit.
+
+    Parameters
+    ----------
+    pairs : list of (str, str)
+        (parameter, covariate) candidates, e.g. ``[("CL", "WT"), ("V", "SEX")]``. Each parameter
+        needs IIV (the effects explain between-subject differences).
+    expected : float
+        Prior guess of the number of relevant effects (``p0``); sets the global scale
+        ``tau0 = p0 / (D - p0) * omega / sqrt(N)`` with D standardised effects, N subjects and
+        omega the mean initial IIV SD of the parameters involved.
+    slab_scale, slab_df : float
+        Scale and degrees of freedom of the slab (Student-t) that regularises large effects:
+        effects beyond about ``slab_scale`` (log units per SD) are shrunk like a Normal prior.
+    max_levels : int
+        A numeric covariate with at most this many distinct values is categorical.
+
+    Examples
+    --------
+    >>> CovariateCandidates([("CL", "WT"), ("V", "SEX")], expected=1).names
+    ['theta_CL_WT', 'theta_V_SEX']
+    """
+
+    pairs: list
+    expected: float = 1.0
+    slab_scale: float = 1.0
+    slab_df: float = 4.0
+    max_levels: int = 5
+
+    def __post_init__(self):
+        pairs = [tuple(p) for p in self.pairs]
+        if not pairs or any(len(p) != 2 or not all(isinstance(x, str) for x in p) for p in pairs):
+            raise ValueError(f"candidates must be (parameter, covariate) pairs of names, got {self.pairs!r}")
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(f"duplicated candidate pairs in {pairs}")
+        object.__setattr__(self, "pairs", pairs)
+        if not self.expected > 0:
+            raise ValueError(f"expected number of relevant effects must be > 0, got {self.expected}")
+        if not (self.slab_scale > 0 and self.slab_df > 0):
+            raise ValueError("slab_scale and slab_df must be > 0")
+
+    @property
+    def names(self) -> list[str]:
+        """Effect names, ``theta_<parameter>_<covariate>``, in pair order."""
+        return [f"theta_{p}_{c}" for p, c in self.pairs]
 
 
 def _sds(kind: str, parameters: list, sd) -> list[float]:
@@ -592,6 +652,9 @@ class ModelSpec:
         First-order absorption with ``KA_i = CL_i / V_i + KA'_i``: the spec's KA (typical value,
         IIV, covariates) describes the excess over the elimination rate, so absorption is always
         faster than elimination and the flip-flop mode is excluded.
+    candidates : CovariateCandidates or list of (str, str)
+        Candidate covariate effects under a shrinkage prior (the full model of a covariate
+        search, :mod:`nlmebayes.search.projection`); a list of pairs takes the defaults.
     """
 
     name: str
@@ -605,6 +668,7 @@ class ModelSpec:
     iov: IOV | list | None = None
     levels: Level | list | None = None
     flip_flop_guard: bool = False
+    candidates: CovariateCandidates | list | None = None
 
     def __post_init__(self):
         if isinstance(self.observations, dict):
@@ -652,6 +716,24 @@ class ModelSpec:
                     seen.append(p)
         if self.flip_flop_guard and "KA" not in names:
             raise ValueError("flip_flop_guard needs a first-order absorption model (parameter KA)")
+        self._check_candidates()
+
+    def _check_candidates(self):
+        cand = self.candidates
+        if cand is None:
+            return
+        if not isinstance(cand, CovariateCandidates):
+            cand = CovariateCandidates(list(cand))
+            object.__setattr__(self, "candidates", cand)
+        given = {(c.parameter, c.covariate) for c in self.covariates}
+        for p, c in cand.pairs:
+            if p not in self.iiv_parameters:
+                raise ValueError(
+                    f"candidate ({p}, {c}): {p} has no IIV; candidate effects explain between-subject "
+                    f"differences, so the parameter needs IIV"
+                )
+            if (p, c) in given:
+                raise ValueError(f"candidate ({p}, {c}) is already a covariate relation of the model")
 
     def _check_errors(self):
         err = self.error
@@ -765,6 +847,9 @@ class ModelSpec:
                 out[key] = [_drop_none({**asdict(b), "sd_prior": _prior_dict(b.sd_prior)}) for b in blocks]
         if self.flip_flop_guard:
             out["flip_flop_guard"] = True
+        if self.candidates is not None:
+            cand = cast(CovariateCandidates, self.candidates)
+            out["candidates"] = {**asdict(cand), "pairs": [list(p) for p in cand.pairs]}
         out["error"] = (
             {k: _error_dict(e) for k, e in self.error.items()}
             if isinstance(self.error, dict)
@@ -822,6 +907,7 @@ class ModelSpec:
             description=d.get("description", ""),
             **blocks,
             flip_flop_guard=bool(d.get("flip_flop_guard", False)),
+            candidates=CovariateCandidates(**d["candidates"]) if "candidates" in d else None,
         )
 
     def to_toml(self, path: str | Path | None = None) -> str:

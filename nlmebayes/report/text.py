@@ -64,6 +64,7 @@ def report(result, ci: float = 0.95) -> str:
     lines += _parameter_lines(result, ci)
     if spec.iov or spec.covariates:
         lines += _variability_lines(result)
+    lines += _candidate_lines(result)
     lines += _marginal_lines(result)
     lines += _conflict_lines(result)
     if d["warnings"]:
@@ -71,6 +72,30 @@ def report(result, ci: float = 0.95) -> str:
     else:
         lines += ["", "Diagnostics: no divergences, R-hat and ESS within limits."]
     return "\n".join(lines)
+
+
+def _candidate_lines(result) -> list[str]:
+    """Candidate covariate effects of a full covariate model (horseshoe), if any."""
+    if result.spec.candidates is None:
+        return []
+    from nlmebayes.search.covariate_model import candidate_effects
+
+    tab = candidate_effects(result)
+    lines = [
+        "",
+        "Candidate covariate effects (regularised horseshoe; factor on the parameter over the covariate's "
+        "5th-95th percentiles, or level vs reference, 90% interval; * interval excludes 1):",
+    ]
+    for r in tab.itertuples():
+        name = f"{r.parameter}~{r.covariate}" + (
+            "" if r.level is None or r.level != r.level else f"[{r.level}]"
+        )
+        lines.append(
+            f"  {'*' if r.excludes_zero else ' '} {name:<18} {r.kind:<12} factor {r.factor:.3g} "
+            f"[{r.factor_lower:.3g}, {r.factor_upper:.3g}]  P(sign) {r.p_sign:.2f}  "
+            f"inclusion {r.inclusion:.2f}"
+        )
+    return lines + ["  select a submodel with nlmebayes.search.select_covariates(result)"]
 
 
 def _conflict_lines(result) -> list[str]:

@@ -217,11 +217,7 @@ def _split(pred: Predictor, names: list[str], Z: np.ndarray) -> dict:
 
 def _subject_loglik(pred: Predictor, values: dict) -> np.ndarray:
     """Log-likelihood of each patient's observations, (batch, subjects)."""
-    ll = observation_loglik(pred, pred(values))
-    s = pred.data.obs_subject
-    out = np.zeros((ll.shape[0], pred.data.n_subjects))
-    np.add.at(out, (slice(None), s), ll)
-    return out
+    return pred.data.sum_by_subject(observation_loglik(pred, pred(values)))
 
 
 def _population_rows(result, pred: Predictor, rows: np.ndarray) -> dict:
