@@ -101,3 +101,25 @@ def test_full_model_and_projection_find_the_two_real_effects():
     assert sel.path.loc[0, "elpd_diff"] < -10
     assert sel.spec.candidates is None and {(c.parameter, c.covariate) for c in sel.spec.covariates} == REAL
     assert "Candidate covariate effects" in result.report()
+
+
+@pytest.mark.sampling
+def test_scm_adds_a_real_effect_keeps_it_backward_and_fits_each_model_once(tmp_path):
+    """SCM logic on one candidate (benchmarks/covariate_search.py runs the 16-pair problem)."""
+    from nlmebayes.search import scm
+
+    data = covariate_data(30, seed=2)
+    # PyMC's sampler: its C code is cached on disk, where nutpie would numba-compile in each worker
+    kw = dict(chains=1, draws=200, tune=200, seed=1, sampler="pymc", init="jitter")
+    res = scm(BASE, data, [("CL", "WT")], tmp_path, progress=False, **kw)
+    assert res.selected == [("CL", "WT")] and res.spec.name == "base__CL-WT"
+    # base and base + WT only: the backward step's model (base) was fitted in the forward step
+    assert res.n_fits == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["base.nc", "base__CL-WT.nc"]
+    fwd, bwd = res.steps.iloc[0], res.steps.iloc[1]
+    # WT's exponent 0.75 with 30 subjects, log-SD 0.3, omega(CL) 0.25: dOFV ~ z^2 ~ 10 (measured 11.6)
+    assert fwd["chosen"] and fwd["d_ofv"] > fwd["threshold"] == pytest.approx(3.841, abs=1e-3)
+    assert (
+        bwd["direction"] == "backward" and not bwd["chosen"] and bwd["d_ofv"] == pytest.approx(fwd["d_ofv"])
+    )
+    again = scm(BASE, data, [("CL", "WT")], tmp_path, progress=False, **kw)  # loads, fits nothing
+    assert again.selected == res.selected and again.steps.equals(res.steps)
