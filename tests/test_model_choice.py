@@ -87,6 +87,31 @@ def test_pheno_apgr_comparison(pheno_pair):
     assert {"elpd_loo_subject", "waic", "BIC", "d_BIC", "weight", "max_pareto_k_marginal"} <= set(t)
 
 
+def test_stacking_weights_over_subjects_and_the_model_averaged_prediction(pheno_pair):
+    """Issue 17 item 6, on the pheno pair: weights from the marginal (subject) LOO, then a mixture."""
+    from nlmebayes.diagnostics import stacking_weights
+    from nlmebayes.simulation import dense_design, model_average, predict
+    from nlmebayes.simulation.averaging import allocate_draws
+
+    w = stacking_weights(pheno_pair)
+    assert w.attrs["level"] == "marginal" and abs(w.sum() - 1) < 1e-9 and (w >= 0).all()
+    table = compare(pheno_pair)
+    assert table.attrs["weight_level"] == "marginal"
+    np.testing.assert_allclose(table["weight"].reindex(w.index), w, atol=1e-12)
+    # The models are ~1 elpd apart (indistinguishable, see above): stacking keeps both in the mix.
+    assert w.min() > 0.02, w
+    design = dense_design(pheno_pair[0].data, n_points=6)
+    avg = model_average(pheno_pair, design, draws=40, seed=3)
+    counts = allocate_draws(w.to_numpy(), 40)
+    assert avg.sizes["draw"] == 40 and avg.attrs["weights"] == pytest.approx(dict(w))
+    for k, (name, res) in enumerate(zip(w.index, pheno_pair, strict=True)):
+        rows = avg["model"].values == name
+        assert rows.sum() == counts[k]
+        # each model's rows are exactly its own predictions (seed offset by the model's position)
+        own = predict(res, design, draws=int(counts[k]), seed=3 + k)["ipred"].values
+        np.testing.assert_array_equal(avg["ipred"].values[rows], own)
+
+
 def test_fit_stores_ofv_residuals_and_shrinkage(pheno_pair, tmp_path):
     res = pheno_pair[0]
     mg = res.idata["marginal"]

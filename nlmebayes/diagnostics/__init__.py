@@ -30,6 +30,7 @@ _WHERE = {
     "waic": "loo",
     "dic": "loo",
     "compare": "comparison",
+    "stacking_weights": "comparison",
     "design_warnings": "identifiability",
     "flip_flop_warning": "identifiability",
     "subject_flip_flop_warning": "identifiability",

@@ -19,7 +19,7 @@ from arviz_stats import compare as _az_compare
 
 from nlmebayes.diagnostics.loo import loo, waic
 
-__all__ = ["compare"]
+__all__ = ["compare", "stacking_weights"]
 
 LEVELS = ("observation", "subject", "marginal")
 
@@ -39,7 +39,9 @@ def compare(results, names=None) -> pd.DataFrame:
         One row per model: ``elpd_loo_<level>`` with SE, p_loo and the largest Pareto k for each
         level stored (observation, subject, marginal), WAIC, OFV, AIC, BIC, k, and differences to
         the best model: ``d_elpd_loo_<level>`` (<= 0) with the SE of the paired difference,
-        ``d_AIC`` and ``d_BIC`` (>= 0), and ArviZ's stacking ``weight`` (observation level).
+        ``d_AIC`` and ``d_BIC`` (>= 0), and the stacking ``weight`` of each model
+        (:func:`stacking_weights`: subjects left out, with their etas integrated out when every
+        model has the marginal log-likelihood; ``table.attrs["weight_level"]`` says which).
         Sorted by the marginal elpd when every model has it, else the observation-level one.
         ``table.attrs["verdict"]`` says which model is preferred and how sure that is.
     """
@@ -87,7 +89,9 @@ def compare(results, names=None) -> pd.DataFrame:
             for d in [pointwise[level][n] - pointwise[level][best]]
         ]
     if len(results) > 1:
-        table["weight"] = _az_compare(loos["observation"])["weight"].reindex(table.index)
+        level = _stacking_level(loos)
+        table["weight"] = _az_compare(loos[level])["weight"].reindex(table.index)
+        table.attrs["weight_level"] = level
     for ic in ("AIC", "BIC"):
         if ic in table:
             table[f"d_{ic}"] = table[ic] - table[ic].min()
@@ -95,6 +99,50 @@ def compare(results, names=None) -> pd.DataFrame:
     table = table.sort_values(f"elpd_loo_{key}", ascending=False)
     table.attrs["verdict"] = _verdict(table)
     return table
+
+
+def stacking_weights(results, names=None) -> pd.Series:
+    """Stacking weights of fitted models from their leave-one-subject-out predictive densities.
+
+    Stacking (Yao, Vehtari, Simpson & Gelman 2018) finds the mixture of the models' predictive
+    distributions that predicts left-out units best. The units here are subjects: the marginal
+    LOO (a new subject, etas integrated out) when every model stores it (``fit(...,
+    marginal_loo=True)``), else the subject-level LOO (a subject's data given its etas).
+    Observations of one subject are not exchangeable units, so the observation level is not
+    used. ``weights.attrs["level"]`` says which level was used.
+
+    Parameters
+    ----------
+    results : list of FitResult or dict name -> FitResult
+    names : list of str, optional
+
+    Returns
+    -------
+    pandas.Series
+        Weight per model (summing to 1), indexed by name.
+
+    Examples
+    --------
+    >>> w = stacking_weights({"base": base_fit, "wt": wt_fit})  # doctest: +SKIP
+    >>> w.attrs["level"]  # doctest: +SKIP
+    'marginal'
+    """
+    if isinstance(results, dict):
+        names, results = list(results), list(results.values())
+    names = list(names or [r.spec.name for r in results])
+    if len(results) < 2:
+        raise ValueError("stacking needs at least two models")
+    marginal = all("log_likelihood_marginal" in r.idata.children for r in results)
+    level = "marginal" if marginal else "subject"
+    loos = {name: loo(r, level) for name, r in zip(names, results, strict=True)}
+    w = _az_compare(loos)["weight"].reindex(names)
+    w.attrs["level"] = level
+    return w
+
+
+def _stacking_level(loos: dict) -> str:
+    """The level stacking uses: marginal when every model has it, else subject."""
+    return "marginal" if len(loos.get("marginal", {})) == len(loos["subject"]) else "subject"
 
 
 def _verdict(t: pd.DataFrame) -> str:

@@ -4,9 +4,11 @@ At known parameter values (:func:`simulate`, truth for recovery studies) and fro
 prior (:mod:`.predictive`) at the fitted design or another one (:mod:`.design`). Dosing regimens,
 sampling grids and virtual populations (:mod:`.regimen`), prediction at typical, population or
 individual level (:mod:`.predict`), exposure metrics and target attainment (:mod:`.exposure`), and
-forecasting a new patient from a few levels with dose recommendation (:mod:`.forecast`).
+forecasting a new patient from a few levels with dose recommendation (:mod:`.forecast`), and
+predictions averaged over models by their stacking weights (:mod:`.averaging`).
 """
 
+from nlmebayes.simulation.averaging import model_average
 from nlmebayes.simulation.design import dense_design
 from nlmebayes.simulation.exposure import exposure, target_attainment
 from nlmebayes.simulation.forecast import Forecast, forecast, recommend_dose
@@ -33,6 +35,7 @@ __all__ = [
     "regimen_design",
     "continue_design",
     "predict",
+    "model_average",
     "prediction_summary",
     "exposure",
     "target_attainment",
