@@ -108,10 +108,15 @@ def test_scm_adds_a_real_effect_keeps_it_backward_and_fits_each_model_once(tmp_p
     """SCM logic on one candidate (benchmarks/covariate_search.py runs the 16-pair problem)."""
     from nlmebayes.search import scm
 
+    from dask.distributed import Client
+
     data = covariate_data(30, seed=2)
-    # PyMC's sampler: its C code is cached on disk, where nutpie would numba-compile in each worker
+    # PyMC's sampler: its C code is cached on disk, where nutpie would numba-compile each fit
     kw = dict(chains=1, draws=200, tune=200, seed=1, sampler="pymc", init="jitter")
-    res = scm(BASE, data, [("CL", "WT")], tmp_path, progress=False, **kw)
+    # an in-process cluster (threads): no worker processes to start and import into (~15 s here);
+    # process clusters are tested in test_search.py
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        res = scm(BASE, data, [("CL", "WT")], tmp_path, client=client, progress=False, **kw)
     assert res.selected == [("CL", "WT")] and res.spec.name == "base__CL-WT"
     # base and base + WT only: the backward step's model (base) was fitted in the forward step
     assert res.n_fits == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["base.nc", "base__CL-WT.nc"]

@@ -85,18 +85,20 @@ def _prior_moments(prior) -> tuple[float, float]:
 
 def _with_given_priors(spec, post):
     """(name, scale, prior, draws on the prior's scale) of each quantity with a given prior."""
+    from nlmebayes.model.informative import draws_on_prior_scale as draws
+
     for p in spec.parameters:
         if p.prior is not None and not p.fixed:
-            yield p.name, "log", p.prior, post[f"log_{p.name}_pop"].values.ravel()
+            yield p.name, "log", p.prior, draws(post, "log", p.name)
     for c in spec.covariates:
         if c.prior is not None and not c.fixed and c.kind != "categorical":
-            yield c.name, "natural", c.prior, post[c.name].values.ravel()
+            yield c.name, "natural", c.prior, draws(post, "theta", c.name)
     for b in spec.iiv:
         if b.sd_prior is not None:
             for p, pr in zip(b.parameters, b.priors(), strict=True):
                 if pr.dist == "LogNormal":
-                    yield f"omega({p})", "log", pr, np.log(post["omega_sd"].sel(iiv=p).values.ravel())
+                    yield f"omega({p})", "log", pr, draws(post, "omega", p)
     for k in spec.sigma_names:
         pr = spec.error.priors.get(k) if not isinstance(spec.error, dict) else None
         if pr is not None and pr.dist == "LogNormal":
-            yield f"sigma_{k}", "log", pr, np.log(post[f"sigma_{k}"].values.ravel())
+            yield f"sigma_{k}", "log", pr, draws(post, "sigma", k)

@@ -103,17 +103,30 @@ def _lognormal(mu: float, sd: float, scale: float) -> Prior:
     return Prior("LogNormal", {"mu": mu, "sigma": sd * scale})
 
 
-def _moments_from_fit(result, spec, kind: str, name: str) -> tuple[float, float]:
-    """Mean and SD of the draws on the prior's scale (log for TVs and SDs)."""
-    post = result.idata["posterior"]
+def draws_on_prior_scale(post, kind: str, name: str) -> np.ndarray:
+    """Posterior draws of a quantity on the scale its prior is written on (flattened).
+
+    ``kind``: ``"log"`` (log typical value of parameter ``name``), ``"theta"`` (covariate effect
+    ``name``), ``"omega"`` (log IIV SD of parameter ``name``) or ``"sigma"`` (log residual SD
+    ``sigma_<name>``). :func:`informative_priors` and the prior-data conflict check both read
+    the draws through this.
+    """
     if kind == "log":
         x = post[f"log_{name}_pop"].values
     elif kind == "theta":
         x = post[name].values
     elif kind == "omega":
         x = np.log(post["omega_sd"].sel(iiv=name).values)
-    else:
+    elif kind == "sigma":
         x = np.log(post[f"sigma_{name}"].values)
+    else:
+        raise ValueError(f"kind must be 'log', 'theta', 'omega' or 'sigma', got {kind!r}")
+    return np.ravel(x)
+
+
+def _moments_from_fit(result, spec, kind: str, name: str) -> tuple[float, float]:
+    """Mean and SD of the draws on the prior's scale (log for TVs and SDs)."""
+    x = draws_on_prior_scale(result.idata["posterior"], kind, name)
     return float(np.mean(x)), float(np.std(x, ddof=1))
 
 
