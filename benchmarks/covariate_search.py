@@ -14,7 +14,8 @@ Prints one line per replicate, then::
     time per approach (replicate 0): full model + projection X s, SCM Y s
     pheno: full model excludes 0 for ...; projection selected ...
 
-Run: ``python benchmarks/covariate_search.py [--replicates 5] [--no-scm] [--no-pheno]``
+Run: ``python benchmarks/covariate_search.py [--replicates 5] [--no-scm] [--no-pheno]``;
+``--pheno-scm`` runs SCM on the pheno problem instead.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def run_scm() -> float:
     return res.seconds
 
 
-def pheno() -> None:
+def pheno_data():
+    """pheno with APGR < 5 as a column and 3 noise covariates (seed 2026)."""
     df = datasets.pheno().input_frame()
     rng = np.random.default_rng(2026)
     ids = df["ID"].unique()
@@ -89,6 +91,11 @@ def pheno() -> None:
     base = ModelSpec("pheno", "1cpt_iv", {"CL": 0.006, "V": 1.3}, iiv=IIV(["CL", "V"], sd=[0.3, 0.3]),
                      error=ResidualError("proportional", prop=0.11))  # fmt: skip
     pairs = [("CL", "WGT"), ("V", "WGT"), ("V", "APGRLOW")] + [(p, c) for p in ("CL", "V") for c in noise]
+    return data, base, pairs
+
+
+def pheno() -> None:
+    data, base, pairs = pheno_data()
     result = fit(full_covariate_model(base, pairs, expected=2), data, seed=1, **FIT)
     tab = candidate_effects(result)
     sel = select_covariates(result, seed=0)
@@ -103,12 +110,24 @@ def pheno() -> None:
     print(sel.path.round(2).to_string())
 
 
+def pheno_scm() -> None:
+    data, base, pairs = pheno_data()
+    with tempfile.TemporaryDirectory() as folder:
+        res = scm(base, data, pairs, folder, progress=True, chains=2, draws=500, tune=500, seed=1)
+    print(f"pheno SCM: selected {_pairs(res.selected)}; {res.n_fits} fits in {res.seconds:.0f} s")
+    print(res.steps.round(2).to_string())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--replicates", type=int, default=5)
     ap.add_argument("--no-scm", action="store_true")
     ap.add_argument("--no-pheno", action="store_true")
+    ap.add_argument("--pheno-scm", action="store_true", help="only SCM on pheno")
     args = ap.parse_args()
+    if args.pheno_scm:
+        pheno_scm()
+        return
     runs = [replicate(seed) for seed in range(args.replicates)]
     print(
         f"projection selected exactly the 2 real effects in {sum(e for e, _ in runs)} "

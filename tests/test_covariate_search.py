@@ -101,14 +101,20 @@ def test_full_model_and_projection_find_the_two_real_effects():
     assert sel.path.loc[0, "elpd_diff"] < -10
     assert sel.spec.candidates is None and {(c.parameter, c.covariate) for c in sel.spec.covariates} == REAL
     assert "Candidate covariate effects" in result.report()
+    from nlmebayes.plots import candidate_effects_plot, selection_path_plot
+
+    fig = candidate_effects_plot(result)
+    assert len(fig.nlme_data["effects"]) == len(tab) and fig.axes[0].get_xscale() == "log"
+    fig = selection_path_plot(sel)
+    assert fig.nlme_data["path"]["size"].tolist() == [0, 1, 2, 3, len(PAIRS)]
 
 
 @pytest.mark.sampling
 def test_scm_adds_a_real_effect_keeps_it_backward_and_fits_each_model_once(tmp_path):
     """SCM logic on one candidate (benchmarks/covariate_search.py runs the 16-pair problem)."""
-    from nlmebayes.search import scm
-
     from dask.distributed import Client
+
+    from nlmebayes.search import scm
 
     data = covariate_data(30, seed=2)
     # PyMC's sampler: its C code is cached on disk, where nutpie would numba-compile each fit

@@ -16,10 +16,13 @@ Nothing here rebuilds the sampler's graph: simulations go through :mod:`nlmebaye
 - :func:`prior_predictive_plot`: prior predictive bands over the data
 - :func:`prediction_plot`: prediction bands of regimens (from :func:`nlmebayes.simulation.predict`)
 - :func:`target_attainment_plot`: probability of target attainment by regimen and stratum
+- :func:`candidate_effects_plot`, :func:`selection_path_plot`: the full covariate model's effects
+  and the projection selection's elpd path
 - :func:`prior_posterior`: prior vs posterior of each population parameter
 - :func:`trace_plot`, :func:`rank_plot`, :func:`pair_plot`: MCMC (ArviZ)
 """
 
+from nlmebayes.plots.covariates import candidate_effects_plot, selection_path_plot
 from nlmebayes.plots.eta import eta_covariates, eta_distributions, eta_pairs
 from nlmebayes.plots.gof import gof
 from nlmebayes.plots.individual import individual_fit_pages, individual_fits
@@ -31,6 +34,8 @@ from nlmebayes.plots.vpc import vpc_plot
 
 __all__ = [
     "gof",
+    "candidate_effects_plot",
+    "selection_path_plot",
     "individual_fits",
     "individual_fit_pages",
     "eta_distributions",
