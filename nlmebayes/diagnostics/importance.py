@@ -42,6 +42,11 @@ def importance_loglik(cm: ConditionalModel, pop: dict, omega, props, log_q):
     return logsumexp(lw, axis=0) - np.log(K), w.sum(0) ** 2 / (w**2).sum(0)
 
 
+def thinning_step(posterior, max_draws: int) -> int:
+    """Every how many draws to keep (chains kept whole) so that at most ``max_draws`` remain."""
+    return max(1, int(np.ceil(posterior.sizes["chain"] * posterior.sizes["draw"] / max_draws)))
+
+
 def t_proposals(means, covs, n, rng):
     """Multivariate Student-t (5 df) points and log densities per subject: (n, n_sub, q), (n, n_sub)."""
     from scipy.stats import multivariate_t
@@ -79,8 +84,7 @@ def marginal_loglik_draws(
     cm = conditional
     data = cm.data
     n_sub, q = data.n_subjects, cm.q
-    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    step = max(1, int(np.ceil(n_chain * n_draw / max_draws)))
+    step = thinning_step(posterior, max_draws)
     post = posterior.isel(draw=slice(None, None, step))
     S = post.sizes["chain"] * post.sizes["draw"]
 

@@ -28,7 +28,7 @@ import pandas as pd
 from nlmebayes.model.candidates import CandidateForm, candidate_forms
 from nlmebayes.model.spec import CovariateCandidates, ModelSpec
 
-__all__ = ["full_covariate_model", "candidate_effects", "fitted_forms"]
+__all__ = ["full_covariate_model", "candidate_effects", "fitted_forms", "stacked_draws"]
 
 
 def full_covariate_model(spec: ModelSpec, candidates, **options) -> ModelSpec:
@@ -90,7 +90,7 @@ def candidate_effects(result, prob: float = 0.9) -> pd.DataFrame:
     forms = fitted_forms(result)
     n = result.data.n_subjects
     a = (1 - prob) / 2
-    beta = _draws(post["beta_candidate"])
+    beta = stacked_draws(post["beta_candidate"])
     kappa = _shrinkage_factor(post, forms, n, beta.shape[0])
     rows, j = [], 0
     for f in forms:
@@ -113,19 +113,20 @@ def candidate_effects(result, prob: float = 0.9) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _draws(da) -> np.ndarray:
+def stacked_draws(da) -> np.ndarray:
+    """Draws with chains pooled: (chain * draw, ...)."""
     return da.stack(sample=("chain", "draw")).transpose("sample", ...).values
 
 
 def _shrinkage_factor(post, forms: list[CandidateForm], n: int, S: int) -> np.ndarray:
     """Kappa per draw and standardised column (see the module docstring)."""
-    tau = _draws(post["hs_tau"]).reshape(S, 1)
-    lam, c2 = _draws(post["hs_lambda"]), _draws(post["hs_c2"]).reshape(S, 1)
+    tau = stacked_draws(post["hs_tau"]).reshape(S, 1)
+    lam, c2 = stacked_draws(post["hs_lambda"]), stacked_draws(post["hs_c2"]).reshape(S, 1)
     lam_t2 = c2 * lam**2 / (c2 + tau**2 * lam**2)
     omega = post["omega_sd"]
     cols = []
     for f in forms:
-        sd = _draws(omega.sel(iiv=f.parameter))
+        sd = stacked_draws(omega.sel(iiv=f.parameter))
         for k in range(len(f.labels)):
             col = f.columns[:, k] / f.scale
             cols.append((col.var(), sd))

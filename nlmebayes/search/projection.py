@@ -42,7 +42,7 @@ import xarray as xr
 
 from nlmebayes.model.candidates import CandidateForm
 from nlmebayes.model.spec import ModelSpec
-from nlmebayes.search.covariate_model import fitted_forms
+from nlmebayes.search.covariate_model import fitted_forms, stacked_draws
 
 __all__ = ["CovariateSelection", "select_covariates"]
 
@@ -111,6 +111,7 @@ def select_covariates(
     [('CL', 'WT'), ('V', 'SEX')]
     >>> refit = fit(sel.spec, data)  # doctest: +SKIP
     """
+    from nlmebayes.diagnostics.importance import thinning_step
     from nlmebayes.diagnostics.population import unsupported
 
     spec, data = result.spec, result.data
@@ -120,7 +121,7 @@ def select_covariates(
             f"projection selection needs the marginal likelihood, which does not handle {why} yet"
         )
     forms = fitted_forms(result)
-    post = _thinned(result.posterior, max_draws)
+    post = result.posterior.isel(draw=slice(None, None, thinning_step(result.posterior, max_draws)))
     proj = _Projection(spec, forms, post)
     order, kl = proj.forward_path()
     sizes = range(len(forms) + 1) if max_size is None else [*range(min(max_size, len(forms)) + 1), len(forms)]
@@ -144,11 +145,6 @@ def select_covariates(
     return CovariateSelection(path, [(f.parameter, f.covariate) for f in chosen], sub_spec, effects)
 
 
-def _thinned(post: xr.Dataset, max_draws: int) -> xr.Dataset:
-    step = max(1, int(np.ceil(post.sizes["chain"] * post.sizes["draw"] / max_draws)))
-    return post.isel(draw=slice(None, None, step))
-
-
 class _Projection:
     """The full model's population part per draw, and its projection onto subsets of the forms."""
 
@@ -158,8 +154,7 @@ class _Projection:
         self.params = sorted({f.parameter for f in forms}, key=spec.iiv_parameters.index)
         S = post.sizes["chain"] * post.sizes["draw"]
         self.S, self.n = S, forms[0].columns.shape[0]
-        self.log_tv = {p: _draws(post[f"{p}_pop"], S).reshape(S) for p in self.params}
-        self.log_tv = {p: np.log(v) for p, v in self.log_tv.items()}
+        self.log_tv = {p: np.log(_draws(post[f"{p}_pop"], S).reshape(S)) for p in self.params}
         # mu[p]: (S, N), the log typical value of each subject from the candidates (the base
         # model's own covariate relations are kept as they are in every submodel)
         self.mu = {p: np.repeat(self.log_tv[p][:, None], self.n, axis=1) for p in self.params}
@@ -188,10 +183,10 @@ class _Projection:
         order: list[int] = []
         kl = [self.kl(order)]
         while len(order) < len(self.forms):
-            left = [j for j in range(len(self.forms)) if j not in order]
-            best = min(left, key=lambda j: self.kl([*order, j]))
+            tried = {j: self.kl([*order, j]) for j in range(len(self.forms)) if j not in order}
+            best = min(tried, key=tried.__getitem__)
             order.append(best)
-            kl.append(self.kl(order))
+            kl.append(tried[best])
         return order, kl
 
     def all_effects_spec(self) -> ModelSpec:
@@ -275,7 +270,7 @@ class _Projection:
 
 
 def _draws(da: xr.DataArray, S: int) -> np.ndarray:
-    return da.stack(sample=("chain", "draw")).transpose("sample", ...).values.reshape(S, -1)
+    return stacked_draws(da).reshape(S, -1)
 
 
 def _split(b: np.ndarray, forms: list[CandidateForm], idx: list[int]) -> dict:
