@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m nlmebayes.demo
 
-# What CI runs (.ci/run): lint and type check, the docs build, then every test.
+# What CI runs (.ci/run): lint and type check, the docs build, then every test, on two worker
+# processes with each test file kept on one worker (its module fixtures are fitted once).
 test: lint docs
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # While working: no NUTS sampling and no numba ODE compiles (about 1-2 minutes).
 test-fast: lint

@@ -126,7 +126,7 @@ import numpy as np
 from nlmebayes import ModelSpec, datasets, fit
 spec = ModelSpec.from_toml(sys.argv[1])
 post = fit(spec, datasets.theophylline(), draws=30, tune=50, chains=1, seed=1,
-           diagnostics=False).idata["posterior"]
+           diagnostics=False, init="jitter").idata["posterior"]
 draws = np.concatenate([np.ravel(post[v].values) for v in sorted(post.data_vars)])
 print(hashlib.sha1(draws.tobytes()).hexdigest())
 """
