@@ -10,7 +10,8 @@ rich (all 12);
   parameters and their max R-hat;
 
 then the log-log slope of per-gradient time against the number of observations between 1,000 and
-10,000 subjects (1 = linear).
+10,000 subjects (1 = linear). First, a multiple-dose design (180 daily doses) with and without
+dose trains: pairs, per-gradient time and peak memory.
 
 Run: .venv/bin/python benchmarks/scale.py [--fit-max 1000] [--sizes 100 1000 10000]
 """
@@ -114,12 +115,70 @@ def data_layer(n_records: int = 1_000_000) -> None:
     )
 
 
+def _multiple_dose_design(n_subjects: int, n_doses: int):
+    """Daily 100 mg for ``n_doses`` days, one record per dose (as clinical data come), and six
+    observations per subject: two on day 1, a trough and a peak mid-way, a trough and a peak at
+    the end; simulated from ORAL's typical values."""
+    import pandas as pd
+
+    from nlmebayes import read_nonmem
+
+    ids = np.repeat(np.arange(1, n_subjects + 1), n_doses)
+    doses = pd.DataFrame(dict(ID=ids, TIME=24.0 * np.tile(np.arange(n_doses), n_subjects), AMT=100.0, DV=0.0))
+    last = 24.0 * (n_doses - 1)
+    obs_t = [1.0, 6.0, last / 2 - 0.5, last / 2 + 2, last - 0.5, last + 2]
+    obs = pd.DataFrame(
+        dict(ID=np.repeat(doses.ID.unique(), 6), TIME=np.tile(obs_t, n_subjects), AMT=0.0, DV=1.0)
+    )
+    df = pd.concat([doses, obs]).sort_values(["ID", "TIME"], kind="stable").reset_index(drop=True)
+    df["EVID"] = (df["AMT"] > 0).astype(int)
+    truth = {p.name: p.initial for p in ORAL.parameters}
+    sd = np.array(ORAL.iiv[0].sd)
+    sigma = {k: getattr(ORAL.error, k) for k in ORAL.error.sigma_names}
+    return simulate(ORAL, read_nonmem(df), typical=truth, omega=np.diag(sd**2), sigma=sigma, seed=3)
+
+
+def _trains_worker(conn, n_subjects, n_doses, trains):
+    import resource
+
+    data = _multiple_dose_design(n_subjects, n_doses)
+    data = data if trains else data.without_trains()
+    grad = gradient_time(ORAL, data)
+    conn.send((len(data.pair_obs), grad, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def dose_trains(n_subjects: int = 1000, n_doses: int = 180) -> None:
+    """Pairs, per-gradient time and peak memory with and without dose trains (each in a fresh
+    process, so the peak resident memory is that variant's own)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for trains in (True, False):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_trains_worker, args=(send, n_subjects, n_doses, trains))
+        proc.start()
+        out[trains] = recv.recv()
+        proc.join()
+    (p1, g1, m1), (p0, g0, m0) = out[True], out[False]
+    print(
+        f"multiple dosing, {n_subjects} subjects x {n_doses} daily doses, 6 observations each: "
+        f"dose-observation pairs {p0} -> {p1} with trains; per-gradient {g0 * 1e3:.2f} -> {g1 * 1e3:.2f} ms "
+        f"({g0 / g1:.1f}x); peak memory (build + compile + evaluate) {m0:.0f} -> {m1:.0f} MiB",
+        flush=True,
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fit-max", type=int, default=1000)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--trains-only", action="store_true", help="only the multiple-dosing comparison")
     args = ap.parse_args()
+    dose_trains()
+    if args.trains_only:
+        return
     data_layer(args.records)
     for kind in ("oral", "iv"):
         for per in (4, 12):

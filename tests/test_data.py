@@ -67,7 +67,10 @@ def test_addl_expansion_and_pairs():
     df = pd.DataFrame(dict(ID=1, TIME=[0, 30], AMT=[100, 0], II=[12, 0], ADDL=[2, 0], DV=[0, 1.0]))
     d = read_nonmem(df)
     np.testing.assert_array_equal(d.dose_time, [0, 12, 24])
-    assert d.pair_obs.tolist() == [0, 0, 0]
+    # the three doses form one train: one pair from the first to the latest dose
+    assert (d.pair_obs.tolist(), d.pair_first.tolist(), d.pair_dose.tolist()) == ([0], [0], [2])
+    assert d.pair_count.tolist() == [3]
+    assert "1 dose-observation pairs for 3" in d.summary()
 
 
 def test_reset_cuts_pairs_and_implied_doses():
@@ -174,7 +177,12 @@ def test_dose_observation_pairs_match_their_definition_on_random_designs():
     observation when it is in the same reset segment and comes first (earlier time, or the same
     time and an earlier record); ADDL doses at or after their subject's next reset are cancelled.
     300 random designs with ties, resets, ADDL and several subjects."""
-    from nlmebayes.data.dosing import dose_observation_pairs, expand_doses
+    from nlmebayes.data.dosing import (
+        dose_observation_pairs,
+        dose_trains,
+        expand_doses,
+        train_observation_pairs,
+    )
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -205,6 +213,21 @@ def test_dose_observation_pairs_match_their_definition_on_random_designs():
             and (ev.time[j] < time[r] or (ev.time[j] == time[r] and ev.record[j] < r))
         ]
         assert list(zip(po.tolist(), pd_.tolist(), strict=True)) == expected
+        # The same pairs with equally spaced doses of one key summed as trains: each train pair
+        # stands for its first `count` events, which are the train's doses that come first.
+        key = rng.integers(-1, 2, len(ev.record))
+        run = dose_trains(ev, key)
+        to, td, tf, tc = train_observation_pairs(ev, run, obs, time, segment)
+        expanded = []
+        for i, d, f, c in zip(to, td, tf, tc, strict=True):
+            members = np.flatnonzero((run == run[d]) & (ev.time <= ev.time[d]))
+            assert len(members) == c and ev.time[members].min() == ev.time[f]
+            expanded += [(i, j) for j in members]
+        assert sorted(expanded) == expected
+        for r in np.unique(run):  # a train: one key, one segment, equal spacing
+            members = np.flatnonzero(run == r)
+            assert len({*key[members]}) == 1 and len({*ev.segment[members]}) == 1
+            assert len(members) == 1 or (key[members[0]] >= 0 and np.ptp(np.diff(ev.time[members])) < 1e-9)
 
 
 def test_exactly_duplicated_records_are_warned_about_and_kept():

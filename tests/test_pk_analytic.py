@@ -390,3 +390,36 @@ def test_k_replaces_v_or_cl_but_not_both():
         m.check_parameters(["CL", "V", "K"])
     with pytest.raises(ValueError, match=r"missing \['CL'\]"):
         m.check_parameters(["V"])
+
+
+@pytest.mark.parametrize("name", ["1cpt_oral", "2cpt_oral", "2cpt_iv"])
+def test_dose_trains_equal_the_doses_one_by_one(name):
+    """Half a year of daily doses (as ADDL on one record for one subject, as 180 records for the
+    other) with a lag of 1.5 h at troughs: the trains' geometric sums give the same
+    concentrations and gradients as superposing the 180 doses one by one (to 1e-10 relative:
+    both are exact formulas; they differ by rounding in sums of up to 180 terms), with at most
+    2 pairs per observation instead of up to 181."""
+    model = get_model(name)
+    records = [dict(ID=1, TIME=0.0, AMT=100.0, II=24.0, ADDL=179, DV=0.0, EVID=1)]
+    records += [dict(ID=2, TIME=24.0 * k, AMT=100.0, II=0, ADDL=0, DV=0.0, EVID=1) for k in range(180)]
+    # the second subject also has a loading dose at 0: a pair of its own beside the train
+    records += [dict(ID=2, TIME=0.0, AMT=300.0, II=0, ADDL=0, DV=0.0, EVID=1)]
+    obs = [0.5, 1.0, 1.6, 23.0, 100.0, 24 * 90 + 1.2, 24 * 179 + 1.4, 24 * 179 + 30.0, 24 * 200.0]
+    records += [dict(ID=i, TIME=t, AMT=0.0, II=0, ADDL=0, DV=1.0, EVID=0) for i in (1, 2) for t in obs]
+    df = pd.DataFrame(records).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    data = read_nonmem(df)
+    assert data.pair_count.max() == 180 and len(data.pair_obs) <= 2 * data.n_obs
+    flat = data.without_trains()
+    assert len(flat.pair_obs) > 10 * len(data.pair_obs)
+    values = {"CL": [3.0, 4.0], "V": [30.0, 50.0], "KA": [1.1, 0.7], "Q": [5.0, 2.0], "V2": [60.0, 80.0]}
+    values |= {"TLAG": [1.5, 1.5]}
+    syms = {k: pt.dvector(k) for k in values if k in model.parameters + ("TLAG",)}
+    args = [np.array(values[k]) for k in syms]
+    out = []
+    for d in (data, flat):
+        conc = model.concentration(d, syms)
+        grads = pytensor.grad(pt.sum(pt.log(conc + 1.0)), list(syms.values()))
+        out.append(pytensor.function(list(syms.values()), [conc, *grads], mode=MODE)(*args))
+    for got, want in zip(*out, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
+    assert out[0][0][0] == 0.0 and out[0][0][3] > 0  # before the lag has passed, nothing yet

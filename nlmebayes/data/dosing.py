@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DoseEvents", "expand_doses", "dose_observation_pairs"]
+__all__ = ["DoseEvents", "expand_doses", "dose_observation_pairs", "dose_trains", "train_observation_pairs"]
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,8 @@ def dose_observation_pairs(doses: DoseEvents, obs_records, time, segment):
     """Pairs (observation, dose event) where the dose can contribute to the observation.
 
     A dose contributes if it is in the observation's reset segment and comes first (earlier
-    time, or the same time and an earlier record). Vectorised: within a segment the doses that
-    come first are a run of the doses sorted by (segment, time, record), found for every
-    observation at once by binary search on one integer key.
+    time, or the same time and an earlier record): :func:`train_observation_pairs` with every
+    dose a train of one.
 
     Parameters
     ----------
@@ -130,22 +129,119 @@ def dose_observation_pairs(doses: DoseEvents, obs_records, time, segment):
         Observation index and dose-event index of each pair, grouped by observation, doses in
         event order.
     """
+    singles = np.arange(len(doses.record))  # every dose a train of one
+    pair_obs, pair_dose, _, _ = train_observation_pairs(doses, singles, obs_records, time, segment)
+    return pair_obs, pair_dose
+
+
+def dose_trains(doses: DoseEvents, key: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Run id of each dose event: runs of equally spaced doses that superposition can sum at once.
+
+    A run (a *train*) is a maximal sequence of a reset segment's dose events with the same
+    ``key`` (>= 0), each the same time after the one before. Its contribution at time ``x`` after
+    its latest dose is a finite geometric series in the spacing (see
+    :mod:`nlmebayes.pk.analytic`), so one dose-observation pair stands for the whole train: a
+    regimen of 180 daily doses costs each later observation one pair instead of 180. Events with
+    ``key < 0`` are runs of one.
+
+    Parameters
+    ----------
+    doses : DoseEvents
+    key : int array
+        Per dose event; events may share a train only if their keys are equal and >= 0 (same
+        amount, compartment, route and every column that could change the parameters).
+    rtol : float
+        Spacings equal within ``rtol * max(1, |TIME|)`` count as equal (ADDL times are
+        ``TIME + k * II`` in floating point).
+
+    Returns
+    -------
+    int array
+        Run id per event; runs are numbered in (segment, key, time) order.
+
+    Examples
+    --------
+    >>> ev = expand_doses(np.array([0.0]), np.array([24.0]), np.array([3.0]), np.array([0.0]),
+    ...                   np.array([True]), np.array([0]), np.array([1]))
+    >>> dose_trains(ev, np.zeros(4, int)).tolist()
+    [0, 0, 0, 0]
+    """
+    n = len(doses.time)
+    key = np.where(key < 0, -1 - np.arange(n), key)  # a unique negative key: a run of one
+    order = np.lexsort((doses.record, doses.time, key, doses.segment))
+    t, seg, k = doses.time[order], doses.segment[order], key[order]
+    gap = np.diff(t, prepend=np.nan)
+    tol = rtol * np.maximum(1.0, np.abs(t))
+    group_start = np.r_[True, (np.diff(seg) != 0) | (np.diff(k) != 0)]
+    hard = group_start | ~(gap > tol)  # simultaneous doses cannot share a train
+    # e continues the run of e-1 unless its gap differs from the gap before e-1 (when e-1 is not
+    # a run's first event): every run's gaps then equal its first gap.
+    prev_hard = np.r_[True, hard[:-1]]
+    soft = ~hard & ~prev_hard & (np.abs(gap - np.r_[np.nan, gap[:-1]]) > tol)
+    run = np.empty(n, int)
+    run[order] = np.cumsum(hard | soft) - 1
+    return run
+
+
+def train_observation_pairs(doses: DoseEvents, run: np.ndarray, obs_records, time, segment):
+    """Pairs (observation, train): each train's doses that come before the observation, as one pair.
+
+    The doses of a train that come first (in the observation's segment, at an earlier time or at
+    the same time and an earlier record) are its first ``count`` events. Vectorised: within a
+    segment the trains that started before an observation are a run of the trains sorted by
+    their first (segment, time, record), found for every observation at once by binary search on
+    one integer key; so is each train's count.
+
+    Parameters
+    ----------
+    doses : DoseEvents
+    run : int array
+        :func:`dose_trains` of ``doses``.
+    obs_records, time, segment
+        As in :func:`dose_observation_pairs`.
+
+    Returns
+    -------
+    pair_obs, pair_dose, pair_first, pair_count : int arrays
+        Observation, latest and first dose event of the train's counted doses, and their number;
+        grouped by observation, in event order.
+    """
     obs_records = np.asarray(obs_records, dtype=int)
+    empty = np.zeros(0, int)
     if len(doses.record) == 0 or len(obs_records) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
+        return empty, empty, empty, empty
+    # one integer key per event and observation: (segment, time, record), ranked
     t_rank = np.unique(np.r_[doses.time, time[obs_records]], return_inverse=True)[1]
     n_t, n_r = int(t_rank.max()) + 1, len(time) + 1
     seg_d, seg_o = segment[doses.record].astype(np.int64), segment[obs_records].astype(np.int64)
-    rank_d, rank_o = t_rank[: len(doses.time)], t_rank[len(doses.time) :]
-    key_d = (seg_d * n_t + rank_d) * n_r + doses.record
-    key_o = (seg_o * n_t + rank_o) * n_r + obs_records
-    order = np.argsort(key_d, kind="stable")
-    sorted_d = key_d[order]
-    lo = np.searchsorted(sorted_d, seg_o * n_t * n_r, side="left")
-    hi = np.searchsorted(sorted_d, key_o, side="left")
+    key_d = (seg_d * n_t + t_rank[: len(doses.time)]) * n_r + doses.record
+    key_o = (seg_o * n_t + t_rank[len(doses.time) :]) * n_r + obs_records
+    rank = np.unique(np.r_[key_d, key_o], return_inverse=True)[1].astype(np.int64)
+    rank_d, rank_o = rank[: len(key_d)], rank[len(key_d) :]
+    # events by (run, key): each run a contiguous block, in time order
+    by_run = np.lexsort((key_d, run))
+    n_runs = int(run.max()) + 1
+    first_pos = np.searchsorted(run[by_run], np.arange(n_runs))
+    first_event = by_run[first_pos]
+    # the runs that started before an observation are a range of runs sorted by first key
+    run_order = np.argsort(key_d[first_event], kind="stable")
+    sorted_first = key_d[first_event][run_order]
+    lo = np.searchsorted(sorted_first, seg_o * n_t * n_r, side="left")
+    hi = np.searchsorted(sorted_first, key_o, side="left")
     counts = hi - lo
     pair_obs = np.repeat(np.arange(len(obs_records)), counts)
-    pair_dose = order[np.repeat(lo, counts) + _ranges(counts)]
-    # grouped by observation, each group in event order (as the superposition sums expect)
+    pair_run = run_order[np.repeat(lo, counts) + _ranges(counts)]
+    # how many of the run's events come first: a binary search in (run, rank) order
+    stride = len(rank) + 1
+    event_key = run[by_run] * stride + rank_d[by_run]
+    pos = np.searchsorted(event_key, pair_run * stride + rank_o[pair_obs])
+    pair_count = pos - first_pos[pair_run]
+    pair_dose = by_run[pos - 1]
+    pair_first = first_event[pair_run]
     within = np.lexsort((pair_dose, pair_obs))
-    return pair_obs[within].astype(int), pair_dose[within].astype(int)
+    return (
+        pair_obs[within].astype(int),
+        pair_dose[within].astype(int),
+        pair_first[within].astype(int),
+        pair_count[within].astype(int),
+    )

@@ -3,7 +3,11 @@
 * observations (``obs_*`` arrays): the records that enter the likelihood (EVID 0, MDV 0);
 * dose events (``dose_*`` arrays): every dose after ADDL/II expansion (:mod:`.dosing`);
 * dose-observation pairs (``pair_obs``, ``pair_dose``): each dose that can contribute to an
-  observation by superposition (same subject, same reset segment, given before it).
+  observation by superposition (same subject, same reset segment, given before it). Equally
+  spaced identical boluses form a *train* (:func:`~nlmebayes.data.dosing.dose_trains`) that one
+  pair stands for: ``pair_dose`` is its latest dose before the observation, ``pair_first`` its
+  first and ``pair_count`` how many doses it has up to the latest. So the pairs, and the memory
+  of the analytic models' graphs, grow with the number of regimen changes, not of doses.
 
 Every row that does not enter the likelihood is counted in :meth:`EventData.summary`; nothing is
 dropped silently.
@@ -11,7 +15,7 @@ dropped silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -57,6 +61,8 @@ class EventData:
     excluded: pd.DataFrame = field(repr=False)
     obs_cens: np.ndarray | None = None
     obs_limit: np.ndarray | None = None
+    pair_first: np.ndarray | None = None
+    pair_count: np.ndarray | None = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -197,6 +203,32 @@ class EventData:
         hit = self.records["_IS_OBS"].to_numpy() & (self.records["CENS"].to_numpy() != 0)
         return self._without(hit, "censored (CENS != 0), discarded: M1")
 
+    def without_trains(self) -> EventData:
+        """The same data with one dose-observation pair per dose (no trains).
+
+        Superposition gives the same predictions either way (to rounding); this form is slower and
+        larger, and serves to check the trains and to measure what they save.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> from nlmebayes import read_nonmem
+        >>> d = read_nonmem(pd.DataFrame(dict(ID=1, TIME=[0, 30], AMT=[100, 0], II=[12, 0],
+        ...                                   ADDL=[2, 0], DV=[0, 1.0])))
+        >>> len(d.pair_obs), len(d.without_trains().pair_obs)
+        (1, 3)
+        """
+        from nlmebayes.data.dosing import dose_observation_pairs, expand_doses
+
+        r = self.records
+        doses = expand_doses(
+            *(r[c].to_numpy() for c in ("TIME", "II", "ADDL", "SS", "_IS_DOSE", "_SUBJ", "_SEG"))
+        )
+        pair_obs, pair_dose = dose_observation_pairs(
+            doses, np.flatnonzero(r["_IS_OBS"]), r["TIME"].to_numpy(), r["_SEG"].to_numpy()
+        )
+        return replace(self, pair_obs=pair_obs, pair_dose=pair_dose, pair_first=None, pair_count=None)
+
     def _without(self, rows: np.ndarray, reason: str) -> EventData:
         """The same data with the observation records ``rows`` (mask) set to MDV=1, reported."""
         df = self.input_frame()
@@ -227,6 +259,12 @@ class EventData:
             f"({self.n_doses} dose events after ADDL expansion)",
             f"  time range:     {self.records['TIME'].min():g} to {self.records['TIME'].max():g}",
         ]
+        summed = int(self.pair_count.sum()) if self.pair_count is not None else len(self.pair_obs)
+        if summed > len(self.pair_obs):
+            lines.append(
+                f"  superposition:  {len(self.pair_obs)} dose-observation pairs for {summed} "
+                "(equally spaced doses summed as trains)"
+            )
         if "DVID" in self.records.columns:
             kinds = pd.Series(self.obs_dvid).value_counts(sort=False)
             lines.append("  by DVID:        " + ", ".join(f"{k}: {v}" for k, v in kinds.items()))

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from nlmebayes.data.conditions import format_id
-from nlmebayes.data.dosing import dose_observation_pairs, expand_doses
+from nlmebayes.data.dosing import dose_trains, expand_doses, train_observation_pairs
 from nlmebayes.data.errors import DataError
 from nlmebayes.data.events import EventData, record_line
 
@@ -504,8 +504,9 @@ def _events(rec: _Records, evid, is_dose, is_obs, new_block, covariates) -> Even
             ignore_index=True,
         )
     obs_idx = np.flatnonzero(is_obs)
-    pair_obs, pair_dose = dose_observation_pairs(doses, obs_idx, time, segment)
     rep = doses.record
+    run = dose_trains(doses, _train_key(rec, rep, doses.ss, covariates))
+    pair_obs, pair_dose, pair_first, pair_count = train_observation_pairs(doses, run, obs_idx, time, segment)
     dvid = rec.col("DVID")[obs_idx] if "DVID" in df.columns else np.zeros(len(obs_idx), dtype=int)
     limit = (
         rec.col("LIMIT")[obs_idx].astype(float) if "LIMIT" in df.columns else np.full(len(obs_idx), np.nan)
@@ -535,8 +536,23 @@ def _events(rec: _Records, evid, is_dose, is_obs, new_block, covariates) -> Even
         dose_row=rec.col("_ROW")[rep].astype(int),
         pair_obs=pair_obs,
         pair_dose=pair_dose,
+        pair_first=pair_first,
+        pair_count=pair_count,
         excluded=excluded,
     )
+
+
+def _train_key(rec: _Records, rep: np.ndarray, event_ss: np.ndarray, covariates) -> np.ndarray:
+    """Which dose events may form a train (:func:`~nlmebayes.data.dosing.dose_trains`).
+
+    Boluses that are not steady-state doses, keyed by everything on their record that a model can
+    read: AMT, CMT, OCC and the covariates (so an occasion or a covariate that changes breaks the
+    train, and each train has one set of individual parameters). Infusions stay single doses.
+    """
+    cols = ["AMT", "CMT", "RATE", "OCC", *covariates]
+    key = rec.df[cols].iloc[rep].groupby(cols, sort=False, dropna=False).ngroup().to_numpy()
+    bolus = (rec.col("RATE")[rep] == 0) & (event_ss == 0)
+    return np.where(bolus, key, -1)
 
 
 def check_compartments(

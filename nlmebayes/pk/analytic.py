@@ -26,6 +26,8 @@ F (bioavailability) and D (modelled infusion duration, for RATE = -2 records).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +141,11 @@ def _u_bolus_ss(lam, x, D, tau):
     return pt.exp(-lam * x) / -pt.expm1(-lam * tau)
 
 
+def _u_bolus_train(lam, x, D, tau, m):
+    # m boluses tau apart, the latest x ago: exp(-lam x) sum_k exp(-lam k tau), a geometric sum
+    return pt.exp(-lam * x) * (pt.expm1(-lam * m * tau) / pt.expm1(-lam * tau))
+
+
 def _u_infusion_ss(lam, x, D, tau):
     # The current infusion (k = 0) plus all earlier ones, which have ended (D <= II).
     return _u_infusion(lam, x, D, tau) + pt.exp(-lam * (x + tau - D)) * D * phi(lam * D) / -pt.expm1(
@@ -146,13 +153,14 @@ def _u_infusion_ss(lam, x, D, tau):
     )
 
 
-def _divided_difference(u, a, b, x, D, tau):
+def _divided_difference(u, a, b, x, D, tau, span=None):
     """``(u(a) - u(b)) / (b - a)``.
 
-    When ``|b - a| * (x + D + II)`` is tiny, ``-u'((a+b)/2)`` (error O((b-a)^2)), so neither branch ever
-    divides 0 by 0.
+    When ``|b - a| * (x + D + span)`` is tiny, ``-u'((a+b)/2)`` (error O((b-a)^2)), so neither branch
+    ever divides 0 by 0. ``span`` (default II) is how far back the doses in ``u`` reach: a train of
+    m doses reaches back ``m * tau``, and the midpoint rule's error grows with its square.
     """
-    scale = x + D + tau + 1e-300
+    scale = x + D + (tau if span is None else span) + 1e-300
     close = pt.abs(b - a) * scale < _DD_TOL
     b_far = pt.switch(close, a + 1.0 / scale, b)
     far = (u(a, x, D, tau) - u(b_far, x, D, tau)) / (b_far - a)
@@ -185,35 +193,39 @@ def _pair_amounts(pairs: dict, lam, coef, ka):
     steady state); each group evaluates its response ``u`` (a divided difference of ``u`` for
     doses into the depot) in one vectorised expression.
     """
-    x, D, R, F, amt, tau = (pairs[k] for k in ("x", "D", "R", "F", "amt", "tau"))
+    x, D, R, F, amt, tau, m = (pairs[k] for k in ("x", "D", "R", "F", "amt", "tau", "m"))
     into_depot, infusion, ss, constant = (pairs[k] for k in ("into_depot", "infusion", "ss", "constant"))
+    train = pairs["train"]
     n = len(amt)
     contrib = pt.zeros(n)
-    for depot in (False, True):
-        for inf in (False, True):
-            for is_ss in (False, True):
-                sel = np.flatnonzero((into_depot == depot) & (infusion == inf) & (ss == is_ss) & ~constant)
-                if not len(sel):
-                    continue
-                u = _INPUTS[(inf, is_ss)]
-                xs = pt.shape_padright(_take(x, sel), 1)
-                Ds = pt.shape_padright(_take(D, sel), 1)
-                taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
-                ls = _take(lam, sel)
-                if not depot:
-                    resp = u(ls, xs, Ds, taus)
-                else:
-                    kas = pt.shape_padright(_take(ka, sel), 1)
-                    if not inf and not is_ss:
-                        dd = exp_diff(ls, kas, xs)
-                    else:
-                        dd = _divided_difference(u, ls, kas, xs, Ds, taus)
-                    resp = kas * dd
-                amount = pt.sum(_take(coef, sel) * resp, axis=-1)
-                scale = _take(R, sel) if inf else _take(F, sel) * _take(amt, sel)
-                contrib = (
-                    scale * amount if len(sel) == n else pt.set_subtensor(_take(contrib, sel), scale * amount)
-                )
+    for depot, inf, is_ss, is_train in itertools.product((False, True), repeat=4):
+        sel = np.flatnonzero(
+            (into_depot == depot) & (infusion == inf) & (ss == is_ss) & (train == is_train) & ~constant
+        )
+        if not len(sel):
+            continue
+        xs = pt.shape_padright(_take(x, sel), 1)
+        Ds = pt.shape_padright(_take(D, sel), 1)
+        taus = pt.shape_padright(pt.as_tensor_variable(tau[sel]), 1)
+        span = None
+        if is_train:  # trains are boluses, never steady state (dose_trains' key)
+            ms = pt.shape_padright(_take(m, sel), 1)
+            u, span = functools.partial(_u_bolus_train, m=ms), ms * taus
+        else:
+            u = _INPUTS[(inf, is_ss)]
+        ls = _take(lam, sel)
+        if not depot:
+            resp = u(ls, xs, Ds, taus)
+        else:
+            kas = pt.shape_padright(_take(ka, sel), 1)
+            if not inf and not is_ss and not is_train:
+                dd = exp_diff(ls, kas, xs)
+            else:
+                dd = _divided_difference(u, ls, kas, xs, Ds, taus, span)
+            resp = kas * dd
+        amount = pt.sum(_take(coef, sel) * resp, axis=-1)
+        scale = _take(R, sel) if inf else _take(F, sel) * _take(amt, sel)
+        contrib = scale * amount if len(sel) == n else pt.set_subtensor(_take(contrib, sel), scale * amount)
     if constant.any():
         # A constant-rate infusion at steady state (SS=1, AMT=0, RATE>0) has run forever and
         # keeps running: the central amount is rate * sum_m c_m / lambda_m, from the central
@@ -304,6 +316,12 @@ class Compartmental:
         self.check(data)
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]
+        if data.pair_first is not None and not np.array_equal(index[data.pair_first], pd_idx):
+            raise ValueError(
+                "the parameters change within a train of equally spaced doses (rows "
+                f"{data.dose_row[data.pair_first[index[data.pair_first] != pd_idx][0]]} on); "
+                "trains are keyed by every column on the dose records, so index must be one of them"
+            )
 
         def per_pair(name, default=None):
             v = params.get(name)
@@ -346,7 +364,12 @@ class Compartmental:
         amt = data.dose_amt[d]
         rate = data.dose_rate[d]
         ss = data.dose_ss[d] > 0
-        tau = data.dose_ii[d]
+        count = np.ones(len(d)) if data.pair_count is None else data.pair_count.astype(float)
+        train = count > 1
+        first = d if data.pair_first is None else data.pair_first
+        # a train's spacing (tau of its geometric sum); II for the others (steady state)
+        step = (data.dose_time[d] - data.dose_time[first]) / np.maximum(count - 1, 1)
+        tau = np.where(train, step, data.dose_ii[d])
         infusion = rate != 0
         if (rate == -2).any() and "D" not in params:
             raise ValueError("the data have RATE = -2 (modelled duration): the model needs D")
@@ -363,13 +386,23 @@ class Compartmental:
         if (infusion & ss).any():
             self._check_ss_infusion(data, d[infusion & ss], amt, rate)
         # Only a lag can put an effective dose after an observation that follows its record.
+        m = count
         if has_lag:
             # Before an SS dose's lag has passed, the previous implied dose is the latest one.
             x = pt.switch(ss, pt.switch(x_raw < 0, x_raw + tau, x_raw), pt.maximum(x_raw, 0.0))
             started = pt.or_(ss, x_raw >= 0)
+            if train.any():
+                # A lag can hold back a train's latest doses: skip those, count the others.
+                step_safe = np.where(train, step, 1.0)
+                skip = pt.clip(pt.ceil(-x_raw / step_safe), 0.0, count)
+                m = pt.switch(train, count - skip, count)
+                x = pt.switch(train, x_raw + skip * step_safe, x)
+                started = pt.switch(train, m > 0, started)
         else:
             x, started = x_raw, None
         return dict(
+            m=m,
+            train=train,
             constant=ss & (amt == 0) & (rate > 0),
             x=x,
             started=started,
