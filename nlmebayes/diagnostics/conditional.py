@@ -15,7 +15,7 @@ from pytensor.graph.replace import graph_replace
 
 from nlmebayes.data import EventData
 from nlmebayes.diagnostics.population import unsupported
-from nlmebayes.model.builder import build_model
+from nlmebayes.model.builder import build_model, occasions
 from nlmebayes.model.compile import batched_function, compile_settings
 from nlmebayes.model.spec import ModelSpec
 
@@ -55,14 +55,22 @@ class ConditionalModel:
             raise NotImplementedError("the marginal likelihood is implemented for Gaussian residuals")
         mu, sd = node.op.dist_params(node)
         self.y = np.asarray(model.rvs_to_values[dv].data, dtype=float)
-        self.pop_names = [rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_"))]
-        self.q = len(spec.iiv_parameters)
+        self.pop_names = [
+            rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_", "pi_sd_"))
+        ]
+        self.q_iiv = len(spec.iiv_parameters)
+        self._occasion_layout(spec)
+        self.q = self.q_iiv + self.n_slots * len(spec.iov_parameters)
         n_sub = self.data.n_subjects
         eta_in = pt.matrix("eta_in")
         pop_in = [model[n].type(name=n) for n in self.pop_names]
         repl = {model[n]: v for n, v in zip(self.pop_names, pop_in, strict=True)}
-        if self.q:
-            repl[model["eta"]] = eta_in
+        if self.q_iiv:
+            repl[model["eta"]] = eta_in[:, : self.q_iiv]
+        if spec.iov:
+            # occasion row (subject s, slot j) takes its kappas from s's random effects
+            slots = eta_in[:, self.q_iiv :].reshape((n_sub, self.n_slots, len(spec.iov_parameters)))
+            repl[model["kappa"]] = slots[self.occasion_subject, self.occasion_slot]
         f = mu * pt.ones(self.data.n_obs)
         R = pt.square(sd) * pt.ones(self.data.n_obs)
         f, R = graph_replace([f, R], replace=repl, strict=False)
@@ -87,6 +95,60 @@ class ConditionalModel:
                 if lean
                 else pytensor.function([*pop_in, eta_in], outs, mode=mode, on_unused_input="ignore")
             )
+
+    def _occasion_layout(self, spec: ModelSpec) -> None:
+        """Each occasion row's subject and slot (its rank among the subject's occasions).
+
+        ``n_slots`` is the most occasions any subject has; every subject carries that many slots
+        of kappas, and a slot without an occasion changes no prediction.
+        """
+        self.occasion_subject = self.occasion_slot = np.zeros(0, dtype=int)
+        self.n_slots = 0
+        if not spec.iov:
+            return
+        rows, _ = occasions(spec, self.data)
+        subject = np.array([s_ for s_, _ in rows], dtype=int)
+        order = np.argsort(subject, kind="stable")
+        first = np.searchsorted(subject[order], subject[order])
+        slot = np.empty(len(subject), dtype=int)
+        slot[order] = np.arange(len(subject)) - first
+        self.occasion_subject, self.occasion_slot = subject, slot
+        self.n_slots = int(slot.max()) + 1
+
+    @property
+    def random_effect_names(self) -> list[str]:
+        """Names of a subject's random effects: the etas, then ``CL@occ2`` for slot 2's kappa."""
+        iov = self.spec.iov_parameters
+        return [*self.spec.iiv_parameters, *(f"{p}@occ{j + 1}" for j in range(self.n_slots) for p in iov)]
+
+    def slot_used(self) -> np.ndarray:
+        """(n_subjects, n_slots) mask: the subject has an occasion in that slot."""
+        used = np.zeros((self.data.n_subjects, self.n_slots), dtype=bool)
+        used[self.occasion_subject, self.occasion_slot] = True
+        return used
+
+    def random_effect_draws(self, posterior) -> np.ndarray:
+        """Posterior draws of every subject's random effects in this layout, (S, n_subjects, q).
+
+        Slots a subject lacks are 0 (the prior mean; no draw exists for them).
+        """
+
+        def stacked(name, *dims):
+            return posterior[name].stack(sample=("chain", "draw")).transpose("sample", *dims).values
+
+        n_sub = self.data.n_subjects
+        eta = stacked("eta", "subject", "iiv") if self.q_iiv else None
+        S = posterior.sizes["chain"] * posterior.sizes["draw"]
+        out = np.zeros((S, n_sub, self.q))
+        if eta is not None:
+            out[:, :, : self.q_iiv] = eta
+        if self.n_slots:
+            r = len(self.spec.iov_parameters)
+            kappa = stacked("kappa", "occasion", "iov")
+            slots = out[:, :, self.q_iiv :].reshape(S, n_sub, self.n_slots, r)
+            slots[:, self.occasion_subject, self.occasion_slot, :] = kappa
+            out[:, :, self.q_iiv :] = slots.reshape(S, n_sub, -1)
+        return out
 
     def _differences(self, *args, h: float = 1e-5):
         """``f, R`` and their eta derivatives by central differences (``lean`` mode)."""

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from nlmebayes.diagnostics.conditional import ConditionalModel
-from nlmebayes.diagnostics.population import LOG_2PI, omega_draws
+from nlmebayes.diagnostics.population import LOG_2PI, covariance_draws
 from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["importance_loglik", "t_proposals", "marginal_loglik_draws"]
@@ -95,16 +95,21 @@ def marginal_loglik_draws(
     pop = {n: stacked(n) for n in pop_names}
     rng = np.random.default_rng(seed)
     if q:
-        omegas = omega_draws(post, spec)
-        eta_post = (
-            posterior["eta"].stack(sample=("chain", "draw")).transpose("sample", "subject", "iiv").values
-        )
+        omegas = covariance_draws(post, spec, cm.n_slots)
+        eta_post = cm.random_effect_draws(posterior)
         covs = np.stack(
             [
                 np.cov(eta_post[:, i, :], rowvar=False).reshape(q, q) * 1.2**2 + 1e-12 * np.eye(q)
                 for i in range(n_sub)
             ]
         )
+        if cm.n_slots:
+            # an occasion slot the subject lacks has no draws: propose from its prior, so the
+            # prior/proposal ratio stays near 1 (it integrates to 1 whatever the proposal)
+            prior = np.median(omegas, axis=0).diagonal()[cm.q_iiv :] * 1.2**2
+            lacking = ~np.repeat(cm.slot_used(), len(spec.iov_parameters), axis=1)
+            i, j = np.nonzero(lacking)
+            covs[i, cm.q_iiv + j, cm.q_iiv + j] = prior[j]
         props, log_q = t_proposals(eta_post.mean(axis=0), covs, n_eta, rng)
     else:
         n_eta = 1

@@ -18,6 +18,19 @@ with ``H_i`` the Hessian of ``obj_i / 2`` at the EBE. FOCE-I (``method="focei"``
 ``H_i = Omega^-1 + sum_j [g g' / R + dR dR' / (2 R^2)]`` with ``g = df/deta``, ``dR = dR/deta``.
 ``method="laplace"`` uses the exact Hessian (central differences of the exact gradient).
 
+Inter-occasion variability. A subject with occasions 1..K has, besides its etas, one kappa
+vector per occasion, ``kappa_ik ~ N(0, Pi)`` independent of each other and of the etas; occasion
+k's observations depend on ``(eta_i, kappa_ik)``. All of them are random effects of the subject,
+as in NONMEM (where the kappas are extra ETAs with ``$OMEGA BLOCK SAME``): the subject's
+random-effect vector is ``b_i = (eta_i, kappa_i1, ..., kappa_iK)`` with covariance
+``blockdiag(Omega, Pi, ..., Pi)``, and every formula above holds with ``b_i`` for eta. So the
+FOCE-I OFV of an IOV model is NONMEM's formula with the kappas as etas. Subjects with fewer
+occasions than the most any subject has carry the missing slots too: such a kappa ``b`` enters
+no prediction, so it sits at 0, its gradient row is 0, ``H_i`` is block diagonal in it with
+block ``Pi^-1``, and its terms cancel: ``log|2 pi Pi| - r log(2 pi) + log|Pi^-1| = 0``; under
+importance sampling its prior/proposal ratio integrates to 1. As Pi -> 0 the kappas' block of
+``H_i`` is ``Pi^-1 + O(1)``, and the OFV tends to that of the model without IOV.
+
 NONMEM reports ``OFV = -2LL - N log(2 pi)`` (N observations); we report both. AIC and BIC count
 parameters as NONMEM does: estimated thetas, omega elements and sigmas.
 
@@ -95,6 +108,8 @@ class Marginal:
     pred: np.ndarray
     population: PopulationValues
     iterations: int = 0
+    q_iiv: int | None = None
+    slot_used: np.ndarray | None = None
 
     @property
     def loglik(self) -> float:
@@ -109,15 +124,23 @@ class Marginal:
         n_sub = self.eta.shape[0]
         subjects = np.arange(n_sub) if subjects is None else np.asarray(subjects)
         iiv = spec.iiv_parameters
+        q = len(iiv)
         ds = xr.Dataset(
             {
-                "eta_ebe": (("subject", "iiv"), self.eta),
-                "eta_cov": (("subject", "iiv", "iiv_col"), self.eta_cov),
+                "eta_ebe": (("subject", "iiv"), self.eta[:, :q]),
+                "eta_cov": (("subject", "iiv", "iiv_col"), self.eta_cov[:, :q, :q]),
                 "subject_m2ll": ("subject", self.subject_m2ll),
                 "omega": (("iiv", "iiv_col"), self.population.omega_matrix(spec)),
             },
             coords={"subject": subjects, "iiv": iiv, "iiv_col": iiv},
         )
+        if spec.iov and self.slot_used is not None:
+            r = len(spec.iov_parameters)
+            kappa = self.eta[:, q:].reshape(n_sub, -1, r).copy()
+            kappa[~self.slot_used] = np.nan  # the subject has no such occasion
+            ds["kappa_ebe"] = (("subject", "occasion_slot", "iov"), kappa)
+            ds["pi_sd"] = ("iov", [self.population.pi_sd[p] for p in spec.iov_parameters])
+            ds = ds.assign_coords(occasion_slot=np.arange(1, kappa.shape[1] + 1), iov=spec.iov_parameters)
         pv = self.population
         ds.attrs.update(
             ofv=self.ofv,
@@ -184,7 +207,7 @@ def marginal_likelihood(
         raise ValueError(f"method must be 'focei', 'laplace' or 'importance', got {method!r}")
     cm = conditional or ConditionalModel(spec, data)
     pop = population.rv_values(spec)
-    omega = population.omega_matrix(spec)
+    omega = population.covariance(spec, cm.n_slots)  # Omega, then the kappas' occasion slots
     obj = JointObjective(cm, pop, omega)
     eta, iters = conditional_modes(obj)
     val, _, H, (f, R, G) = obj.derivatives(eta)
@@ -224,4 +247,6 @@ def marginal_likelihood(
         pred=pred,
         population=population,
         iterations=iters,
+        q_iiv=cm.q_iiv,
+        slot_used=cm.slot_used() if spec.iov else None,
     )

@@ -13,7 +13,15 @@ import numpy as np
 from nlmebayes.data import EventData
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["PopulationValues", "omega_draws", "unsupported", "n_parameters", "LOG_2PI"]
+__all__ = [
+    "PopulationValues",
+    "omega_draws",
+    "covariance_draws",
+    "random_effects_covariance",
+    "unsupported",
+    "n_parameters",
+    "LOG_2PI",
+]
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -32,12 +40,15 @@ class PopulationValues:
         Covariate effects by name, e.g. ``{"theta_V_APGR": 0.159}``.
     sigma : dict
         Residual SDs by kind, e.g. ``{"prop": 0.115}`` (NONMEM's SIGMA is a variance: take its root).
+    pi_sd : dict
+        Inter-occasion SDs by parameter, e.g. ``{"CL": 0.2}`` (NONMEM's IOV OMEGA is their square).
     """
 
     typical: dict
     omega: np.ndarray | None = None
     thetas: dict = field(default_factory=dict)
     sigma: dict = field(default_factory=dict)
+    pi_sd: dict = field(default_factory=dict)
 
     def rv_values(self, spec: ModelSpec) -> dict[str, float]:
         """Values of the builder's population variables (``log_CL_pop``, ``theta_..``, ``sigma_..``)."""
@@ -72,6 +83,22 @@ class PopulationValues:
             raise ValueError(f"omega must be {q}x{q} (order {spec.iiv_parameters}), got {om.shape}")
         return om
 
+    def covariance(self, spec: ModelSpec, n_slots: int = 0) -> np.ndarray:
+        """Covariance of a subject's random effects: Omega, then ``n_slots`` occasions' kappas.
+
+        The kappas of each occasion slot follow the etas, ordered as ``spec.iov_parameters``;
+        each slot has ``diag(pi_sd**2)`` (see :mod:`nlmebayes.diagnostics.ofv` on why slots a
+        subject lacks change nothing).
+        """
+        omega = self.omega_matrix(spec)
+        if not spec.iov:
+            return omega
+        missing = [p for p in spec.iov_parameters if p not in self.pi_sd]
+        if missing:
+            raise ValueError(f"the model has IOV: give pi_sd for {missing}")
+        pi = np.array([self.pi_sd[p] for p in spec.iov_parameters], dtype=float)
+        return random_effects_covariance(omega, pi, n_slots)
+
     @classmethod
     def from_posterior(cls, posterior, spec: ModelSpec, stat: str = "median") -> PopulationValues:
         """Posterior median (or mean) of every population parameter.
@@ -91,7 +118,41 @@ class PopulationValues:
         omega = None
         if spec.iiv:
             omega = summ(omega_draws(posterior, spec))
-        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma)
+        pi_sd = {}
+        if spec.iov:
+            pi = summ(posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values)
+            pi_sd = dict(zip(spec.iov_parameters, map(float, pi), strict=True))
+        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd)
+
+
+def random_effects_covariance(omega: np.ndarray, pi_sd: np.ndarray, n_slots: int) -> np.ndarray:
+    """``blockdiag(Omega, diag(pi^2), ..., diag(pi^2))`` with ``n_slots`` occasion blocks.
+
+    Works on stacks too: ``omega`` (..., q, q) and ``pi_sd`` (..., r) give (..., q + n_slots r, ...).
+
+    Examples
+    --------
+    >>> random_effects_covariance(np.eye(1), np.array([0.5]), 2).diagonal().tolist()
+    [1.0, 0.25, 0.25]
+    """
+    omega, pi_sd = np.asarray(omega, dtype=float), np.asarray(pi_sd, dtype=float)
+    q, r = omega.shape[-1], pi_sd.shape[-1]
+    n = q + n_slots * r
+    out = np.zeros(omega.shape[:-2] + (n, n))
+    out[..., :q, :q] = omega
+    idx = np.arange(q, n)
+    out[..., idx, idx] = np.tile(pi_sd**2, n_slots)
+    return out
+
+
+def covariance_draws(posterior, spec: ModelSpec, n_slots: int = 0) -> np.ndarray:
+    """Per-draw :func:`random_effects_covariance` (Omega and the kappas' slots), chains stacked."""
+    n = posterior.sizes["chain"] * posterior.sizes["draw"]
+    omega = omega_draws(posterior, spec) if spec.iiv else np.zeros((n, 0, 0))
+    if not spec.iov:
+        return omega
+    pi = posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values
+    return random_effects_covariance(omega, pi, n_slots)
 
 
 def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
@@ -110,8 +171,6 @@ def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
 
 def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
     """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
-    if spec.iov:
-        return "inter-occasion variability (kappas would be integrated per occasion)"
     if spec.levels:
         return "random effects above the subject"
     if spec.residual_distribution != "normal":
@@ -149,5 +208,7 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
     n_omega = sum(
         len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters) for b in spec.iiv
     )
+    # each IOV variance (NONMEM's OMEGA BLOCK(1) SAME counts once) and each level SD
+    n_omega += len(spec.iov_parameters) + sum(len(lv.parameters) for lv in spec.levels)
     n_sigma = len(spec.sigma_names)
     return {"theta": n_theta, "omega": n_omega, "sigma": n_sigma, "total": n_theta + n_omega + n_sigma}

@@ -63,7 +63,7 @@ def residuals(
     cm, m = conditional, marginal
     data = cm.data
     pop = m.population.rv_values(cm.spec)
-    omega = m.population.omega_matrix(cm.spec)
+    omega = m.population.covariance(cm.spec, cm.n_slots)
     y, f, R, G = m.y, m.f, m.R, m.G
     iwres = (y - f) / np.sqrt(R)
 

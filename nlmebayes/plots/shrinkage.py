@@ -45,7 +45,7 @@ def pooling_data(result, parameter: str) -> pd.DataFrame:
     typical = np.median(P * np.exp(-eta) if lognormal else P - eta, axis=1)
     cm = ConditionalModel(spec, data)
     pv = PopulationValues.from_posterior(post, spec)
-    omega = pv.omega_matrix(spec)
+    omega = pv.covariance(spec, cm.n_slots)
     free, _ = conditional_modes(JointObjective(cm, pv.rv_values(spec), omega * FLAT))
     no_pool = typical * np.exp(free[:, k]) if lognormal else typical + free[:, k]
     partial = np.median(P, axis=1)

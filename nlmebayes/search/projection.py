@@ -115,11 +115,9 @@ def select_covariates(
     from nlmebayes.diagnostics.population import unsupported
 
     spec, data = result.spec, result.data
-    why = unsupported(spec, data)
+    why = unsupported(spec, data) or ("inter-occasion variability" if spec.iov else None)
     if why:
-        raise NotImplementedError(
-            f"projection selection needs the marginal likelihood, which does not handle {why} yet"
-        )
+        raise NotImplementedError(f"projection selection does not handle {why} yet")
     forms = fitted_forms(result)
     post = result.posterior.isel(draw=slice(None, None, thinning_step(result.posterior, max_draws)))
     proj = _Projection(spec, forms, post)
