@@ -1,131 +1,132 @@
-"""Laplace, FOCE-I and importance-sampling OFVs against an independent reference: the exact
-marginal likelihood by adaptive Gauss-Hermite quadrature (numpy/scipy), with the model written
-out in numpy (1-cpt IV bolus, additive error), not taken from the package's graph."""
+"""The marginal likelihood with censored observations (M3) and with Student-t residuals against
+independent quadrature: scipy's adaptive quadrature over one eta, the model in closed form.
 
-from __future__ import annotations
+No sampling: every number is evaluated at the simulation truth.
+"""
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
+import pytest
+from scipy import integrate, stats
 
 from nlmebayes import IIV, ModelSpec, ResidualError, read_nonmem
-from nlmebayes.diagnostics import PopulationValues, marginal_likelihood
+from nlmebayes.diagnostics import ConditionalModel, PopulationValues, marginal_likelihood
+from nlmebayes.diagnostics.residuals import residuals
+from nlmebayes.simulation import simulate
 
-DOSE, TIMES = 100.0, np.array([0.5, 2.0, 6.0, 12.0])
-TRUE = {"CL": 1.0, "V": 10.0}
-OMEGA_SD = {"CL": 0.4, "V": 0.3}
-SIGMA = 0.4
+TIMES = (0.5, 1, 2, 4, 8, 12, 24, 36)
+LLOQ = 1.0
+SPEC = ModelSpec(
+    "m3",
+    "1cpt_iv",
+    {"CL": 2.0, "V": 20.0},
+    iiv=IIV(["CL"], sd=[0.4]),
+    error=ResidualError("additive", add=0.3),
+)
+TRUTH = PopulationValues(typical={"CL": 2.0, "V": 20.0}, omega=np.diag([0.16]), sigma={"add": 0.3})
 
 
-def _data(n_sub: int, seed: int, etas=("CL", "V")) -> pd.DataFrame:
-    """1-cpt IV bolus, four samples per subject, simulated with log-normal ``etas``."""
-    rng = np.random.default_rng(seed)
+def _simulated_records(seed):
+    """12 subjects, IV bolus 100, 8 samples to 36 h, simulated at TRUTH (Gaussian residuals)."""
     rows = []
-    for i in range(1, n_sub + 1):
-        e = {p: OMEGA_SD[p] * rng.standard_normal() if p in etas else 0.0 for p in ("CL", "V")}
-        cl, v = TRUE["CL"] * np.exp(e["CL"]), TRUE["V"] * np.exp(e["V"])
-        rows.append(dict(ID=i, TIME=0.0, AMT=DOSE, DV=np.nan))
-        conc = DOSE / v * np.exp(-cl / v * TIMES) + SIGMA * rng.standard_normal(len(TIMES))
-        rows += [dict(ID=i, TIME=t, AMT=0.0, DV=c) for t, c in zip(TIMES, conc, strict=True)]
-    return pd.DataFrame(rows)
+    for i in range(1, 13):
+        rows.append(dict(ID=i, TIME=0.0, AMT=100.0, DV=0.0))
+        rows += [dict(ID=i, TIME=t, AMT=0.0, DV=1.0) for t in TIMES]
+    design = read_nonmem(pd.DataFrame(rows))
+    pv = TRUTH
+    return simulate(SPEC, design, typical=pv.typical, omega=pv.omega, sigma=pv.sigma, seed=seed).input_frame()
 
 
-def _log_joint(eta, y, omega):
-    """log p(y_i | eta) + log N(eta; 0, Omega) for one subject; eta = (eta_CL[, eta_V])."""
-    cl = TRUE["CL"] * np.exp(eta[0])
-    v = TRUE["V"] * np.exp(eta[1]) if len(eta) > 1 else TRUE["V"]
-    f = DOSE / v * np.exp(-cl / v * TIMES)
-    ll = -0.5 * np.sum(np.log(2 * np.pi * SIGMA**2) + (y - f) ** 2 / SIGMA**2)
-    q = len(eta)
-    prior = -0.5 * (eta @ np.linalg.solve(omega, eta) + np.linalg.slogdet(omega)[1] + q * np.log(2 * np.pi))
-    return ll + prior
+def _censored_data():
+    """DV below LLOQ 1 reported as CENS=1, DV=LLOQ (about a third of the samples: the late ones
+    of the fast eliminators)."""
+    df = _simulated_records(7)
+    blq = (df["AMT"] == 0) & (df["DV"] < LLOQ)
+    df["CENS"] = blq.astype(int)
+    df.loc[blq, "DV"] = LLOQ
+    return read_nonmem(df)
 
 
-def _quadrature_m2ll(df: pd.DataFrame, omega: np.ndarray, n_nodes: int) -> float:
-    """-2 log marginal likelihood by adaptive Gauss-Hermite quadrature: for each subject the
-    tensor-product rule is centred at the joint mode and scaled by the Cholesky factor of the
-    inverse Hessian there (Pinheiro & Bates 1995); with 40 nodes per axis the integrand (smooth,
-    near-Gaussian) is integrated to ~1e-10."""
-    q = omega.shape[0]
-    z, w = np.polynomial.hermite.hermgauss(n_nodes)
-    grids = np.meshgrid(*[z] * q, indexing="ij")
-    nodes = np.stack([g.ravel() for g in grids], axis=1)
-    weights = np.prod(np.meshgrid(*[w] * q, indexing="ij"), axis=0).ravel()
-    total = 0.0
-    for _, sub in df[df["AMT"] == 0].groupby("ID"):
-        y = sub["DV"].to_numpy()
-
-        def neg(e, y=y):
-            return -_log_joint(e, y, omega)
-
-        mode = minimize(neg, np.zeros(q), method="BFGS", options={"gtol": 1e-10}).x
-        h = 1e-4
-        H = np.empty((q, q))
-        for a in range(q):
-            for b in range(q):
-                ea, eb = np.eye(q)[a] * h, np.eye(q)[b] * h
-                H[a, b] = (
-                    neg(mode + ea + eb) - neg(mode + ea - eb) - neg(mode - ea + eb) + neg(mode - ea - eb)
-                ) / (4 * h * h)
-        L = np.linalg.cholesky(np.linalg.inv(H))
-        pts = mode + np.sqrt(2.0) * nodes @ L.T
-        logs = np.array([_log_joint(p, y, omega) for p in pts]) + np.sum(nodes**2, axis=1)
-        m = logs.max()
-        log_int = (
-            m + np.log(np.sum(weights * np.exp(logs - m))) + 0.5 * q * np.log(2.0) + np.log(np.linalg.det(L))
-        )
-        total += -2.0 * log_int
-    return total
+def _gaussian_or_blq(y, f, cens):
+    """N(y; f, 0.3^2) for a measured sample, Phi((LLOQ - f) / 0.3) for a BLQ one (DV = LLOQ)."""
+    return np.where(cens == 1, stats.norm.logcdf((y - f) / 0.3), stats.norm.logpdf(y, f, 0.3))
 
 
-def _ours(df, params, method, **kw):
-    spec = ModelSpec(
-        "quad", "1cpt_iv", {"CL": 1.0, "V": 10.0}, iiv=IIV(params, sd=[0.3] * len(params)),
-        error=ResidualError("additive", add=0.5),
-    )  # fmt: skip
-    omega = np.diag([OMEGA_SD[p] ** 2 for p in params])
-    pv = PopulationValues(typical=dict(TRUE), omega=omega, sigma={"add": SIGMA})
-    return marginal_likelihood(spec, read_nonmem(df), pv, method=method, **kw).m2ll, omega
+def _quadrature_m2ll(data, loglik=_gaussian_or_blq):
+    """-2 log p(y_i) per subject by scipy's adaptive quadrature over the one eta (CL's), the
+    1-cpt IV bolus in closed form, ``loglik(y, f, cens)`` per sample."""
+    rec = data.records
+    out = []
+    for i in range(data.n_subjects):
+        obs = rec[(rec["_SUBJ"] == i) & rec["_IS_OBS"]]
+        t, y, cens = (obs[c].to_numpy() for c in ("TIME", "DV", "CENS"))
+
+        def integrand(eta, t=t, y=y, cens=cens):
+            f = 100.0 / 20.0 * np.exp(-2.0 * np.exp(eta) / 20.0 * t)
+            return np.exp(loglik(y, f, cens).sum() + stats.norm.logpdf(eta, 0.0, 0.4))
+
+        value, _ = integrate.quad(integrand, -3.0, 3.0, epsabs=0.0, epsrel=1e-10, limit=200)
+        out.append(-2 * np.log(value))
+    return np.array(out)
 
 
-def test_one_eta_laplace_and_importance_sampling_match_quadrature():
-    """One eta (CL), 12 subjects simulated from the model: Laplace within 0.05 and importance
-    sampling within 0.1 of the quadrature (OFV units, the tolerances issue 20 sets).
-
-    Measured, data seeds 11/12/13 (-2LL minus quadrature): Laplace +0.045/+0.044/+0.041 (about
-    +0.004 per subject: the Laplace error of a 4-sample subject; deterministic given the data),
-    FOCE-I -0.047/+0.189/+0.071, IS (2000 points, two IS seeds) -0.019..-0.025. The quadrature
-    agrees with scipy.integrate.quad to 1e-13. IS with 50,000 points sits 0.010 below the exact
-    value, a small bias not yet explained (an unbiased likelihood estimate would err upwards).
-    """
-    df = _data(12, seed=11, etas=("CL",))
-    laplace, omega = _ours(df, ["CL"], "laplace")
-    ref = _quadrature_m2ll(df, omega, n_nodes=40)
-    is_, _ = _ours(df, ["CL"], "importance", n_is=2000, seed=3)
-    assert abs(laplace - ref) < 0.05, (laplace, ref)
-    assert abs(is_ - ref) < 0.1, (is_, ref)
+@pytest.fixture(scope="module")
+def censored():
+    data = _censored_data()
+    return data, ConditionalModel(SPEC, data)
 
 
-def test_two_eta_table_against_quadrature():
-    """Two etas (CL, V), 12 subjects: FOCE-I, Laplace and IS against 2-D quadrature (40 x 40
-    nodes, converged to 1e-8 between 20 and 60 nodes).
+def test_m3_ofv_against_adaptive_quadrature(censored):
+    """The issue asks 0.05 on the OFV (12 subjects, a third of the samples BLQ). Measured against
+    the quadrature: Laplace 0.020 in total (at most 0.0035 per subject: one eta, 8 samples),
+    importance sampling (5,000 points) 0.026 (its Monte Carlo error, at most 0.01 per subject).
+    FOCE-I is not defined for M3: asking for it gives Laplace."""
+    data, cm = censored
+    assert 0.2 < np.mean(data.obs_cens) < 0.5
+    ref = _quadrature_m2ll(data)
+    got = {
+        m: marginal_likelihood(SPEC, data, TRUTH, method=m, conditional=cm, n_is=5000)
+        for m in ("laplace", "importance", "focei")
+    }
+    assert got["focei"].method == "laplace"
+    assert got["importance"].subject_m2ll.sum() == pytest.approx(ref.sum(), abs=0.05)
+    assert got["laplace"].subject_m2ll.sum() == pytest.approx(ref.sum(), abs=0.05)
 
-    Measured (-2LL minus quadrature 123.3064): FOCE-I +0.125, Laplace +0.167, IS (2000 points)
-    +0.036. With two etas on four samples the Laplace error per subject is ~0.014; the
-    assertions are IS within 0.1 and the two approximations within 0.5 of the exact value.
-    """
-    df = _data(12, seed=11)
-    ref = None
-    rows = {}
-    for method in ("focei", "laplace", "importance"):
-        kw = {"n_is": 2000, "seed": 3} if method == "importance" else {}
-        rows[method], omega = _ours(df, ["CL", "V"], method, **kw)
-        if ref is None:
-            ref = _quadrature_m2ll(df, omega, n_nodes=40)
-    print(
-        f"\n-2LL two etas: quadrature {ref:.4f} | "
-        + " | ".join(f"{k} {v:.4f} ({v - ref:+.4f})" for k, v in rows.items())
-    )
-    assert abs(rows["importance"] - ref) < 0.1
-    assert abs(rows["laplace"] - ref) < 0.5
-    assert abs(rows["focei"] - ref) < 0.5
+
+def test_m3_residuals_leave_the_censored_out(censored):
+    data, cm = censored
+    m = marginal_likelihood(SPEC, data, TRUTH, conditional=cm)
+    res = residuals(m, cm, n_sim=200, seed=1)
+    cens = data.obs_cens != 0
+    for name in ("iwres", "cwres", "npde"):
+        assert np.isnan(res[name].values[cens]).all() and np.isfinite(res[name].values[~cens]).all()
+    # at the truth the measured samples' CWRES are standard normal (SD within sampling error)
+    assert 0.75 < np.std(res["cwres"].values[~cens]) < 1.25
+
+
+def test_student_t_ofv_against_adaptive_quadrature():
+    """Student-t residuals (nu = 4 estimated, scale 0.3) with 5% outliers, 12 subjects x 8
+    samples: the marginal -2LL against the quadrature. Importance sampling, unbiased, checks the
+    likelihood itself: measured 0.045 off in total, at most 0.015 per subject (0.1 and 0.03
+    allowed, its Monte Carlo error at 5,000 points). Laplace is 0.75 above in total (at most 0.08
+    per subject) and FOCE-I (t's expected information) 1.69 below: an outlier makes a subject's
+    conditional posterior of its eta skewed, which both approximations miss; the bounds (1.0, 2.5)
+    hold them to the size measured here."""
+    spec = dataclasses.replace(SPEC, error=ResidualError("additive", add=0.3, distribution="student_t"))
+    df = _simulated_records(3)
+    outlier = (df["AMT"] == 0) & (np.random.default_rng(4).random(len(df)) < 0.05)
+    df.loc[outlier, "DV"] += 1.5
+    data = read_nonmem(df)
+    pv = dataclasses.replace(TRUTH, nu=4.0)
+    ref = _quadrature_m2ll(data, lambda y, f, cens: stats.t.logpdf(y, 4.0, f, 0.3))
+    cm = ConditionalModel(spec, data)
+    got = {
+        m: marginal_likelihood(spec, data, pv, method=m, conditional=cm, n_is=5000).subject_m2ll
+        for m in ("laplace", "importance", "focei")
+    }
+    np.testing.assert_allclose(got["importance"], ref, atol=0.03)
+    assert got["importance"].sum() == pytest.approx(ref.sum(), abs=0.1)
+    assert 0 < got["laplace"].sum() - ref.sum() < 1.0
+    assert abs(got["focei"].sum() - ref.sum()) < 2.5

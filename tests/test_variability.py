@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from nlmebayes import IIV, IOV, Level, ModelSpec, ResidualError, build_model, fit, read_nonmem
+from nlmebayes.diagnostics import compare
 from nlmebayes.diagnostics.identifiability import design_warnings, flip_flop_warning
 from nlmebayes.report import variance_decomposition
 from nlmebayes.simulation import simulate
@@ -48,7 +49,7 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
     The former "fair set" filter on the drawn etas (a justification after the fact, issue 20) is
     gone: the coverage assertion is calibrated and the chains are checked to agree."""
     spec, sim, truth = iov_case(sim_seed=2)
-    res = fit(spec, sim, seed=2, **SETTINGS)
+    res = fit(spec, sim, seed=2, marginal_loo=True, **SETTINGS)
     assert_converged(res)
     # Calibrated: at most 1 of the 4 variance truths outside its 90% interval, none outside 99.5%
     # (P = 0.933 for a calibrated fit; asking all 4 inside held for 0.9^4 = 66%).
@@ -60,9 +61,14 @@ def test_iov_recovered_and_ignoring_it_inflates_the_residual():
     assert "pi2(CL)" in res.report()
     # Without IOV the occasion-to-occasion changes land in the residual: sigma_prop more than
     # doubles, far outside the IOV fit's 90% interval.
-    res0 = fit(dataclasses.replace(spec, iov=None, name="no_iov"), sim, seed=2, diagnostics=False, **SETTINGS)
+    res0 = fit(dataclasses.replace(spec, iov=None, name="no_iov"), sim, seed=2, marginal_loo=True, **SETTINGS)
     tab0 = res0.parameter_table(ci=0.90).set_index("parameter")
     assert tab0.loc["sigma_prop", "median"] > 1.5 * tab.loc["sigma_prop", "upper"]
+    # Issue 16: the IOV model has an OFV (kappas integrated per occasion) and a marginal LOO, so
+    # the nested pair compares on both; AIC and the leave-one-subject-out elpd agree in sign.
+    t = compare([res, res0])
+    assert t["AIC"].idxmin() == "iov" and t["elpd_loo_marginal"].idxmax() == "iov"
+    assert "OFV" in res.report() and "kappa_ebe" in res.idata["marginal"].dataset
 
 
 @pytest.mark.sampling
@@ -244,7 +250,9 @@ def test_student_t_residuals_resist_outliers():
     assert sn > 0.13 and tt.loc["sigma_prop", "upper"] < sn
     assert 0.06 < tt.loc["sigma_prop", "median"] < 0.12
     assert tt.loc["nu", "median"] < 10
-    assert "Student-t" in rt.idata.attrs["nlmebayes_marginal_skipped"]
+    # the marginal likelihood covers Student-t residuals (issue 16): an OFV, and nu counted
+    assert "nlmebayes_marginal_skipped" not in rt.idata.attrs and "ofv" in rt.idata["marginal"].attrs
+    assert rt.idata["marginal"].attrs["k_theta"] == 3  # log CL, log V and nu
     assert ModelSpec.from_toml(robust.to_toml()) == robust
 
 

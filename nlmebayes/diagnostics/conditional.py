@@ -14,12 +14,33 @@ from pytensor.gradient import pushforward
 from pytensor.graph.replace import graph_replace
 
 from nlmebayes.data import EventData
-from nlmebayes.diagnostics.population import unsupported
+from nlmebayes.diagnostics.population import LOG_2PI, unsupported
 from nlmebayes.model.builder import build_model, occasions
 from nlmebayes.model.compile import batched_function, compile_settings
+from nlmebayes.model.likelihood import observation_params
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["ConditionalModel"]
+__all__ = ["ConditionalModel", "log_interval"]
+
+
+def log_interval(a, b):
+    """``log(Phi(b) - Phi(a))`` for ``a < b`` (either end may be infinite), without cancellation.
+
+    Examples
+    --------
+    >>> from scipy.stats import norm
+    >>> bool(np.isclose(log_interval(np.array([-1.0]), np.array([2.0]))[0],
+    ...                 np.log(norm.cdf(2.0) - norm.cdf(-1.0))))
+    True
+    """
+    from scipy.special import log_ndtr
+
+    # on the side of 0 where the tail is small, so the difference of two tails keeps its digits
+    flip = a > 0
+    lo, hi = np.where(flip, -b, a), np.where(flip, -a, b)
+    big, small = log_ndtr(hi), log_ndtr(lo)
+    with np.errstate(divide="ignore"):
+        return big + np.log1p(-np.exp(small - big))
 
 
 class ConditionalModel:
@@ -50,11 +71,14 @@ class ConditionalModel:
         self.spec = spec
         self.data = built.data
         dv = model["DV"]
-        node = dv.owner
-        if getattr(node.op, "name", None) != "normal":
-            raise NotImplementedError("the marginal likelihood is implemented for Gaussian residuals")
-        mu, sd = node.op.dist_params(node)
+        mu, sd, nu = observation_params(model)
         self.y = np.asarray(model.rvs_to_values[dv].data, dtype=float)
+        self._censoring(spec)
+        # Student-t residuals: nu fixed by the spec, or the population variable "nu"
+        self.student_t = nu is not None
+        self.nu_fixed = getattr(spec.error, "nu", None) if self.student_t else None
+        if self.student_t and self.censored.size:
+            raise NotImplementedError("the marginal likelihood of censored Student-t residuals")
         self.pop_names = [
             rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_", "pi_sd_"))
         ]
@@ -95,6 +119,82 @@ class ConditionalModel:
                 if lean
                 else pytensor.function([*pop_in, eta_in], outs, mode=mode, on_unused_input="ignore")
             )
+
+    def _censoring(self, spec: ModelSpec) -> None:
+        """Censored observations (M3) and their interval ``(lo, hi)`` on the modelling scale."""
+        cens = self.data.obs_cens if self.data.obs_cens is not None else np.zeros(self.data.n_obs)
+        self.censored = np.flatnonzero(cens != 0)
+        limit = self.data.obs_limit if self.data.obs_limit is not None else np.full(self.data.n_obs, np.nan)
+        if spec.log_scale_error:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                limit = np.log(limit)
+        # the same interval as the builder's likelihood: P(y < DV), P(y > DV), or between LIMIT and DV
+        other = np.where(np.isnan(limit), np.where(cens == 1, -np.inf, np.inf), limit)
+        self.lo = np.where(cens == 1, other, self.y)
+        self.hi = np.where(cens == 1, self.y, other)
+
+    def nu(self, pop: dict):
+        """Student-t degrees of freedom at ``pop`` (shaped to broadcast over observations), or None."""
+        if not self.student_t:
+            return None
+        nu = np.asarray(self.nu_fixed if self.nu_fixed is not None else pop["nu"], dtype=float)
+        return nu[..., None] if nu.ndim else nu
+
+    def loglik(self, f, R, nu=None):
+        """Log-likelihood of each observation given ``f`` and ``R`` (any leading batch axes).
+
+        Gaussian density (Student-t with ``nu`` degrees of freedom and scale ``sqrt(R)`` when the
+        model has Student-t residuals: ``nu`` from :meth:`nu`), or for a censored observation the
+        log probability of its interval.
+        """
+        if self.student_t:
+            from scipy.special import gammaln
+
+            u = (self.y - f) ** 2 / (nu * R)
+            return (
+                gammaln((nu + 1) / 2)
+                - gammaln(nu / 2)
+                - 0.5 * np.log(np.pi * nu * R)
+                - (nu + 1) / 2 * np.log1p(u)
+            )
+        ll = -0.5 * (LOG_2PI + np.log(R) + (self.y - f) ** 2 / R)
+        if self.censored.size:
+            c = self.censored
+            s = np.sqrt(R[..., c])
+            ll[..., c] = log_interval((self.lo[c] - f[..., c]) / s, (self.hi[c] - f[..., c]) / s)
+        return ll
+
+    def censored_score(self, f, R, G, dR):
+        """``d log P(lo < y < hi) / d eta`` of the censored observations (rows of f, R, G, dR)."""
+        c = self.censored
+        s = np.sqrt(R)
+        a, b = (self.lo[c] - f) / s, (self.hi[c] - f) / s
+        log_p = log_interval(a, b)
+
+        def term(z):  # phi(z) / P * dz/deta, 0 at an infinite end
+            zf = np.where(np.isfinite(z), z, 0.0)
+            ratio = np.where(np.isfinite(z), np.exp(-0.5 * zf**2 - 0.5 * LOG_2PI - log_p), 0.0)
+            return ratio[:, None] * -(G + (zf / (2 * s))[:, None] * dR) / s[:, None]
+
+        return term(b) - term(a)
+
+    def student_t_terms(self, f, R, G, dR, nu):
+        """Score ``d log t / d eta`` and expected information per observation (Student-t).
+
+        The information is Fisher's for a t location and scale, ``(nu+1)/((nu+3) R) g g' +
+        nu/(2 (nu+3) R^2) dR dR'``: FOCE-I's Hessian when nu -> infinity.
+        """
+        r = self.y - f
+        w = 1.0 / (1.0 + r * r / (nu * R))
+        score = -0.5 * dR / R[:, None] + ((nu + 1) / 2 * w)[:, None] * (
+            (2 * r / (nu * R))[:, None] * G + (r * r / (nu * R * R))[:, None] * dR
+        )
+        a, b = (nu + 1) / ((nu + 3) * R), nu / (2 * (nu + 3) * R * R)
+        info = (
+            a[:, None, None] * G[:, :, None] * G[:, None, :]
+            + b[:, None, None] * dR[:, :, None] * dR[:, None, :]
+        )
+        return score, info
 
     def _occasion_layout(self, spec: ModelSpec) -> None:
         """Each occasion row's subject and slot (its rank among the subject's occasions).

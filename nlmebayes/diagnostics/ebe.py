@@ -21,6 +21,7 @@ class JointObjective:
 
     def __init__(self, cm: ConditionalModel, pop: dict, omega: np.ndarray):
         self.cm, self.pop = cm, pop
+        self.nu = cm.nu(pop)
         self.s = cm.data.obs_subject
         self.n = cm.data.n_subjects
         self.q = cm.q
@@ -40,9 +41,8 @@ class JointObjective:
         return self._value(eta, f, R)
 
     def _value(self, eta, f, R):
-        r = self.cm.y - f
         with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.log(2 * np.pi * R) + r * r / R
+            terms = -2.0 * self.cm.loglik(f, R, self.nu)
         quad = np.einsum("ik,kl,il->i", eta, self.Oinv, eta)
         return self._sum(terms) + quad + self.logdet + self.q * LOG_2PI
 
@@ -52,12 +52,22 @@ class JointObjective:
         r = self.cm.y - f
         obj = self._value(eta, f, R)
         per_obs = dR / R[:, None] - 2.0 * (r / R)[:, None] * G - (r * r / R**2)[:, None] * dR
-        grad = np.stack([self._sum(per_obs[:, k]) for k in range(self.q)], axis=1) + 2 * eta @ self.Oinv
         w1, w2 = 1.0 / R, 0.5 / R**2
         outer = (
             w1[:, None, None] * G[:, :, None] * G[:, None, :]
             + w2[:, None, None] * dR[:, :, None] * dR[:, None, :]
         )
+        if self.cm.student_t:
+            score, outer = self.cm.student_t_terms(f, R, G, dR, self.nu)
+            per_obs = -2.0 * score
+        c = self.cm.censored
+        if c.size:
+            # M3: the score of log P(interval); its outer product as the metric (FOCE-I's
+            # expectation is not defined for a probability: the OFV uses the exact Hessian)
+            score = self.cm.censored_score(f[c], R[c], G[c], dR[c])
+            per_obs[c] = -2.0 * score
+            outer[c] = score[:, :, None] * score[:, None, :]
+        grad = np.stack([self._sum(per_obs[:, k]) for k in range(self.q)], axis=1) + 2 * eta @ self.Oinv
         H = np.zeros((self.n, self.q, self.q))
         np.add.at(H, self.s, outer)
         H += self.Oinv

@@ -27,11 +27,9 @@ def importance_loglik(cm: ConditionalModel, pop: dict, omega, props, log_q):
     from scipy.special import logsumexp
 
     K, n_sub, q = props.shape
-    f, R = cm.predict_batch(
-        {n: np.repeat(np.asarray(pop[n], dtype=float)[None], K, axis=0) for n in cm.pop_names}, props
-    )
-    ll_obs = -0.5 * (LOG_2PI + np.log(R) + (cm.y - f) ** 2 / R)
-    ll = cm.data.sum_by_subject(ll_obs)
+    batch = {n: np.repeat(np.asarray(pop[n], dtype=float)[None], K, axis=0) for n in cm.pop_names}
+    f, R = cm.predict_batch(batch, props)
+    ll = cm.data.sum_by_subject(cm.loglik(f, R, cm.nu(batch)))
     if not q:
         return ll[0], np.ones(n_sub)
     L = np.linalg.cholesky(omega)

@@ -31,6 +31,12 @@ block ``Pi^-1``, and its terms cancel: ``log|2 pi Pi| - r log(2 pi) + log|Pi^-1|
 importance sampling its prior/proposal ratio integrates to 1. As Pi -> 0 the kappas' block of
 ``H_i`` is ``Pi^-1 + O(1)``, and the OFV tends to that of the model without IOV.
 
+Censored observations (M3): the term of a censored observation is ``-2 log P(lo < y < hi | eta)``
+(``P(y < LLOQ)`` for BLQ), as in NONMEM's ``LAPLACIAN`` with the censored likelihood. FOCE-I's
+Hessian is the expectation of Gaussian terms and has no counterpart for a probability, so with
+censored data ``method="focei"`` computes Laplace (``Marginal.method`` says so); the EBE search
+uses the outer product of the censored terms' score as its metric.
+
 NONMEM reports ``OFV = -2LL - N log(2 pi)`` (N observations); we report both. AIC and BIC count
 parameters as NONMEM does: estimated thetas, omega elements and sigmas.
 
@@ -192,7 +198,8 @@ def marginal_likelihood(
     population : PopulationValues
         e.g. NONMEM's final estimates, or ``PopulationValues.from_posterior(...)``.
     method : {"focei", "laplace", "importance"}
-        FOCE with interaction (NONMEM-comparable), Laplace with the exact Hessian, or importance
+        FOCE with interaction (NONMEM-comparable; Laplace with censored data, see above), Laplace
+        with the exact Hessian, or importance
         sampling (NONMEM's IMP idea): ``n_is`` Student-t (5 df) points per subject around the
         EBE with 1.2 times its FOCE-I conditional SD; unbiased for the likelihood, so it also
         measures the error of the two approximations.
@@ -206,6 +213,8 @@ def marginal_likelihood(
     if method not in ("focei", "laplace", "importance"):
         raise ValueError(f"method must be 'focei', 'laplace' or 'importance', got {method!r}")
     cm = conditional or ConditionalModel(spec, data)
+    if method == "focei" and cm.censored.size:
+        method = "laplace"  # FOCE-I's expected Hessian is not defined for M3's probabilities
     pop = population.rv_values(spec)
     omega = population.covariance(spec, cm.n_slots)  # Omega, then the kappas' occasion slots
     obj = JointObjective(cm, pop, omega)

@@ -42,6 +42,8 @@ class PopulationValues:
         Residual SDs by kind, e.g. ``{"prop": 0.115}`` (NONMEM's SIGMA is a variance: take its root).
     pi_sd : dict
         Inter-occasion SDs by parameter, e.g. ``{"CL": 0.2}`` (NONMEM's IOV OMEGA is their square).
+    nu : float, optional
+        Student-t degrees of freedom, when the model estimates them.
     """
 
     typical: dict
@@ -49,6 +51,7 @@ class PopulationValues:
     thetas: dict = field(default_factory=dict)
     sigma: dict = field(default_factory=dict)
     pi_sd: dict = field(default_factory=dict)
+    nu: float | None = None
 
     def rv_values(self, spec: ModelSpec) -> dict[str, float]:
         """Values of the builder's population variables (``log_CL_pop``, ``theta_..``, ``sigma_..``)."""
@@ -69,6 +72,10 @@ class PopulationValues:
             if k not in self.sigma:
                 raise ValueError(f"give the residual SD sigma[{k!r}]")
             out[f"sigma_{k}"] = float(self.sigma[k])
+        if spec.residual_distribution == "student_t" and getattr(spec.error, "nu", None) is None:
+            if self.nu is None:
+                raise ValueError("the model estimates Student-t degrees of freedom: give nu")
+            out["nu"] = float(self.nu)
         return out
 
     def omega_matrix(self, spec: ModelSpec) -> np.ndarray:
@@ -122,7 +129,8 @@ class PopulationValues:
         if spec.iov:
             pi = summ(posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values)
             pi_sd = dict(zip(spec.iov_parameters, map(float, pi), strict=True))
-        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd)
+        nu = float(summ(draws("nu"))) if "nu" in posterior else None
+        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd, nu=nu)
 
 
 def random_effects_covariance(omega: np.ndarray, pi_sd: np.ndarray, n_slots: int) -> np.ndarray:
@@ -173,15 +181,6 @@ def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
     """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
     if spec.levels:
         return "random effects above the subject"
-    if spec.residual_distribution != "normal":
-        return "Student-t residuals"
-    if (
-        data is not None
-        and data.obs_cens is not None
-        and spec.observations.blq == "M3"
-        and np.any(data.obs_cens != 0)
-    ):
-        return "censored observations (M3)"
     return None
 
 
@@ -208,6 +207,8 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
     n_omega = sum(
         len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters) for b in spec.iiv
     )
+    if spec.residual_distribution == "student_t" and getattr(spec.error, "nu", None) is None:
+        n_theta += 1  # the estimated degrees of freedom
     # each IOV variance (NONMEM's OMEGA BLOCK(1) SAME counts once) and each level SD
     n_omega += len(spec.iov_parameters) + sum(len(lv.parameters) for lv in spec.levels)
     n_sigma = len(spec.sigma_names)

@@ -49,6 +49,9 @@ def residuals(
 ) -> xr.Dataset:
     """PRED, IPRED, RES, IWRES, CWRES, PDE and NPDE per observation (dimension ``obs``).
 
+    A censored observation (M3) has no residual: IWRES, CWRES, PDE and NPDE are NaN there, and it
+    is left out of its subject's decorrelation.
+
     Parameters
     ----------
     marginal : Marginal
@@ -66,6 +69,7 @@ def residuals(
     omega = m.population.covariance(cm.spec, cm.n_slots)
     y, f, R, G = m.y, m.f, m.R, m.G
     iwres = (y - f) / np.sqrt(R)
+    iwres[cm.censored] = np.nan
 
     rng = np.random.default_rng(seed)
     q = cm.q
@@ -76,12 +80,17 @@ def residuals(
     )
     batch = {k: np.full((n_sim,) + np.shape(v), v) for k, v in pop.items()}
     f_sim, R_sim = cm.predict_batch(batch, eta_sim)
-    y_sim = f_sim + np.sqrt(R_sim) * rng.standard_normal(f_sim.shape)
+    nu = cm.nu(pop)
+    noise = rng.standard_normal(f_sim.shape) if nu is None else rng.standard_t(float(nu), f_sim.shape)
+    y_sim = f_sim + np.sqrt(R_sim) * noise
 
-    cwres = np.empty(data.n_obs)
-    pde = np.empty(data.n_obs)
+    uncensored = np.ones(data.n_obs, dtype=bool)
+    uncensored[cm.censored] = False
+    cwres = np.full(data.n_obs, np.nan)
+    pde = np.full(data.n_obs, np.nan)
     for i in range(data.n_subjects):
-        j = np.flatnonzero(data.obs_subject == i)
+        # censored observations (M3) have no residual: left out, and out of the decorrelation
+        j = np.flatnonzero((data.obs_subject == i) & uncensored)
         if not len(j):
             continue
         Gi = G[j]
