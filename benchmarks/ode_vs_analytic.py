@@ -111,7 +111,9 @@ def main() -> None:
         f"Theophylline full NUTS fit, 4 chains x {args.draws} draws (+{args.draws} tune), "
         f"build + compile + sampling:"
     )
-    print(f"  analytic {a:7.2f} s   ODE {o:7.2f} s   ratio ODE / analytic = {o / a:.2f} (issue 13 target <= 3)")
+    print(
+        f"  analytic {a:7.2f} s   ODE {o:7.2f} s   ratio ODE / analytic = {o / a:.2f} (issue 13 target <= 3)"
+    )
     print(
         f"  (first use in this process, 20 draws, compilation included: analytic {w_a:.1f} s, "
         f"ODE {w_o:.1f} s)"
