@@ -167,13 +167,10 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
         if rv.name.startswith(("z_", "phi_")) and rv.name not in point:
             params = list(model.coords[model.named_vars_to_dims[rv.name][1]])
             eta = pilot.eta[:, [cols[p] for p in params]]
-            z = eta / np.array([sd[p] for p in params])
             if rv.name.startswith("z_"):
-                point[rv.name] = z
-            else:  # centred columns at their typical value plus the EBE, the others at z
-                mean, mask = built.phi_means[rv.name]
-                phi = _evaluate(mean, model, point) + eta
-                point[rv.name] = phi if mask is None else np.where(mask, phi, z)
+                point[rv.name] = eta / np.array([sd[p] for p in params])
+            else:
+                point[rv.name] = _evaluate(built.phi_means[rv.name], model, point) + eta
     return point
 
 
