@@ -17,7 +17,7 @@ from nlmebayes.data import EventData
 from nlmebayes.diagnostics.population import LOG_2PI, unsupported
 from nlmebayes.model.builder import build_model, occasions
 from nlmebayes.model.compile import batched_function, compile_settings
-from nlmebayes.model.likelihood import observation_params
+from nlmebayes.model.likelihood import censoring_interval, observation_params
 from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["ConditionalModel", "log_interval"]
@@ -128,10 +128,7 @@ class ConditionalModel:
         if spec.log_scale_error:
             with np.errstate(divide="ignore", invalid="ignore"):
                 limit = np.log(limit)
-        # the same interval as the builder's likelihood: P(y < DV), P(y > DV), or between LIMIT and DV
-        other = np.where(np.isnan(limit), np.where(cens == 1, -np.inf, np.inf), limit)
-        self.lo = np.where(cens == 1, other, self.y)
-        self.hi = np.where(cens == 1, self.y, other)
+        self.lo, self.hi = censoring_interval(cens, self.y, limit)  # as the builder's likelihood
 
     def nu(self, pop: dict):
         """Student-t degrees of freedom at ``pop`` (shaped to broadcast over observations), or None."""
@@ -214,12 +211,6 @@ class ConditionalModel:
         slot[order] = np.arange(len(subject)) - first
         self.occasion_subject, self.occasion_slot = subject, slot
         self.n_slots = int(slot.max()) + 1
-
-    @property
-    def random_effect_names(self) -> list[str]:
-        """Names of a subject's random effects: the etas, then ``CL@occ2`` for slot 2's kappa."""
-        iov = self.spec.iov_parameters
-        return [*self.spec.iiv_parameters, *(f"{p}@occ{j + 1}" for j in range(self.n_slots) for p in iov)]
 
     def slot_used(self) -> np.ndarray:
         """(n_subjects, n_slots) mask: the subject has an occasion in that slot."""

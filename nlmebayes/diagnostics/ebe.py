@@ -49,17 +49,18 @@ class JointObjective:
     def derivatives(self, eta):
         """obj, its gradient and the FOCE-I Hessian of obj / 2, per subject."""
         f, R, G, dR = self.cm.predict_with_gradients(self.pop, eta)
-        r = self.cm.y - f
         obj = self._value(eta, f, R)
-        per_obs = dR / R[:, None] - 2.0 * (r / R)[:, None] * G - (r * r / R**2)[:, None] * dR
-        w1, w2 = 1.0 / R, 0.5 / R**2
-        outer = (
-            w1[:, None, None] * G[:, :, None] * G[:, None, :]
-            + w2[:, None, None] * dR[:, :, None] * dR[:, None, :]
-        )
         if self.cm.student_t:
             score, outer = self.cm.student_t_terms(f, R, G, dR, self.nu)
             per_obs = -2.0 * score
+        else:
+            r = self.cm.y - f
+            per_obs = dR / R[:, None] - 2.0 * (r / R)[:, None] * G - (r * r / R**2)[:, None] * dR
+            w1, w2 = 1.0 / R, 0.5 / R**2
+            outer = (
+                w1[:, None, None] * G[:, :, None] * G[:, None, :]
+                + w2[:, None, None] * dR[:, :, None] * dR[:, None, :]
+            )
         c = self.cm.censored
         if c.size:
             # M3: the score of log P(interval); its outer product as the metric (FOCE-I's

@@ -114,7 +114,6 @@ class Marginal:
     pred: np.ndarray
     population: PopulationValues
     iterations: int = 0
-    q_iiv: int | None = None
     slot_used: np.ndarray | None = None
 
     @property
@@ -256,6 +255,5 @@ def marginal_likelihood(
         pred=pred,
         population=population,
         iterations=iters,
-        q_iiv=cm.q_iiv,
         slot_used=cm.slot_used() if spec.iov else None,
     )

@@ -127,7 +127,7 @@ class PopulationValues:
             omega = summ(omega_draws(posterior, spec))
         pi_sd = {}
         if spec.iov:
-            pi = summ(posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values)
+            pi = summ(draws("pi_sd"))
             pi_sd = dict(zip(spec.iov_parameters, map(float, pi), strict=True))
         nu = float(summ(draws("nu"))) if "nu" in posterior else None
         return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd, nu=nu)

@@ -15,7 +15,7 @@ from nlmebayes.data import EventData
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["add_likelihood", "residual_sd", "observation_params"]
+__all__ = ["add_likelihood", "residual_sd", "observation_params", "censoring_interval"]
 
 
 def residual_sd(kind: str, sig: dict, ipred):
@@ -95,6 +95,22 @@ def _residual_dist(mu, sd, nu):
     return pm.Normal.dist(mu, sd) if nu is None else pm.StudentT.dist(nu=nu, mu=mu, sigma=sd)
 
 
+def censoring_interval(cens, dv, limit):
+    """Ends ``(lo, hi)`` of each observation's censoring interval (``-inf``/``inf`` where open).
+
+    CENS = 1: ``y < DV`` (DV holds the LLOQ); CENS = -1: ``y > DV``; LIMIT, where given, closes
+    the other end. An uncensored observation's ends are not used.
+
+    Examples
+    --------
+    >>> lo, hi = censoring_interval(np.array([1, -1]), np.array([0.5, 9.0]), np.array([np.nan, 12.0]))
+    >>> lo.tolist(), hi.tolist()
+    ([-inf, 9.0], [0.5, 12.0])
+    """
+    other = np.where(np.isnan(limit), np.where(cens == 1, -np.inf, np.inf), limit)
+    return np.where(cens == 1, other, dv), np.where(cens == 1, dv, other)
+
+
 def _observed(mu, sd, nu, dv, cens, limit):
     """``DV`` per observation.
 
@@ -107,11 +123,7 @@ def _observed(mu, sd, nu, dv, cens, limit):
             return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
         return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
     cens = np.asarray(cens)
-    has_lim = ~np.isnan(limit)
-    # The other end of each interval; -inf/+inf where there is none.
-    other = np.where(has_lim, limit, np.where(cens == 1, -np.inf, np.inf))
-    lo_end = np.where(cens == 1, other, dv)  # for CENS -1 the interval starts at DV
-    hi_end = np.where(cens == 1, dv, other)
+    lo_end, hi_end = censoring_interval(cens, dv, limit)
     safe_lo = np.where(np.isfinite(lo_end), lo_end, 0.0)
     safe_hi = np.where(np.isfinite(hi_end), hi_end, 0.0)
 
