@@ -61,7 +61,7 @@ class PopulationValues:
                 continue
             if p.name not in self.typical:
                 raise ValueError(f"give a typical value for {p.name}")
-            out[f"log_{p.name}_pop"] = float(np.log(self.typical[p.name]))
+            out[p.free_name] = p.to_free(self.typical[p.name])
         for c in spec.covariates:
             if c.fixed:
                 continue

@@ -89,7 +89,8 @@ def _with_given_priors(spec, post):
 
     for p in spec.parameters:
         if p.prior is not None and not p.fixed:
-            yield p.name, "log", p.prior, draws(post, "log", p.name)
+            kind = "log" if p.scale == "log" else "linear"
+            yield p.name, "log" if kind == "log" else "natural", p.prior, draws(post, kind, p.name)
     for c in spec.covariates:
         if c.prior is not None and not c.fixed and c.kind != "categorical":
             yield c.name, "natural", c.prior, draws(post, "theta", c.name)

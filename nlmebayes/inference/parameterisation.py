@@ -147,12 +147,17 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
     """Starting values of the sampler: the spec's initial values, etas at the pilot's EBEs.
 
     ``z`` is the EBE over omega, a centred ``phi`` its typical value plus the EBE; kappas and group
-    effects start at 0. A block Omega's Cholesky factor keeps PyMC's default start.
+    effects start at 0. A block Omega starts at ``diag(sd^2)``: its packed Cholesky factor is given,
+    because leaving it to PyMC's initial-point function made nutpie draw it from the SD prior,
+    which failed ("cannot set WRITEABLE flag", scipy's ``halfnorm.rvs`` on a read-only array).
     """
     model = built.model
     point = {**built.starts, **pilot.pop}
     for k, block in enumerate(spec.iiv):
         point.update({f"omega_sd_{k}_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})
+        if block.block:
+            row, col = np.tril_indices(len(block.parameters))
+            point[f"omega_chol_{k}"] = np.where(row == col, np.asarray(block.sd, dtype=float)[row], 0.0)
     for b in spec.iov:
         point.update({f"pi_sd_{p}": s for p, s in zip(b.parameters, b.sd, strict=True)})
     for lvl in spec.levels:
@@ -216,7 +221,7 @@ def _gaussian_core(spec: ModelSpec) -> ModelSpec:
 
 def _initial_values(spec: ModelSpec, cm) -> dict:
     """Population values of the pilot: the spec's initial values, by the builder's names."""
-    values = {f"log_{p.name}_pop": np.log(p.initial) for p in spec.parameters if not p.fixed}
+    values = {p.free_name: p.to_free(p.initial) for p in spec.parameters if not p.fixed}
     for c in spec.covariates:
         if not c.fixed:
             n_levels = cm.data.subject_covariates([c.covariate])[c.covariate].nunique()

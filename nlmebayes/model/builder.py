@@ -139,10 +139,12 @@ def build_model(
     struct = get_model(spec.structural)
     data = select_observations(spec, data)
     struct.check(data)
+    inputs = structural_inputs(spec, struct)
     try:
-        struct.check_parameters(spec.parameter_names)
+        struct.check_parameters(inputs)
     except ValueError as e:
-        raise ValueError(f"model {spec.name}: {e}") from None
+        hint = "; write them in individual" if spec.individual else ""
+        raise ValueError(f"model {spec.name}: {e}{hint}") from None
     _check_log_scale_data(spec, data)
     cov_table = data.subject_covariates(sorted({c.covariate for c in spec.covariates}))
     coords, cat_levels = _coords(spec, data, cov_table)
@@ -170,11 +172,15 @@ def build_model(
         )
         if spec.iov:
             params = _inter_occasion(spec, data, model, params, det, occ_subject)
+        if spec.individual:
+            rows = np.array([s_ for s_, _ in occ_subject]) if spec.iov else np.arange(data.n_subjects)
+            params = _individual_expressions(spec, data, params, det, rows)
         if spec.flip_flop_guard:
             k_el = params["K"] if "K" in params else params["CL"] / params["V"]
             params["KA"] = k_el + params["KA"]
             det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
-        ipred = det("ipred", struct.concentration(data, params, index=dose_index), dims="obs")
+        given = {n: params[n] for n in inputs}
+        ipred = det("ipred", struct.concentration(data, given, index=dose_index), dims="obs")
         add_likelihood(spec, data, ipred)
     return BuiltModel(
         model=model,
@@ -188,6 +194,50 @@ def build_model(
         phi_means=phi_means,
         starts=starts,
     )
+
+
+def structural_inputs(spec: ModelSpec, struct) -> list[str]:
+    """The names the structural model receives.
+
+    The spec's parameters; with ``individual`` expressions, those of the parameters and entries
+    that the model takes (the rest are thetas and derived parameters).
+    """
+    if not spec.individual:
+        return spec.parameter_names
+    takes = set(struct.parameters) | set(struct.optional_parameters)
+    return [n for n in spec.parameter_names + list(spec.individual) if n in takes]
+
+
+def _individual_expressions(spec: ModelSpec, data: EventData, params: dict, det, rows) -> dict:
+    """Evaluate ``spec.individual`` in order, per row of the parameters (subject, or occasion with IOV).
+
+    Names that are neither parameters, etas nor earlier entries are subject covariates.
+    """
+    from nlmebayes.model.expressions import expression_names
+    from nlmebayes.pk.ode.expressions import parse_expression
+
+    dims = "occasion" if spec.iov else "subject"
+    sym = {n: v * pt.ones(len(rows)) for n, v in params.items()}
+    known = set(sym) | set(spec.individual)
+    covs = sorted({n for e in spec.individual.values() for n in expression_names(e)} - known)
+    missing = [c for c in covs if c not in data.covariate_names]
+    if missing:
+        raise ValueError(
+            f"model {spec.name}: individual expressions use {missing}, which are not parameters, etas, "
+            f"earlier entries or data columns; parameters {spec.parameter_names}, etas {spec.eta_names}"
+        )
+    if covs:
+        table = data.subject_covariates(covs)
+        for c in covs:
+            sym[c] = pt.as_tensor_variable(table[c].to_numpy(dtype=float)[rows])
+    out = dict(params)
+    for name, text in spec.individual.items():
+        try:
+            value = parse_expression(text, sym) * pt.ones(len(rows))
+        except ValueError as e:
+            raise ValueError(f"model {spec.name}, individual {name}: {e}") from None
+        sym[name] = out[name] = det(name, value, dims=dims)
+    return out
 
 
 def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:
@@ -232,16 +282,20 @@ def _typical_values(spec: ModelSpec, det) -> dict:
     for p in spec.parameters:
         if p.fixed:
             tv[p.name] = pt.as_tensor_variable(p.initial)
-            continue
-        # The default prior is centred on log(initial), so sampling starts there.
-        log_tv = random_variable(f"log_{p.name}_pop", p.log_prior)
-        tv[p.name] = det(f"{p.name}_pop", pt.exp(log_tv))
+        elif p.scale == "linear":
+            tv[p.name] = random_variable(p.free_name, p.free_prior)
+        else:
+            # The default prior is centred on log(initial), so sampling starts there.
+            log_tv = random_variable(p.free_name, p.free_prior)
+            tv[p.name] = det(f"{p.name}_pop", pt.exp(log_tv))
+    for e in spec.eta_names:  # an eta of its own: TV 0, additive
+        tv[e] = pt.as_tensor_variable(0.0)
     return tv
 
 
 def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, tv) -> dict:
     """Typical value per subject: TV * product of covariate effects."""
-    tv_i = {n: tv[n] * pt.ones(data.n_subjects) for n in spec.parameter_names}
+    tv_i = {n: tv[n] * pt.ones(data.n_subjects) for n in tv}
     for c in spec.covariates:
         values = cov_table[c.covariate].to_numpy()
         if c.kind == "categorical":
@@ -369,8 +423,9 @@ def _inter_individual(
             etas.append(z @ chol.T if block.block else z * sd)
         else:
             sd, chol = _omega(model, k, block, det, store)
+            kinds = [spec.eta_kind(p) for p in block.parameters]
             eta, z_expressions[f"z_{k}"], phi_means[f"phi_{k}"] = _centred_block(
-                model, k, block, cen, tv_i, sd, chol
+                model, k, block, cen, tv_i, sd, chol, kinds
             )
             etas.append(eta)
         sds.append(sd)
@@ -378,11 +433,10 @@ def _inter_individual(
     if etas:
         eta = det("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
         det("omega_sd", pt.concatenate(sds), dims="iiv")
-        j = 0
-        for block in spec.iiv:
-            for p in block.parameters:
-                params[p] = tv_i[p] * pt.exp(eta[:, j]) if block.kind == "lognormal" else tv_i[p] + eta[:, j]
-                j += 1
+        for j, p in enumerate(spec.iiv_parameters):
+            params[p] = (
+                tv_i[p] * pt.exp(eta[:, j]) if spec.eta_kind(p) == "lognormal" else tv_i[p] + eta[:, j]
+            )
     for n in spec.parameter_names:
         params[n] = det(n, params[n], dims="subject")
     return params
@@ -414,7 +468,7 @@ def _omega(model: pm.Model, k: int, block, det, store: bool):
     return sd, chol
 
 
-def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol):
+def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol, kinds: list):
     """Etas of block ``k`` with the centred parameters' ``phi`` free; the block's ``z``; phi's mean.
 
     ``phi = log TV_i + eta`` (log-normal) or ``TV_i + eta`` (additive). A block Omega is centred as a
@@ -423,7 +477,11 @@ def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, ch
     ``eta / omega`` or ``chol^-1 eta``.
     """
     mean = pt.stack(
-        [pt.log(tv_i[p]) if block.kind == "lognormal" else tv_i[p] for p in block.parameters], axis=1
+        [
+            pt.log(tv_i[p]) if kind == "lognormal" else tv_i[p]
+            for p, kind in zip(block.parameters, kinds, strict=True)
+        ],
+        axis=1,
     )
     if block.block:
         phi = pm.MvNormal(f"phi_{k}", mu=mean, chol=chol, dims=("subject", f"iiv_{k}"))

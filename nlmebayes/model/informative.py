@@ -62,7 +62,7 @@ def informative_priors(
     get = _checked(moments, source, spec)
     scale = 1.0 / math.sqrt(weight)
     params = [
-        p if p.fixed else replace(p, prior=_normal(*get("log", p.name), scale)) for p in spec.parameters
+        p if p.fixed else replace(p, prior=_normal(*get(_tv_kind(p), p.name), scale)) for p in spec.parameters
     ]
     covs = [_covariate_prior(c, get, scale) for c in spec.covariates]
     iiv = [replace(b, sd_prior=[_lognormal(*get("omega", p), scale) for p in b.parameters]) for b in spec.iiv]
@@ -106,13 +106,16 @@ def _lognormal(mu: float, sd: float, scale: float) -> Prior:
 def draws_on_prior_scale(post, kind: str, name: str) -> np.ndarray:
     """Posterior draws of a quantity on the scale its prior is written on (flattened).
 
-    ``kind``: ``"log"`` (log typical value of parameter ``name``), ``"theta"`` (covariate effect
+    ``kind``: ``"log"`` (log typical value of parameter ``name``), ``"linear"`` (the typical value
+    of a linear-scale parameter), ``"theta"`` (covariate effect
     ``name``), ``"omega"`` (log IIV SD of parameter ``name``) or ``"sigma"`` (log residual SD
     ``sigma_<name>``). :func:`informative_priors` and the prior-data conflict check both read
     the draws through this.
     """
     if kind == "log":
         x = post[f"log_{name}_pop"].values
+    elif kind == "linear":
+        x = post[f"{name}_pop"].values
     elif kind == "theta":
         x = post[name].values
     elif kind == "omega":
@@ -120,8 +123,13 @@ def draws_on_prior_scale(post, kind: str, name: str) -> np.ndarray:
     elif kind == "sigma":
         x = np.log(post[f"sigma_{name}"].values)
     else:
-        raise ValueError(f"kind must be 'log', 'theta', 'omega' or 'sigma', got {kind!r}")
+        raise ValueError(f"kind must be 'log', 'linear', 'theta', 'omega' or 'sigma', got {kind!r}")
     return np.ravel(x)
+
+
+def _tv_kind(p) -> str:
+    """The scale a typical value's prior is written on: "log" or "linear" (see ``Parameter.scale``)."""
+    return "log" if p.scale == "log" else "linear"
 
 
 def _moments_from_fit(result, spec, kind: str, name: str) -> tuple[float, float]:
@@ -137,7 +145,7 @@ def _moments_from_nonmem(names: dict | None):
     def moments(est, spec, kind: str, name: str) -> tuple[float, float]:
         if not est.se:
             raise ValueError("the .ext file has no standard errors ($COVARIANCE): they set the prior SDs")
-        if kind in ("log", "theta"):
+        if kind in ("log", "linear", "theta"):
             label = names[name]
             x, se = est.estimates[label], est.se[label]
             return (math.log(x), se / x) if kind == "log" else (x, se)

@@ -59,12 +59,14 @@ def validate_model_dict(d: dict, source: str = "model") -> None:
 
     top = {
         "name", "structural", "description", "parameters", "covariates", "iiv", "error",
-        "observations", "iov", "levels", "flip_flop_guard", "candidates",
+        "observations", "iov", "levels", "flip_flop_guard", "candidates", "individual",
     }  # fmt: skip
     check_keys(d, top, "top level", source, required=("name", "structural"))
     for name, p in d.get("parameters", {}).items():
         if isinstance(p, dict):
-            check_keys(p, {"initial", "prior", "fixed"}, f"parameters.{name}", source, required=("initial",))
+            check_keys(
+                p, {"initial", "prior", "fixed", "scale"}, f"parameters.{name}", source, required=("initial",)
+            )
     for key, cls in (("covariates", S.Covariate), ("iiv", S.IIV), ("iov", S.IOV), ("levels", S.Level)):
         for i, block in enumerate(d.get(key, [])):
             check_keys(block, _fields(cls), f"[[{key}]] number {i + 1}", source)
@@ -72,7 +74,9 @@ def validate_model_dict(d: dict, source: str = "model") -> None:
     _check_error(d.get("error", {}), source, S)
     check_keys(d.get("observations", {}), _fields(S.Observations), "observations", source)
     structural = d["structural"]
-    if isinstance(structural, dict):
+    if isinstance(structural, dict) and "states" not in structural:
+        check_keys(structural, _fields(S.ClosedForm), "structural", source, required=("name", "observe"))
+    elif isinstance(structural, dict):
         check_keys(
             structural, _fields(S.ODE), "structural", source, required=("name", "states", "rhs", "observe")
         )

@@ -54,6 +54,8 @@ __all__ = [
     "CovariateKind",
     "EtaKind",
     "Parameterisation",
+    "ParameterScale",
+    "ClosedForm",
     "ErrorKind",
     "ResidualDistribution",
     "ODEMethod",
@@ -70,6 +72,8 @@ EtaKind = Literal["lognormal", "additive"]
 #: individual parameter itself around its typical value (right when they say much), ``"auto"``
 #: chooses per parameter from a pilot (see :mod:`nlmebayes.inference.parameterisation`).
 Parameterisation = Literal["auto", "centered", "noncentered"]
+#: How a typical value is estimated (see :class:`Parameter`).
+ParameterScale = Literal["log", "linear"]
 #: Residual error models (see :class:`ResidualError`).
 ErrorKind = Literal["additive", "proportional", "combined", "combined_sd", "exponential"]
 ResidualDistribution = Literal["normal", "student_t"]
@@ -123,24 +127,60 @@ class Prior:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A structural parameter's typical value (natural scale) and the prior of its logarithm."""
+    """A typical value (theta) and its prior.
+
+    ``scale="log"`` (default): a positive value, estimated on the log scale (the prior is on its
+    logarithm, default Normal(log(initial), 2)). ``scale="linear"``: any sign (a logit, an
+    additive shift, a baseline that may be negative), estimated as it is, default prior
+    Normal(initial, 2 max(|initial|, 1)); such thetas are for individual-parameter expressions
+    (``ModelSpec.individual``), e.g. ``F = expit(logit_F + eta_F)``.
+    """
 
     name: str
     initial: float
     prior: Prior | None = None
     fixed: bool = False
+    scale: ParameterScale = "log"
 
     def __post_init__(self):
-        if not self.initial > 0:
+        if self.scale not in get_args(ParameterScale):
+            raise ValueError(f"parameter {self.name}: scale must be 'log' or 'linear', got {self.scale!r}")
+        if self.scale == "log" and not self.initial > 0:
             raise ValueError(
                 f"parameter {self.name}: the typical value must be > 0 (it is "
-                f"estimated on the log scale), got {self.initial}"
+                f"estimated on the log scale; use scale='linear' for a value of any sign), got {self.initial}"
             )
+        if not math.isfinite(self.initial):
+            raise ValueError(f"parameter {self.name}: initial value {self.initial} is not finite")
 
     @property
     def log_prior(self) -> Prior:
-        """Prior of log(typical value); default Normal(log(initial), 2)."""
+        """Prior of log(typical value); default Normal(log(initial), 2) (log-scale parameters)."""
+        if self.scale != "log":
+            raise ValueError(f"parameter {self.name} is on the linear scale; use free_prior")
         return self.prior or Prior("Normal", {"mu": math.log(self.initial), "sigma": 2.0})
+
+    @property
+    def free_name(self) -> str:
+        """The sampler's variable: ``log_<name>_pop`` (log scale) or ``<name>_pop`` (linear)."""
+        return f"log_{self.name}_pop" if self.scale == "log" else f"{self.name}_pop"
+
+    @property
+    def free_prior(self) -> Prior:
+        """Prior of the sampler's variable (:attr:`free_name`)."""
+        if self.scale == "log":
+            return self.log_prior
+        return self.prior or Prior("Normal", {"mu": self.initial, "sigma": 2.0 * max(abs(self.initial), 1.0)})
+
+    def to_free(self, value: float) -> float:
+        """The sampler's value of a typical value: its log, or itself on the linear scale.
+
+        Examples
+        --------
+        >>> round(Parameter("CL", 2.0).to_free(2.0), 6), Parameter("LF", 0.5, scale="linear").to_free(-1.0)
+        (0.693147, -1.0)
+        """
+        return math.log(value) if self.scale == "log" else float(value)
 
 
 @dataclass(frozen=True)
@@ -315,9 +355,11 @@ class IIV:
         HalfNormal prior on each SD, which is ``HalfNormal(max(2 * sd, 0.5))``.
     block : bool
         Full (block) Omega with an LKJ(eta=2) prior on the correlations, else diagonal.
-    kind : {"lognormal", "additive"}
+    kind : {"lognormal", "additive"} or list of them
         ``TV * exp(eta)`` (log-normal, default; ``"exponential"``, NONMEM's word, is read as
-        ``"lognormal"``) or ``TV + eta``.
+        ``"lognormal"``) or ``TV + eta``; a list gives each parameter its own kind, so one
+        correlated block may mix them. A name that is not a parameter of the spec is an eta of
+        its own (``eta_CL``, for ``ModelSpec.individual`` expressions): its kind is ignored.
     sd_prior : Prior or list of Prior, optional
         Overrides the default prior of every SD in the block (one Prior), or of each (a list in
         parameter order; a block Omega needs one distribution family for all).
@@ -333,7 +375,7 @@ class IIV:
     parameters: list[str]
     sd: list[float] | None = None
     block: bool = False
-    kind: EtaKind = "lognormal"
+    kind: EtaKind | list = "lognormal"
     sd_prior: Prior | list | None = None
     lkj_eta: float = 2.0
     parameterisation: Parameterisation = "auto"
@@ -343,11 +385,18 @@ class IIV:
         object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
         object.__setattr__(self, "sd_prior", _prior_or_list(self.sd_prior))
         _sd_priors(self.sd_prior, self.sd or [])
-        object.__setattr__(self, "kind", _ETA_ALIASES.get(self.kind, self.kind))
-        if self.kind not in get_args(EtaKind):
+        kinds = self.kind if isinstance(self.kind, list | tuple) else [self.kind]
+        kinds = [_ETA_ALIASES.get(k, k) for k in kinds]
+        for k in kinds:
+            if k not in get_args(EtaKind):
+                raise ValueError(
+                    f"IIV kind must be 'lognormal' (alias 'exponential') or 'additive', got {k!r}"
+                )
+        if len(kinds) > 1 and len(kinds) != len(self.parameters):
             raise ValueError(
-                f"IIV kind must be 'lognormal' (alias 'exponential') or 'additive', got {self.kind!r}"
+                f"IIV on {self.parameters}: give one kind, or one per parameter (got {len(kinds)})"
             )
+        object.__setattr__(self, "kind", kinds if len(kinds) > 1 else kinds[0])
         if self.block and len(self.parameters) < 2:
             raise ValueError("a block Omega needs at least two parameters")
         if self.parameterisation not in get_args(Parameterisation):
@@ -359,6 +408,11 @@ class IIV:
     def priors(self) -> list[Prior]:
         """Prior of each SD, in parameter order."""
         return _sd_priors(self.sd_prior, self.sd or [])
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kind of each parameter's eta, in parameter order."""
+        return list(self.kind) if isinstance(self.kind, list) else [self.kind] * len(self.parameters)
 
 
 @dataclass(frozen=True)
@@ -509,6 +563,50 @@ class ODE:
 
 
 @dataclass(frozen=True)
+class ClosedForm:
+    """A structural model written as a closed-form expression of time, without an ODE.
+
+    Parameters
+    ----------
+    name : str
+    observe : str or dict
+        The prediction at each observation as an expression of the parameters, the observation
+        time ``t`` (the data's TIME) and, with ``pk``, that model's prediction ``C``; e.g. a
+        biexponential ``"A1 * exp(-K1 * t) + A2 * exp(-K2 * t)"`` or a direct Emax response on a
+        PK model, ``"E0 + EMAX * C / (EC50 + C)"``. Several outputs by DVID as a dict, as for
+        :class:`ODE` (e.g. ``{"cp": "C", "effect": "E0 + EMAX * C / (EC50 + C)"}``).
+    pk : str, optional
+        A registered structural model (``"1cpt_oral"``, ...) that gives ``C`` from the doses; its
+        parameters are structural parameters of this model too. Without it the model takes no
+        doses (a dose record is an error): ``t`` is the time of the record.
+    """
+
+    name: str
+    observe: str | dict
+    pk: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.observe, dict):
+            if not self.observe:
+                raise ValueError(f"closed-form model {self.name}: observe needs at least one output")
+            object.__setattr__(self, "observe", {str(k): v for k, v in self.observe.items()})
+        for out, e in self.outputs.items():
+            try:
+                used = expression_names(e)
+            except ValueError as err:
+                raise ValueError(
+                    f"closed-form model {self.name}, {f'output {out}' if out else 'observe'}: {err}"
+                ) from None
+            if "C" in used and self.pk is None:
+                raise ValueError(f"closed-form model {self.name}: observe uses C but names no pk model")
+
+    @property
+    def outputs(self) -> dict[str | None, str]:
+        """Output name (DVID) -> expression; ``{None: observe}`` for a single output."""
+        return dict(self.observe) if isinstance(self.observe, dict) else {None: self.observe}
+
+
+@dataclass(frozen=True)
 class Observations:
     """Which observations a model describes (TOML section ``[observations]``).
 
@@ -628,10 +726,10 @@ class ModelSpec:
     Parameters
     ----------
     name : str
-    structural : str or ODE
+    structural : str, ODE or ClosedForm
         Analytic model name, e.g. ``"1cpt_oral"`` (see :data:`nlmebayes.pk.MODELS`), a ready ODE
-        model name (``"1cpt_oral_ode"``, ... :data:`nlmebayes.pk.ode.ODE_MODELS`), or an
-        :class:`ODE`.
+        model name (``"1cpt_oral_ode"``, ... :data:`nlmebayes.pk.ode.ODE_MODELS`), an
+        :class:`ODE` or a :class:`ClosedForm` expression.
     parameters : dict or list
         ``{"CL": 2.7, ...}`` (initial typical values) or a list of :class:`Parameter`.
     covariates : list of Covariate
@@ -655,6 +753,14 @@ class ModelSpec:
     candidates : CovariateCandidates or list of (str, str)
         Candidate covariate effects under a shrinkage prior (the full model of a covariate
         search, :mod:`nlmebayes.search.projection`); a list of pairs takes the defaults.
+    individual : dict name -> str
+        Individual parameters as expressions (NONMEM's $PK, nlmixr2's model block), evaluated in
+        order per subject, e.g. ``{"CL": "TVCL * (WT / 70)**0.75 * exp(eta_CL)", "V": "CL / K"}``.
+        An expression may use the parameters (each with the covariate relations, IIV, IOV and
+        levels declared for it), the etas of IIV blocks that name no parameter (``eta_CL``
+        above), subject covariates (data columns), earlier entries and the functions of
+        :mod:`nlmebayes.model.expressions`. Entries the structural model does not take are
+        derived parameters (``"THALF": "log(2) * V / CL"``), stored and reported per subject.
     """
 
     name: str
@@ -669,6 +775,7 @@ class ModelSpec:
     levels: Level | list | None = None
     flip_flop_guard: bool = False
     candidates: CovariateCandidates | list | None = None
+    individual: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.observations, dict):
@@ -697,14 +804,21 @@ class ModelSpec:
         for c in self.covariates:
             if c.parameter not in names:
                 raise ValueError(f"covariate {c.covariate} acts on unknown parameter {c.parameter}")
+        object.__setattr__(self, "individual", {str(k): str(v) for k, v in dict(self.individual).items()})
         seen = []
         for block in iiv:
-            for p in block.parameters:
-                if p not in names:
+            for p, kind in zip(block.parameters, block.kinds, strict=True):
+                if p not in names and not self.individual:
                     raise ValueError(f"IIV on unknown parameter {p}; parameters are {names}")
                 if p in seen:
                     raise ValueError(f"parameter {p} has IIV in two blocks")
+                if p in names and kind == "lognormal" and self.parameter(p).scale == "linear":
+                    raise ValueError(
+                        f"IIV on {p}: a linear-scale parameter takes additive etas (or write its "
+                        f"expression in individual)"
+                    )
                 seen.append(p)
+        self._check_individual()
         for what, blocks in (("IOV", iov), ("level", levels)):
             seen = []
             for b in blocks:
@@ -714,9 +828,34 @@ class ModelSpec:
                     if p in seen:
                         raise ValueError(f"parameter {p} has {what} twice")
                     seen.append(p)
-        if self.flip_flop_guard and "KA" not in names:
+        if self.flip_flop_guard and "KA" not in names + list(self.individual):
             raise ValueError("flip_flop_guard needs a first-order absorption model (parameter KA)")
         self._check_candidates()
+
+    def _check_individual(self):
+        """Expressions parse, assign new names, and every eta that names no parameter is used."""
+        taken = set(self.parameter_names) | set(self.eta_names)
+        used: set = set()
+        for name, text in self.individual.items():
+            if not name.isidentifier():
+                raise ValueError(f"model {self.name}: individual entry {name!r} is not a name")
+            if name in taken:
+                raise ValueError(
+                    f"model {self.name}: individual entry {name} is already a parameter or an eta; "
+                    f"give the expression a new name"
+                )
+            try:
+                used |= expression_names(text)
+            except ValueError as err:
+                raise ValueError(f"model {self.name}, individual {name}: {err}") from None
+            if name in expression_names(text):
+                raise ValueError(f"model {self.name}: individual {name} = {text!r} uses itself")
+        unused = [e for e in self.eta_names if e not in used]
+        if unused:
+            raise ValueError(
+                f"model {self.name}: IIV names {unused}, which are neither parameters "
+                f"({self.parameter_names}) nor used in an individual expression"
+            )
 
     def _check_candidates(self):
         cand = self.candidates
@@ -727,7 +866,7 @@ class ModelSpec:
             object.__setattr__(self, "candidates", cand)
         given = {(c.parameter, c.covariate) for c in self.covariates}
         for p, c in cand.pairs:
-            if p not in self.iiv_parameters:
+            if p not in self.iiv_parameters or p not in self.parameter_names:
                 raise ValueError(
                     f"candidate ({p}, {c}): {p} has no IIV; candidate effects explain between-subject "
                     f"differences, so the parameter needs IIV"
@@ -737,7 +876,7 @@ class ModelSpec:
 
     def _check_errors(self):
         err = self.error
-        outputs = list(self.structural.outputs) if isinstance(self.structural, ODE) else [None]
+        outputs = list(self.structural.outputs) if isinstance(self.structural, ODE | ClosedForm) else [None]
         if isinstance(err, dict):
             err = {str(k): v if isinstance(v, ResidualError) else ResidualError(**v) for k, v in err.items()}
             object.__setattr__(self, "error", err)
@@ -757,7 +896,7 @@ class ModelSpec:
                     )
         elif outputs != [None]:
             raise ValueError(
-                f"model {self.name}: the ODE has outputs {outputs}; give error as a "
+                f"model {self.name}: the model has outputs {outputs}; give error as a "
                 f"dict with one ResidualError per output"
             )
 
@@ -806,6 +945,19 @@ class ModelSpec:
         return [p for b in cast(list[IIV], self.iiv) for p in b.parameters]
 
     @property
+    def eta_names(self) -> list[str]:
+        """IIV names that are not parameters: etas used as themselves in ``individual``."""
+        names = set(self.parameter_names)
+        return [p for p in self.iiv_parameters if p not in names]
+
+    def eta_kind(self, name: str) -> str:
+        """How the eta of IIV parameter ``name`` acts: "lognormal" or "additive" (an eta of its own)."""
+        if name not in self.parameter_names:
+            return "additive"
+        block = next(b for b in cast(list[IIV], self.iiv) if name in b.parameters)
+        return block.kinds[block.parameters.index(name)]
+
+    @property
     def iov_parameters(self) -> list[str]:
         """Parameters with IOV, in kappa order."""
         return [p for b in cast(list[IOV], self.iov) for p in b.parameters]
@@ -823,7 +975,9 @@ class ModelSpec:
         out: dict = {
             "name": self.name,
             "structural": (
-                _drop_none(asdict(self.structural)) if isinstance(self.structural, ODE) else self.structural
+                _drop_none(asdict(self.structural))
+                if isinstance(self.structural, ODE | ClosedForm)
+                else self.structural
             ),
         }
         if self.description:
@@ -835,7 +989,11 @@ class ModelSpec:
                 d["prior"] = p.prior.to_dict()
             if p.fixed:
                 d["fixed"] = True
+            if p.scale != "log":
+                d["scale"] = p.scale
             out["parameters"][p.name] = d
+        if self.individual:
+            out["individual"] = dict(self.individual)
         if self.covariates:
             out["covariates"] = [
                 _drop_none({**asdict(c), "prior": c.prior and c.prior.to_dict()}) for c in self.covariates
@@ -876,7 +1034,11 @@ class ModelSpec:
             if not isinstance(p, dict):
                 p = {"initial": p}
             prior = Prior.from_dict(p["prior"]) if "prior" in p else None
-            params.append(Parameter(name, float(p["initial"]), prior, bool(p.get("fixed", False))))
+            params.append(
+                Parameter(
+                    name, float(p["initial"]), prior, bool(p.get("fixed", False)), p.get("scale", "log")
+                )
+            )
         covs = []
         for c in d.get("covariates", []):
             c = dict(c)
@@ -896,7 +1058,7 @@ class ModelSpec:
         err = ResidualError(**raw) if "kind" in raw else {k: ResidualError(**v) for k, v in raw.items()}
         structural = d["structural"]
         if isinstance(structural, dict):
-            structural = ODE(**structural)
+            structural = ODE(**structural) if "states" in structural else ClosedForm(**structural)
         return cls(
             name=d["name"],
             structural=structural,
@@ -908,6 +1070,7 @@ class ModelSpec:
             **blocks,
             flip_flop_guard=bool(d.get("flip_flop_guard", False)),
             candidates=CovariateCandidates(**d["candidates"]) if "candidates" in d else None,
+            individual=d.get("individual", {}),
         )
 
     def to_toml(self, path: str | Path | None = None) -> str:

@@ -116,9 +116,10 @@ def get_model(structural) -> StructuralModel:
 
     Parameters
     ----------
-    structural : str or ODE
+    structural : str, ODE or ClosedForm
         A registered name (analytic models such as ``"1cpt_oral"``, the ODE library's ``*_ode``
-        models, or your own) or an :class:`nlmebayes.model.spec.ODE`.
+        models, or your own), an :class:`nlmebayes.model.spec.ODE` or a
+        :class:`~nlmebayes.model.spec.ClosedForm`.
 
     Returns
     -------
@@ -138,6 +139,12 @@ def get_model(structural) -> StructuralModel:
         raise ValueError(
             f"unknown structural model {structural!r}; choose one of {list(_REGISTRY)} or give an ODE"
         )
+    from nlmebayes.model.spec import ClosedForm
+
+    if isinstance(structural, ClosedForm):
+        from nlmebayes.pk.closed_form import ClosedFormModel
+
+        return ClosedFormModel(structural)
     from nlmebayes.pk.ode import ODESystem
 
     return ODESystem.from_spec(structural)

@@ -39,8 +39,13 @@ def pooling_data(result, parameter: str) -> pd.DataFrame:
     if parameter not in spec.iiv_parameters:
         raise ValueError(f"{parameter} has no IIV; parameters with IIV: {spec.iiv_parameters}")
     k = spec.iiv_parameters.index(parameter)
-    lognormal = next(b for b in spec.iiv if parameter in b.parameters).kind == "lognormal"
-    P = post[parameter].stack(s=("chain", "draw")).transpose("subject", "s").values
+    lognormal = spec.eta_kind(parameter) == "lognormal"
+    P = (
+        (post[parameter] if parameter in spec.parameter_names else post["eta"].sel(iiv=parameter))
+        .stack(s=("chain", "draw"))
+        .transpose("subject", "s")
+        .values
+    )
     eta = post["eta"].stack(s=("chain", "draw")).transpose("subject", "iiv", "s").values[:, k]
     typical = np.median(P * np.exp(-eta) if lognormal else P - eta, axis=1)
     cm = ConditionalModel(spec, data)

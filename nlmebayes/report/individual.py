@@ -17,7 +17,10 @@ __all__ = ["individual_parameters", "eta_table"]
 
 
 def individual_parameters(result, ci: float = 0.9) -> pd.DataFrame:
-    """Posterior summaries of every subject's structural parameters (``CL``, ``V``, ...).
+    """Posterior summaries of every subject's parameters (``CL``, ``V``, ...).
+
+    The spec's parameters, then the entries of its ``individual`` expressions (structural and
+    derived, e.g. a half-life).
 
     With IOV these are the subject-level values (before the occasion effects).
 
@@ -39,7 +42,10 @@ def individual_parameters(result, ci: float = 0.9) -> pd.DataFrame:
     0   1        CL  1.716   1.712  0.142  1.490  1.954
     """
     post = result.posterior
-    names = [p for p in result.spec.parameter_names if p in post and "subject" in post[p].dims]
+    spec = result.spec
+    names = [
+        p for p in spec.parameter_names + list(spec.individual) if p in post and "subject" in post[p].dims
+    ]
     return _summaries(result, {p: post[p] for p in names}, ci)
 
 

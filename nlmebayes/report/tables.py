@@ -136,7 +136,7 @@ def _omega_rows(spec, post, ci: float) -> list[dict]:
     """IIV variances, SDs, CV% and correlations; IOV; levels above the subject."""
     rows = []
     if "omega_sd" in post:
-        lognormal = {p for b in spec.iiv if b.kind == "lognormal" for p in b.parameters}
+        lognormal = {p for p in spec.iiv_parameters if spec.eta_kind(p) == "lognormal"}
         for e in post["omega_sd"]["iiv"].values:
             sd = post["omega_sd"].sel(iiv=e, drop=True)
             rows.append(_row(f"omega2({e})", "omega", "IIV variance", sd**2, ci))
@@ -233,9 +233,11 @@ def variance_decomposition(result, ci: float = 0.95) -> pd.DataFrame:
     rows = []
     for block in spec.iiv:
         for p in block.parameters:
+            if p not in spec.parameter_names:  # an eta of its own: no typical value to explain
+                continue
             eta = post["eta"].sel(iiv=p, drop=True)
             ind = post[p]
-            tv = np.log(ind) - eta if block.kind == "lognormal" else ind - eta
+            tv = np.log(ind) - eta if spec.eta_kind(p) == "lognormal" else ind - eta
             var_cov = tv.var("subject").values.ravel()
             om2 = (post["omega_sd"].sel(iiv=p, drop=True) ** 2).values.ravel()
             share = var_cov / (var_cov + om2)

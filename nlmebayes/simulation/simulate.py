@@ -59,7 +59,7 @@ def simulate(
     built = build_model(spec, data)
     model, data = built.model, built.data
     rng = np.random.default_rng(seed)
-    values = {f"log_{k}_pop": np.log(v) for k, v in typical.items()}
+    values = {spec.parameter(k).free_name: spec.parameter(k).to_free(v) for k, v in typical.items()}
     values.update(thetas or {})
     values.update({f"sigma_{k}": v for k, v in (sigma or {}).items()})
     values.update(_random_effects(spec, model, data.n_subjects, rng, omega, pi, level_sd))
