@@ -23,6 +23,7 @@ from nlmebayes import (
     Parameter,
     ResidualError,
     datasets,
+    fit,
     read_nonmem,
 )
 from nlmebayes.diagnostics import PopulationValues, marginal_likelihood
@@ -32,6 +33,7 @@ from tests.expression_models import (
     BIEXP_SIGMA,
     BIEXP_TRUTH,
     biexponential,
+    biexponential_coverage,
     biexponential_data,
 )
 
@@ -232,3 +234,19 @@ def test_closed_form_without_pk_refuses_doses():
     spec = ModelSpec("b", ClosedForm("b", "A * exp(-K * t)"), {"A": 1.0, "K": 0.1})
     with pytest.raises(Exception, match="row 1, column AMT: closed-form model b has no pk model"):
         build_model(spec, datasets.theophylline())
+
+
+@pytest.mark.sampling
+def test_biexponential_fit_recovers_the_truth():
+    """The issue's biexponential on 6 subjects x 11 samples (seed 0), default fit (2 x 500): at most
+    one of the 9 truths (4 typical values, 3 omegas, the correlation, sigma) outside its 90%
+    interval. With 9 intervals of 90%, 0.9^9 = 39% of data sets have all inside and 77% at most
+    one outside; over seeds 0-4 (benchmarks/expression_models.py, 2 x 1000) 5 of 45 truths were
+    outside (11%), and seed 0 has one (omega of eta_A2, the SD of an additive eta estimated from 6
+    subjects). Its block Omega also covers the default fit's start of a block (the packed
+    Cholesky factor given to nutpie)."""
+    result = fit(biexponential(), biexponential_data(0), chains=2, draws=500, seed=0, progressbar=False)
+    coverage = biexponential_coverage(result)
+    outside = [k for k, (t, lo, hi) in coverage.items() if not lo <= t <= hi]
+    assert len(outside) <= 1, coverage
+    assert {"A1", "K1", "A2", "K2"} <= set(result.individual_parameters()["parameter"])

@@ -132,7 +132,7 @@ class Parameter:
     ``scale="log"`` (default): a positive value, estimated on the log scale (the prior is on its
     logarithm, default Normal(log(initial), 2)). ``scale="linear"``: any sign (a logit, an
     additive shift, a baseline that may be negative), estimated as it is, default prior
-    Normal(initial, 2 max(|initial|, 1)); such thetas are for individual-parameter expressions
+    ``Normal(initial, 2 max(abs(initial), 1))``; such thetas are for individual-parameter expressions
     (``ModelSpec.individual``), e.g. ``F = expit(logit_F + eta_F)``.
     """
 
