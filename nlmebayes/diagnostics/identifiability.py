@@ -40,9 +40,14 @@ def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
                 f"occasion ({col}): kappa cannot be told apart from eta"
             )
     if spec.iiv and n_obs.max() <= 1:
+        why = (
+            "eta cannot be told apart from the residual error"
+            if not spec.outcomes
+            else "eta (a frailty) is told apart from the outcome's own randomness only by the shape of "
+            "its distribution"
+        )
         out.append(
-            f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one "
-            f"observation: eta cannot be told apart from the residual error"
+            f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one observation: {why}"
         )
     out += _nonpositive_dv_warnings(spec, data)
     for lvl in spec.levels:

@@ -181,6 +181,8 @@ def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
     """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
     if spec.levels:
         return "random effects above the subject"
+    if spec.outcomes:
+        return "non-continuous outcomes (binary, ordinal, count, time to event)"
     return None
 
 

@@ -193,7 +193,13 @@ def fit(
 
 
 def _pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
-    """The pilot (:func:`~nlmebayes.inference.parameterisation.run_pilot`); None if it fails."""
+    """The pilot (:func:`~nlmebayes.inference.parameterisation.run_pilot`); None if it fails.
+
+    Models with non-continuous outcomes have no pilot (its EBEs assume Gaussian data): their
+    etas are non-centred and the sampler starts from PyMC's defaults.
+    """
+    if spec.outcomes:
+        return None
     try:
         with pytensor.config.change_flags(traceback__limit=0):
             return run_pilot(spec, data)

@@ -181,7 +181,7 @@ def build_model(
             det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
         given = {n: params[n] for n in inputs}
         ipred = det("ipred", struct.concentration(data, given, index=dose_index), dims="obs")
-        add_likelihood(spec, data, ipred)
+        add_likelihood(spec, data, ipred, _cumulative_hazard(spec, struct, data, given))
     return BuiltModel(
         model=model,
         data=data,
@@ -238,6 +238,18 @@ def _individual_expressions(spec: ModelSpec, data: EventData, params: dict, det,
             raise ValueError(f"model {spec.name}, individual {name}: {e}") from None
         sym[name] = out[name] = det(name, value, dims=dims)
     return out
+
+
+def _cumulative_hazard(spec: ModelSpec, struct, data: EventData, params: dict):
+    """``H(t) - H(t_prev)`` per observation for a time-to-event outcome, else None."""
+    tte = [o for o in spec.outcomes.values() if o.kind == "tte"]
+    if not tte:
+        return None
+    if not hasattr(struct, "cumulative_hazard") or len(spec.errors) != 1:
+        raise ValueError(
+            f"model {spec.name}: a time-to-event outcome needs a ClosedForm hazard as the only output"
+        )
+    return struct.cumulative_hazard(data, params, tte[0])
 
 
 def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:

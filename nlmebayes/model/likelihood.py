@@ -37,7 +37,7 @@ def residual_sd(kind: str, sig: dict, ipred):
     }[kind]()
 
 
-def add_likelihood(spec: ModelSpec, data: EventData, ipred):
+def add_likelihood(spec: ModelSpec, data: EventData, ipred, cumhaz=None):
     """Add the residual SDs (``sigma_<name>``), Student-t ``nu`` and ``DV`` to the model in context.
 
     Parameters
@@ -48,6 +48,8 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred):
         The observations (after selection).
     ipred : TensorVariable
         Individual predictions, one per observation.
+    cumhaz : TensorVariable, optional
+        Cumulative hazard of each time-to-event row's interval (:mod:`.outcomes`).
 
     Returns
     -------
@@ -57,6 +59,12 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred):
     sig = {name: random_variable(f"sigma_{name}", e.prior(kind)) for name, _, kind, e in spec.sigma_terms}
     nu = None
     dv, limit = data.obs_dv, data.obs_limit
+    if spec.outcomes:
+        from nlmebayes.model.outcomes import outcome_likelihood
+
+        gaussian = len(spec.outcomes) < len(spec.errors)
+        sd = _per_output_sd(spec, data, sig, ipred) if gaussian else None
+        return outcome_likelihood(spec, data, ipred, sd, cumhaz)
     if isinstance(spec.error, dict):
         mu, sd = ipred, _per_output_sd(spec, data, sig, ipred)
     else:
@@ -86,6 +94,8 @@ def _per_output_sd(spec: ModelSpec, data: EventData, sig: dict, ipred):
     outputs = data.obs_output
     sd = pt.zeros_like(ipred)
     for out, e in spec.errors.items():
+        if out in spec.outcomes:
+            continue
         sd_k = residual_sd(e.kind, {k: sig[f"{out}_{k}"] for k in e.sigma_names}, ipred)
         sd = pt.switch(outputs == out, sd_k, sd)
     return pt.maximum(sd, 1e-8)

@@ -85,9 +85,13 @@ def validate_model_dict(d: dict, source: str = "model") -> None:
 
 
 def _check_error(err: dict, source: str, S) -> None:
-    allowed = _fields(S.ResidualError)
+    from typing import get_args
+
+    def allowed_for(e):
+        return _fields(S.Outcome) if e.get("kind") in get_args(S.OutcomeKind) else _fields(S.ResidualError)
+
     if "kind" in err or not err:
-        check_keys(err, allowed, "error", source)
+        check_keys(err, allowed_for(err), "error", source)
         return
     for output, e in err.items():
         if not isinstance(e, dict):
@@ -95,7 +99,7 @@ def _check_error(err: dict, source: str, S) -> None:
                 f"{source}: [error] has {output!r} = {e!r}; give kind and sigmas here, or one "
                 f"[error.<output>] table per output"
             )
-        check_keys(e, allowed, f"error.{output}", source, required=("kind",))
+        check_keys(e, allowed_for(e), f"error.{output}", source, required=("kind",))
 
 
 def _check_structural_name(name: str, source: str) -> None:

@@ -56,6 +56,9 @@ __all__ = [
     "Parameterisation",
     "ParameterScale",
     "ClosedForm",
+    "Outcome",
+    "HAZARDS",
+    "OutcomeKind",
     "ErrorKind",
     "ResidualDistribution",
     "ODEMethod",
@@ -719,6 +722,88 @@ class ResidualError:
         return self.priors.get(which) or Prior("HalfNormal", {"sigma": 2.0 * getattr(self, which)})
 
 
+#: Non-continuous outcomes (see :class:`Outcome`).
+OutcomeKind = Literal["binary", "ordinal", "poisson", "negbin", "tte"]
+#: Link of a binary or ordinal outcome.
+OutcomeLink = Literal["logit", "probit"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A non-continuous observation model, given in place of a :class:`ResidualError`.
+
+    The structural model's prediction ``f`` at each observation (e.g. a :class:`ClosedForm`
+    expression of ``C``) enters as follows:
+
+    * ``"binary"``: DV 0/1, ``P(DV = 1) = expit(f)`` (``link="logit"``) or ``Phi(f)`` (probit);
+    * ``"ordinal"``: DV 0..K-1 (``categories=K``), proportional odds,
+      ``P(DV <= k) = expit(c_k - f)`` with ordered cut points ``c_0 < ... < c_{K-2}`` estimated
+      (``cutpoints`` are their initial values, Normal(initial, 2) priors), or probit;
+    * ``"poisson"``: DV counts with mean ``f``;
+    * ``"negbin"``: counts with mean ``f`` and variance ``f + f^2 / alpha`` (``dispersion`` is the
+      initial alpha, HalfNormal(2 alpha) prior; large alpha is Poisson);
+    * ``"tte"``: time to event. ``f`` is the hazard ``h(t)``; each observation row closes an
+      interval that starts at the subject's previous observation (or first record): DV = 1, an
+      event (``log h(t) - (H(t) - H(t_prev))``), DV = 0, censored (``-(H(t) - H(t_prev))``).
+      ``cumulative`` is the cumulative hazard ``H(t)`` as an expression of ``t`` and parameters
+      (exact; see :data:`HAZARDS`); without it ``H`` is integrated numerically (Gauss-Legendre,
+      :attr:`quadrature` nodes per interval). Needs a :class:`ClosedForm` hazard without ``pk``.
+    """
+
+    kind: OutcomeKind
+    link: OutcomeLink = "logit"
+    categories: int | None = None
+    cutpoints: list | None = None
+    dispersion: float | None = None
+    cumulative: str | None = None
+    quadrature: int = 32
+
+    def __post_init__(self):
+        if self.kind not in get_args(OutcomeKind):
+            raise ValueError(f"outcome kind must be one of {get_args(OutcomeKind)}, got {self.kind!r}")
+        if self.link not in get_args(OutcomeLink):
+            raise ValueError(f"outcome link must be 'logit' or 'probit', got {self.link!r}")
+        if self.kind == "ordinal":
+            if self.categories is None or self.categories < 3:
+                raise ValueError("an ordinal outcome needs categories >= 3 (binary is kind='binary')")
+            cuts = self.cutpoints or [
+                float(k) - (self.categories - 2) / 2 for k in range(self.categories - 1)
+            ]
+            if len(cuts) != self.categories - 1 or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+                raise ValueError(
+                    f"ordinal outcome: give {self.categories - 1} increasing cutpoints, got {cuts}"
+                )
+            object.__setattr__(self, "cutpoints", [float(c) for c in cuts])
+        if self.kind == "negbin":
+            alpha = 5.0 if self.dispersion is None else float(self.dispersion)
+            if not alpha > 0:
+                raise ValueError(f"negbin dispersion must be > 0, got {alpha}")
+            object.__setattr__(self, "dispersion", alpha)
+        if self.cumulative is not None:
+            if self.kind != "tte":
+                raise ValueError("cumulative (the cumulative hazard) is for kind='tte'")
+            expression_names(self.cumulative)
+
+    @property
+    def sigma_names(self) -> tuple:
+        """An outcome has no residual SDs."""
+        return ()
+
+    @property
+    def distribution(self) -> str:
+        """``"outcome"``, for code that asks a residual model its distribution."""
+        return "outcome"
+
+
+#: Parametric hazards as (hazard, cumulative hazard) expressions, for :class:`ClosedForm` and
+#: ``Outcome("tte", cumulative=...)``: ``h, H = HAZARDS["weibull"]``.
+HAZARDS = {
+    "constant": ("LAMBDA", "LAMBDA * t"),
+    "weibull": ("SHAPE / SCALE * (t / SCALE)**(SHAPE - 1)", "(t / SCALE)**SHAPE"),
+    "gompertz": ("LAMBDA * exp(GAMMA * t)", "LAMBDA / GAMMA * (exp(GAMMA * t) - 1)"),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A complete NLME model: structural model, parameters, covariates, IIV, residual error.
@@ -734,9 +819,11 @@ class ModelSpec:
         ``{"CL": 2.7, ...}`` (initial typical values) or a list of :class:`Parameter`.
     covariates : list of Covariate
     iiv : IIV or list of IIV
-    error : ResidualError or dict
-        The residual error; for an ODE with several outputs, one per output:
-        ``{"cp": ResidualError("proportional"), "pca": ResidualError("additive")}``.
+    error : ResidualError, Outcome or dict
+        The residual error, or an :class:`Outcome` (binary, ordinal, count, time to event); for a
+        model with several outputs, one per output:
+        ``{"cp": ResidualError("proportional"), "pca": ResidualError("additive")}`` (a joint PK
+        and outcome model: ``{"cp": ResidualError("proportional"), "resp": Outcome("binary")}``).
     observations : Observations or dict
         Which observations the model describes, e.g. ``Observations(dvid="cp")`` or
         ``{"dvid": "cp"}``; ``blq="M1"`` discards censored observations (CENS column) instead of
@@ -768,7 +855,7 @@ class ModelSpec:
     parameters: dict | list
     covariates: list = field(default_factory=list)
     iiv: IIV | list | None = None
-    error: ResidualError | dict = field(default_factory=ResidualError)
+    error: ResidualError | Outcome | dict = field(default_factory=ResidualError)
     observations: Observations = field(default_factory=Observations)
     description: str = ""
     iov: IOV | list | None = None
@@ -878,7 +965,10 @@ class ModelSpec:
         err = self.error
         outputs = list(self.structural.outputs) if isinstance(self.structural, ODE | ClosedForm) else [None]
         if isinstance(err, dict):
-            err = {str(k): v if isinstance(v, ResidualError) else ResidualError(**v) for k, v in err.items()}
+            err = {
+                str(k): v if isinstance(v, ResidualError | Outcome) else _error_from_dict(v)
+                for k, v in err.items()
+            }
             object.__setattr__(self, "error", err)
             if sorted(err) != sorted(o for o in outputs if o is not None):
                 raise ValueError(
@@ -889,7 +979,7 @@ class ModelSpec:
             for k, e in err.items():
                 # One Gaussian likelihood over all outputs keeps the marginal likelihood,
                 # residuals and simulation as they are for one output.
-                if e.distribution != "normal" or e.kind == "exponential":
+                if isinstance(e, ResidualError) and (e.distribution != "normal" or e.kind == "exponential"):
                     raise ValueError(
                         f"model {self.name}: output {k}: several outputs support "
                         f"normal additive/proportional/combined errors only"
@@ -905,6 +995,11 @@ class ModelSpec:
     def errors(self) -> dict:
         """Output name (DVID) -> :class:`ResidualError`; ``{None: error}`` for one output."""
         return dict(self.error) if isinstance(self.error, dict) else {None: self.error}
+
+    @property
+    def outcomes(self) -> dict:
+        """Output name (DVID; None for one output) -> :class:`Outcome`, for the non-continuous outputs."""
+        return {k: e for k, e in self.errors.items() if isinstance(e, Outcome)}
 
     @property
     def sigma_terms(self) -> list[tuple[str, str | None, str, ResidualError]]:
@@ -927,12 +1022,12 @@ class ModelSpec:
     @property
     def log_scale_error(self) -> bool:
         """Exponential (log-DV) residual error: residuals live on the log scale."""
-        return not isinstance(self.error, dict) and self.error.kind == "exponential"
+        return isinstance(self.error, ResidualError) and self.error.kind == "exponential"
 
     @property
     def residual_distribution(self) -> str:
         """``normal`` or ``student_t``."""
-        return "normal" if isinstance(self.error, dict) else self.error.distribution
+        return self.error.distribution if isinstance(self.error, ResidualError) else "normal"
 
     @property
     def parameter_names(self) -> list[str]:
@@ -1055,7 +1150,7 @@ class ModelSpec:
                 blocks[key].append(cls_(**b))
         raw = dict(d.get("error", {"kind": "additive"}))
         # one error ({"kind": ...}) or one per output ({"cp": {"kind": ...}, ...})
-        err = ResidualError(**raw) if "kind" in raw else {k: ResidualError(**v) for k, v in raw.items()}
+        err = _error_from_dict(raw) if "kind" in raw else {k: _error_from_dict(v) for k, v in raw.items()}
         structural = d["structural"]
         if isinstance(structural, dict):
             structural = ODE(**structural) if "states" in structural else ClosedForm(**structural)
@@ -1100,7 +1195,14 @@ class ModelSpec:
         return cls.from_dict(d, source=name)
 
 
-def _error_dict(e: ResidualError) -> dict:
+def _error_from_dict(d: dict):
+    """A ResidualError or, for an outcome kind, an Outcome."""
+    return Outcome(**d) if d.get("kind") in get_args(OutcomeKind) else ResidualError(**d)
+
+
+def _error_dict(e) -> dict:
+    if isinstance(e, Outcome):
+        return _drop_none(asdict(e))
     err = _drop_none({"kind": e.kind, **{k: getattr(e, k) for k in e.sigma_names}})
     if e.distribution != "normal":
         err["distribution"] = e.distribution

@@ -89,6 +89,38 @@ class ClosedFormModel:
                     column="DVID",
                 )
 
+    def cumulative_hazard(self, data: EventData, params: dict, outcome):
+        """Each observation's cumulative hazard since the subject's previous observation.
+
+        ``H(t) - H(t_prev)``, ``t_prev`` the previous observation's (or the first record's) time:
+        from ``outcome.cumulative`` exactly, else by Gauss-Legendre quadrature of the
+        (single-output) hazard over the interval.
+        """
+        if self.pk is not None or len(self.outputs) != 1:
+            raise NotImplementedError(
+                f"closed-form model {self.name}: time to event needs one hazard expression without a pk model"
+            )
+        t1 = data.obs_time.astype(float)
+        first = data.records.groupby("_SUBJ", sort=True)["TIME"].min().to_numpy(dtype=float)
+        prev = np.r_[np.nan, t1[:-1]]
+        new_subject = np.r_[True, data.obs_subject[1:] != data.obs_subject[:-1]]
+        t0 = np.where(new_subject, first[data.obs_subject], prev)
+        sym = {
+            n: (pt.as_tensor_variable(v) * pt.ones(data.n_subjects))[data.obs_subject]
+            for n, v in params.items()
+        }
+        if outcome.cumulative is not None:
+            return parse_expression(
+                outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t1)}
+            ) - parse_expression(outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t0)})
+        x, w = np.polynomial.legendre.leggauss(outcome.quadrature)
+        half = (t1 - t0)[:, None] / 2.0
+        nodes = t0[:, None] + half * (x[None, :] + 1.0)
+        h = parse_expression(
+            self.outputs[0][1], {**{n: v[:, None] for n, v in sym.items()}, "t": pt.as_tensor_variable(nodes)}
+        )
+        return pt.sum(h * (w[None, :] * half), axis=1)
+
     def concentration(self, data: EventData, params: dict, index=None):
         """Each observation's output expression, with ``t`` its TIME and ``C`` the PK prediction."""
         if index is not None and not np.array_equal(np.asarray(index), data.dose_subject):

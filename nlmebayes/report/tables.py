@@ -214,6 +214,27 @@ def _sigma_rows(spec, post, ci: float) -> list[dict]:
             _row(f"sigma_{s}", "sigma", f"residual SD ({unit})" + (f", {out}" if out else ""), da, ci)
         )
         rows.append(_row(f"sigma2_{s}", "sigma", "residual variance (NONMEM SIGMA)", da**2, ci))
+    for out, o in spec.outcomes.items():
+        sfx = "" if out is None else f"_{out}"
+        if o.kind == "ordinal":
+            cuts = post[f"cutpoints{sfx}"]
+            for k in range(o.categories - 1):
+                da = cuts.isel({cuts.dims[-1]: k}, drop=True)
+                rows.append(
+                    _row(
+                        f"cutpoint{sfx}[{k}]", "sigma", f"{o.link} cut point between {k} and {k + 1}", da, ci
+                    )
+                )
+        elif o.kind == "negbin":
+            rows.append(
+                _row(
+                    f"alpha{sfx}",
+                    "sigma",
+                    "negative binomial dispersion (var = mu + mu^2/alpha)",
+                    post[f"alpha{sfx}"],
+                    ci,
+                )
+            )
     return rows
 
 

@@ -47,7 +47,7 @@ def report(result, ci: float = 0.95) -> str:
         f"Model {spec.name}: {getattr(spec.structural, 'name', spec.structural)}, "
         f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, "
         + ", ".join(f"{e.kind}{f' ({o})' if o else ''}" for o, e in spec.errors.items())
-        + " residual error",
+        + (" outcome" if spec.outcomes and len(spec.outcomes) == len(spec.errors) else " residual error"),
         f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, {data.n_doses} doses",
         f"NUTS ({attrs.get('nlmebayes_sampler', '?')}): {d['chains']} chains x {d['draws']} draws"
         + (
@@ -133,7 +133,7 @@ def _parameter_lines(result, ci: float) -> list[str]:
     for kind, title in (
         ("theta", "Fixed effects"),
         ("omega", "Inter-individual variability"),
-        ("sigma", "Residual error"),
+        ("sigma", "Residual error" if not result.spec.outcomes else "Residual error and outcome parameters"),
         ("derived", "Derived from the typical values"),
     ):
         sub = tab[tab["kind"] == kind]
