@@ -338,3 +338,20 @@ def test_trans1_k_and_v_is_the_trans2_model_with_cl_equal_k_times_v(tmp_path):
     ).ofv
     # The same likelihood by two routes (K*V vs CL/V inside the model): rounding only.
     assert ofv_k == pytest.approx(ofv_cl, abs=1e-6)
+
+
+def test_block_mixing_log_normal_and_additive_etas_converts(tmp_path):
+    """$OMEGA BLOCK(2) over CL = TVCL*EXP(ETA(1)) and V = TVV+ETA(2): one correlated block whose
+    kinds differ per parameter (IIV.kind as a list), the covariance carried as the block's SDs."""
+    pairs = (
+        ("V=TVV*EXP(ETA(2))", "V=TVV+ETA(2)"),
+        (
+            "$OMEGA DIAGONAL(2)\n 0.0309626  ;       IVCL\n 0.031128  ;        IVV",
+            "$OMEGA BLOCK(2) 0.03 0.005 0.04",
+        ),
+    )
+    m = read_control_stream(_variant(tmp_path, "mixed_block", *pairs[0], extra=pairs[1:]))
+    (block,) = m.spec.iiv
+    assert block.block and block.parameters == ["CL", "V"] and block.kind == ["lognormal", "additive"]
+    assert block.sd == pytest.approx([0.03**0.5, 0.04**0.5])
+    assert m.nonmem_names["omega(CL,V)"] == "OMEGA(2,1)"

@@ -233,3 +233,45 @@ def test_each_outcome_recovers_its_truth_with_iiv():
     assert 0.2 < censored < 0.4
     print(*table, sep="\n")
     assert len(outside) <= 4, outside
+
+
+def test_joint_pk_and_binary_response_likelihood():
+    """A joint model: concentrations (cp, proportional error) and a yes/no response whose logit is
+    an Emax of the same concentration (resp). Each row's log-likelihood is its own family's:
+    normal for cp, Bernoulli for resp (scipy, 1e-8)."""
+    from nlmebayes import ResidualError, datasets
+
+    theo = datasets.theophylline()
+    rows = theo.records[["ID", "TIME", "AMT", "DV", "EVID", "CMT"]].copy()
+    rng = np.random.default_rng(4)
+    resp = rows[rows["EVID"] == 0].assign(DVID="resp")
+    resp["DV"] = rng.integers(0, 2, len(resp)).astype(float)
+    df = pd.concat([rows.assign(DVID="cp"), resp]).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    data = read_nonmem(df.drop(columns="EVID").reset_index(drop=True))
+    spec = ModelSpec(
+        "joint",
+        ClosedForm("pkpd", {"cp": "C", "resp": "E0 + EMAX * C / (EC50 + C)"}, pk="1cpt_oral"),
+        [
+            Parameter("KA", 1.5),
+            Parameter("CL", 2.7),
+            Parameter("V", 31.5),
+            Parameter("E0", -2.0, scale="linear"),
+            Parameter("EMAX", 4.0),
+            Parameter("EC50", 5.0),
+        ],  # fmt: skip
+        error={"cp": ResidualError("proportional", prop=0.2), "resp": Outcome("binary")},
+    )
+    ll = _pointwise(spec, data, {"sigma_cp_prop_log__": np.log(0.2)})
+    dose = np.zeros(data.n_subjects)
+    np.add.at(dose, data.dose_subject, data.dose_amt)
+    k, t = 2.7 / 31.5, data.obs_time
+    conc = dose[data.obs_subject] * 1.5 / (31.5 * (1.5 - k)) * (np.exp(-k * t) - np.exp(-1.5 * t))
+    cp = data.obs_output == "cp"
+    p = 1 / (1 + np.exp(-(-2.0 + 4.0 * conc / (5.0 + conc))))
+    expected = np.where(
+        cp,
+        stats.norm.logpdf(data.obs_dv, conc, np.maximum(0.2 * conc, 1e-8)),
+        stats.bernoulli.logpmf(data.obs_dv, p),
+    )
+    finite = conc > 0  # the pre-dose sample (C = 0) has a floored SD in the model
+    np.testing.assert_allclose(ll[finite | ~cp], expected[finite | ~cp], rtol=0, atol=1e-8)

@@ -463,14 +463,13 @@ class _Converter:
                     "OMEGA", None, f"{', '.join(unused)} is declared but acts on no structural parameter"
                 )
             params = [by_eta[e][0] for e in dist.names]
-            kinds = {by_eta[e][1] for e in dist.names}
-            if len(kinds) > 1:
-                raise self.src.error("OMEGA", None, f"BLOCK over {params} mixes log-normal and additive ETAs")
+            kinds = [by_eta[e][1] for e in dist.names]
             var = np.atleast_2d(np.array(self._values(self.sp.sympify(dist.variance)), dtype=float))
             for e, p in zip(dist.names, params, strict=True):
                 index[p] = self.etas.index(e) + 1
             sd = list(np.sqrt(np.diag(var)))
-            kind = kinds.pop()
+            # a BLOCK may mix log-normal and additive ETAs: one kind per parameter
+            kind = kinds[0] if len(set(kinds)) == 1 else kinds
             if len(params) == 1 and out and not out[-1].block and out[-1].kind == kind:
                 prev = out.pop()
                 out.append(IIV(prev.parameters + params, sd=prev.sd + sd, kind=kind))
