@@ -169,3 +169,55 @@ def test_subjects_with_fewer_occasions_carry_empty_slots_that_change_nothing(met
     # the kappa EBEs of occasions a subject does not have are missing, not 0
     assert ds["kappa_ebe"].sizes == {"subject": 3, "occasion_slot": 3, "iov": 2}
     assert np.isnan(ds["kappa_ebe"].values[0, 1:]).all() and np.isfinite(ds["kappa_ebe"].values[2]).all()
+
+
+def _block_iov_case():
+    """The 40 x 3 design with correlated kappas (corr(CL, V) 0.6 between occasions)."""
+    from nlmebayes import IOV
+
+    spec, sim, _ = iov_case(sim_seed=2)
+    block = dataclasses.replace(spec, iov=IOV(["CL", "V"], sd=[0.15, 0.1], block=True))
+    pi = np.array([[0.04, 0.6 * 0.2 * 0.15], [0.6 * 0.2 * 0.15, 0.0225]])
+    data = simulate(block, sim, typical=TRUTH.typical, omega=TRUTH.omega, pi=pi, sigma=TRUTH.sigma, seed=5)
+    return spec, block, data, dataclasses.replace(TRUTH, pi=pi)
+
+
+def test_block_iov_ofv():
+    """Block IOV (NONMEM's $OMEGA BLOCK(2) SAME): with zero correlation it is the diagonal model
+    (same OFV to rounding); counted as 3 elements. On data with correlated kappas, importance
+    sampling is reproducible across seeds (measured 0.02 apart; 0.5 allowed), FOCE-I is 1.85 from
+    it (2.5 allowed; the diagonal IOV model's FOCE-I error on this design is 0.7, and its Laplace
+    error 3.1, see above), and the block model fits far better than the diagonal one at the truth
+    (OFV 27.5 lower; 10 required)."""
+    diagonal, block, data, pop = _block_iov_case()
+    uncorrelated = dataclasses.replace(pop, pi=np.diag([0.2**2, 0.15**2]))
+    assert (
+        abs(
+            marginal_likelihood(block, data, uncorrelated).ofv
+            - marginal_likelihood(diagonal, data, TRUTH).ofv
+        )
+        < 1e-8
+    )
+    assert n_parameters(block, data)["omega"] == 2 + 3
+    cm = ConditionalModel(block, data)
+    imp = [
+        marginal_likelihood(block, data, pop, method="importance", conditional=cm, seed=s).ofv for s in (0, 1)
+    ]
+    focei = marginal_likelihood(block, data, pop, conditional=cm).ofv
+    assert abs(imp[0] - imp[1]) < 0.5
+    assert abs(focei - np.mean(imp)) < 2.5
+    assert marginal_likelihood(diagonal, data, TRUTH).ofv - focei > 10
+
+
+@pytest.mark.sampling
+def test_block_iov_fit_recovers_the_kappa_correlation():
+    """2 x 300 draws on the correlated 40 x 3 design: the kappa correlation's 95% interval holds
+    the truth 0.6 (measured median 0.61, [0.41, 0.76]) and the report lists it."""
+    _, block, data, _ = _block_iov_case()
+    from nlmebayes import fit
+
+    result = fit(block, data, chains=2, draws=300, seed=1, progressbar=False)
+    corr = result.posterior["pi_corr_0"].isel(iov_0=1, iov_0_=0).values.ravel()
+    lo, hi = np.quantile(corr, [0.025, 0.975])
+    assert lo < 0.6 < hi
+    assert "corr_occ(CL,V)" in result.report()

@@ -80,7 +80,7 @@ class ConditionalModel:
         if self.student_t and self.censored.size:
             raise NotImplementedError("the marginal likelihood of censored Student-t residuals")
         self.pop_names = [
-            rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_", "pi_sd_"))
+            rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_", "pi_sd_", "pi_chol_"))
         ]
         self.q_iiv = len(spec.iiv_parameters)
         self._occasion_layout(spec)

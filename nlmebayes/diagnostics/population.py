@@ -17,6 +17,7 @@ __all__ = [
     "PopulationValues",
     "omega_draws",
     "covariance_draws",
+    "pi_draws",
     "random_effects_covariance",
     "unsupported",
     "n_parameters",
@@ -42,6 +43,9 @@ class PopulationValues:
         Residual SDs by kind, e.g. ``{"prop": 0.115}`` (NONMEM's SIGMA is a variance: take its root).
     pi_sd : dict
         Inter-occasion SDs by parameter, e.g. ``{"CL": 0.2}`` (NONMEM's IOV OMEGA is their square).
+    pi : array (r, r), optional
+        Covariance of the kappas over ``spec.iov_parameters`` (block IOV, NONMEM's
+        ``$OMEGA BLOCK(n) SAME``); replaces ``diag(pi_sd**2)`` when given.
     nu : float, optional
         Student-t degrees of freedom, when the model estimates them.
     """
@@ -52,6 +56,7 @@ class PopulationValues:
     sigma: dict = field(default_factory=dict)
     pi_sd: dict = field(default_factory=dict)
     nu: float | None = None
+    pi: np.ndarray | None = None
 
     def rv_values(self, spec: ModelSpec) -> dict[str, float]:
         """Values of the builder's population variables (``log_CL_pop``, ``theta_..``, ``sigma_..``)."""
@@ -94,12 +99,18 @@ class PopulationValues:
         """Covariance of a subject's random effects: Omega, then ``n_slots`` occasions' kappas.
 
         The kappas of each occasion slot follow the etas, ordered as ``spec.iov_parameters``;
-        each slot has ``diag(pi_sd**2)`` (see :mod:`nlmebayes.diagnostics.ofv` on why slots a
-        subject lacks change nothing).
+        each slot has ``Pi`` (:attr:`pi`, else ``diag(pi_sd**2)``; see :mod:`nlmebayes.diagnostics.ofv`
+        on why slots a subject lacks change nothing).
         """
         omega = self.omega_matrix(spec)
         if not spec.iov:
             return omega
+        if self.pi is not None:
+            r = len(spec.iov_parameters)
+            pi_cov = np.atleast_2d(np.asarray(self.pi, dtype=float))
+            if pi_cov.shape != (r, r):
+                raise ValueError(f"pi must be {r}x{r} (order {spec.iov_parameters}), got {pi_cov.shape}")
+            return random_effects_covariance(omega, pi_cov, n_slots)
         missing = [p for p in spec.iov_parameters if p not in self.pi_sd]
         if missing:
             raise ValueError(f"the model has IOV: give pi_sd for {missing}")
@@ -125,18 +136,22 @@ class PopulationValues:
         omega = None
         if spec.iiv:
             omega = summ(omega_draws(posterior, spec))
-        pi_sd = {}
+        pi_sd, pi_cov = {}, None
         if spec.iov:
             pi = summ(draws("pi_sd"))
             pi_sd = dict(zip(spec.iov_parameters, map(float, pi), strict=True))
+            if any(b.block for b in spec.iov):
+                pi_cov = summ(pi_draws(posterior, spec))
         nu = float(summ(draws("nu"))) if "nu" in posterior else None
-        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd, nu=nu)
+        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd, nu=nu, pi=pi_cov)
 
 
 def random_effects_covariance(omega: np.ndarray, pi_sd: np.ndarray, n_slots: int) -> np.ndarray:
-    """``blockdiag(Omega, diag(pi^2), ..., diag(pi^2))`` with ``n_slots`` occasion blocks.
+    """``blockdiag(Omega, Pi, ..., Pi)`` with ``n_slots`` occasion blocks.
 
-    Works on stacks too: ``omega`` (..., q, q) and ``pi_sd`` (..., r) give (..., q + n_slots r, ...).
+    ``pi_sd`` holds the kappas' SDs (``Pi = diag(pi_sd**2)``), or ``Pi`` itself as a matrix (block
+    IOV). Works on stacks too: ``omega`` (..., q, q) and ``pi_sd`` (..., r) or (..., r, r) give
+    (..., q + n_slots r, ...).
 
     Examples
     --------
@@ -145,11 +160,14 @@ def random_effects_covariance(omega: np.ndarray, pi_sd: np.ndarray, n_slots: int
     """
     omega, pi_sd = np.asarray(omega, dtype=float), np.asarray(pi_sd, dtype=float)
     q, r = omega.shape[-1], pi_sd.shape[-1]
+    if pi_sd.ndim < omega.ndim:  # SDs: a diagonal Pi
+        pi_sd = pi_sd[..., :, None] * np.eye(r) * pi_sd[..., None, :]
     n = q + n_slots * r
-    out = np.zeros(omega.shape[:-2] + (n, n))
+    out = np.zeros(np.broadcast_shapes(omega.shape[:-2], pi_sd.shape[:-2]) + (n, n))
     out[..., :q, :q] = omega
-    idx = np.arange(q, n)
-    out[..., idx, idx] = np.tile(pi_sd**2, n_slots)
+    for j in range(n_slots):
+        a = q + j * r
+        out[..., a : a + r, a : a + r] = pi_sd
     return out
 
 
@@ -159,8 +177,21 @@ def covariance_draws(posterior, spec: ModelSpec, n_slots: int = 0) -> np.ndarray
     omega = omega_draws(posterior, spec) if spec.iiv else np.zeros((n, 0, 0))
     if not spec.iov:
         return omega
-    pi = posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values
-    return random_effects_covariance(omega, pi, n_slots)
+    return random_effects_covariance(omega, pi_draws(posterior, spec), n_slots)
+
+
+def pi_draws(posterior, spec: ModelSpec) -> np.ndarray:
+    """Per-draw Pi (covariance of the kappas), shape ``(n_draws, r, r)``, chains stacked."""
+    sd = posterior["pi_sd"].stack(sample=("chain", "draw")).transpose("sample", "iov").values
+    corr = np.broadcast_to(np.eye(sd.shape[1]), (sd.shape[0],) + (sd.shape[1],) * 2).copy()
+    j = 0
+    for b, block in enumerate(spec.iov):
+        n = len(block.parameters)
+        if block.block:
+            c = posterior[f"pi_corr_{b}"].stack(sample=("chain", "draw"))
+            corr[:, j : j + n, j : j + n] = c.transpose("sample", ...).values
+        j += n
+    return corr * sd[:, :, None] * sd[:, None, :]
 
 
 def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
@@ -207,11 +238,12 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
         cov = data.subject_covariates(sorted({c for _, c in spec.candidates.pairs}))
         n_theta += sum(len(f.labels) for f in candidate_forms(spec.candidates, cov))
     n_omega = sum(
-        len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters) for b in spec.iiv
+        len(b.parameters) * (len(b.parameters) + 1) // 2 if b.block else len(b.parameters)
+        for b in [*spec.iiv, *spec.iov]
     )
     if spec.residual_distribution == "student_t" and getattr(spec.error, "nu", None) is None:
         n_theta += 1  # the estimated degrees of freedom
-    # each IOV variance (NONMEM's OMEGA BLOCK(1) SAME counts once) and each level SD
-    n_omega += len(spec.iov_parameters) + sum(len(lv.parameters) for lv in spec.levels)
+    # IOV elements above (NONMEM's OMEGA BLOCK(n) SAME counts its block once), then each level SD
+    n_omega += sum(len(lv.parameters) for lv in spec.levels)
     n_sigma = len(spec.sigma_names)
     return {"theta": n_theta, "omega": n_omega, "sigma": n_sigma, "total": n_theta + n_omega + n_sigma}

@@ -156,10 +156,11 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
     for k, block in enumerate(spec.iiv):
         point.update({f"omega_sd_{k}_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})
         if block.block:
-            row, col = np.tril_indices(len(block.parameters))
-            point[f"omega_chol_{k}"] = np.where(row == col, np.asarray(block.sd, dtype=float)[row], 0.0)
-    for b in spec.iov:
-        point.update({f"pi_sd_{p}": s for p, s in zip(b.parameters, b.sd, strict=True)})
+            point[f"omega_chol_{k}"] = _packed_diagonal(block.sd)
+    for b, block in enumerate(spec.iov):
+        point.update({f"pi_sd_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})
+        if block.block:
+            point[f"pi_chol_{b}"] = _packed_diagonal(block.sd)
     for lvl in spec.levels:
         point.update({f"level_sd_{lvl.column}_{p}": s for p, s in zip(lvl.parameters, lvl.sd, strict=True)})
     for rv in model.free_RVs:
@@ -177,6 +178,12 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
             else:
                 point[rv.name] = _evaluate(built.phi_means[rv.name], model, point) + eta
     return point
+
+
+def _packed_diagonal(sd) -> np.ndarray:
+    """PyMC's packed lower triangle (row by row) of ``diag(sd)``: an LKJ Cholesky factor's value."""
+    row, col = np.tril_indices(len(sd))
+    return np.where(row == col, np.asarray(sd, dtype=float)[row], 0.0)
 
 
 def _evaluate(expr, model, values: dict):

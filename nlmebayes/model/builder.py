@@ -171,7 +171,7 @@ def build_model(
             spec, model, tv_i, det, deterministics, set(centered), z_expressions, phi_means
         )
         if spec.iov:
-            params = _inter_occasion(spec, data, model, params, det, occ_subject)
+            params = _inter_occasion(spec, data, model, params, det, occ_subject, deterministics)
         if spec.individual:
             rows = np.array([s_ for s_, _ in occ_subject]) if spec.iov else np.arange(data.n_subjects)
             params = _individual_expressions(spec, data, params, det, rows)
@@ -456,28 +456,43 @@ def _inter_individual(
 
 def _omega(model: pm.Model, k: int, block, det, store: bool):
     """SDs of block ``k`` and, for a block Omega, its Cholesky factor (else None)."""
+    return _sd_and_cholesky(
+        model, block, det, store, f"omega_sd_{k}_", f"omega_chol_{k}", f"omega_corr_{k}", f"iiv_{k}"
+    )
+
+
+def _sd_and_cholesky(
+    model: pm.Model, block, det, store: bool, sd_prefix: str, chol: str, corr: str, dim: str
+):
+    """SDs of an IIV or IOV block and, for a block (correlated) one, its Cholesky factor (else None).
+
+    Variables: ``<sd_prefix><parameter>`` (diagonal), or ``chol`` (LKJ) with the correlations stored as
+    ``corr`` over ``(dim, dim_)``.
+    """
     priors = block.priors()
     if not block.block:
         sd = pt.stack(
-            [random_variable(f"omega_sd_{k}_{p}", pr) for p, pr in zip(block.parameters, priors, strict=True)]
+            [random_variable(f"{sd_prefix}{p}", pr) for p, pr in zip(block.parameters, priors, strict=True)]
         )
         return sd, None
     if any(pr.dist != priors[0].dist or pr.args.keys() != priors[0].args.keys() for pr in priors):
-        raise ValueError(f"block Omega over {block.parameters}: give every SD prior one distribution")
+        raise ValueError(f"block over {block.parameters}: give every SD prior one distribution")
     # One prior per SD: the distribution's arguments as vectors (LKJCholeskyCov takes one sd_dist).
     args = {k: np.array([pr.args[k] for pr in priors], dtype=float) for k in priors[0].args}
     sd_dist = getattr(pm, priors[0].dist).dist(**args, shape=len(block.parameters))
-    chol, corr, sd = pm.LKJCholeskyCov(
-        f"omega_chol_{k}",
+    chol_, corr_, sd = pm.LKJCholeskyCov(
+        chol,
         n=len(block.parameters),
         eta=block.lkj_eta,
         sd_dist=sd_dist,
         compute_corr=True,
         store_in_trace=store,
     )
-    model.add_coord(f"iiv_{k}_", block.parameters)
-    det(f"omega_corr_{k}", corr, dims=(f"iiv_{k}", f"iiv_{k}_"))
-    return sd, chol
+    if dim not in model.coords:
+        model.add_coord(dim, block.parameters)
+    model.add_coord(f"{dim}_", block.parameters)
+    det(corr, corr_, dims=(dim, f"{dim}_"))
+    return sd, chol_
 
 
 def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol, kinds: list):
@@ -525,7 +540,7 @@ def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, ch
 
 
 def _inter_occasion(
-    spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det, occ_subject: list
+    spec: ModelSpec, data: EventData, model: pm.Model, params: dict, det, occ_subject: list, store: bool
 ) -> dict:
     """One parameter row per (subject, occasion).
 
@@ -536,15 +551,28 @@ def _inter_occasion(
     model.add_coord("iov", spec.iov_parameters)
     row_subject = np.array([s_ for s_, _ in occ_subject])
     z = pm.Normal("z_iov", 0.0, 1.0, dims=("occasion", "iov"))
-    pi_sd = pt.stack(
-        [
-            random_variable(f"pi_sd_{p}", pr)
-            for b in spec.iov
-            for p, pr in zip(b.parameters, b.priors(), strict=True)
-        ]
-    )
+    if not any(b.block for b in spec.iov):
+        pi_sd = pt.stack(
+            [
+                random_variable(f"pi_sd_{p}", pr)
+                for b in spec.iov
+                for p, pr in zip(b.parameters, b.priors(), strict=True)
+            ]
+        )
+        kappa = z * pi_sd
+    else:
+        sds, cols, j = [], [], 0
+        for b, block in enumerate(spec.iov):
+            n = len(block.parameters)
+            sd, chol = _sd_and_cholesky(
+                model, block, det, store, "pi_sd_", f"pi_chol_{b}", f"pi_corr_{b}", f"iov_{b}"
+            )
+            sds.append(sd)
+            cols.append(z[:, j : j + n] @ chol.T if block.block else z[:, j : j + n] * sd)
+            j += n
+        pi_sd, kappa = pt.concatenate(sds), pt.concatenate(cols, axis=1)
     det("pi_sd", pi_sd, dims="iov")
-    kappa = det("kappa", z * pi_sd, dims=("occasion", "iov"))
+    kappa = det("kappa", kappa, dims=("occasion", "iov"))
     params = {n: v[row_subject] for n, v in params.items()}
     for j, p in enumerate(spec.iov_parameters):
         params[p] = params[p] * pt.exp(kappa[:, j])

@@ -422,8 +422,9 @@ class IIV:
 class IOV:
     """Inter-occasion variability.
 
-    ``P_ij = TV_i * exp(eta_i + kappa_ij)`` for occasion j of subject i, kappa ~ N(0, diag(pi^2)) with one
-    variance per parameter shared by all occasions.
+    ``P_ij = TV_i * exp(eta_i + kappa_ij)`` for occasion j of subject i, kappa ~ N(0, Pi) with one
+    covariance shared by all occasions (NONMEM's ``$OMEGA BLOCK(n) SAME``): ``diag(pi^2)``, or a full
+    matrix with ``block=True``.
 
     Parameters
     ----------
@@ -433,16 +434,24 @@ class IOV:
     occasion : str
         The data column numbering occasions (NONMEM's OCC).
     sd_prior : Prior, optional
+    block : bool
+        Correlated kappas (an LKJ prior of shape ``lkj_eta`` on their correlations), else
+        independent.
+    lkj_eta : float
     """
 
     parameters: list[str]
     sd: list[float] | None = None
     occasion: str = "OCC"
     sd_prior: Prior | None = None
+    block: bool = False
+    lkj_eta: float = 2.0
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
         object.__setattr__(self, "sd", _sds("IOV", self.parameters, self.sd))
+        if self.block and len(self.parameters) < 2:
+            raise ValueError("a block IOV needs at least two parameters")
 
     def priors(self) -> list[Prior]:
         """Prior of each SD, in parameter order."""

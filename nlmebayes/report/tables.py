@@ -169,6 +169,14 @@ def _omega_rows(spec, post, ci: float) -> list[dict]:
             rows.append(
                 _row(f"CV%occ({e})", "omega", "100*sqrt(exp(pi^2)-1)", 100 * np.sqrt(np.expm1(sd**2)), ci)
             )
+    for b, block in enumerate(spec.iov):
+        if not block.block:
+            continue
+        corr = post[f"pi_corr_{b}"]
+        for i, a in enumerate(block.parameters):
+            for j, c in enumerate(block.parameters[:i]):
+                da = corr.isel({corr.dims[-2]: i, corr.dims[-1]: j}, drop=True)
+                rows.append(_row(f"corr_occ({c},{a})", "omega", "kappa correlation", da, ci))
     for lvl in spec.levels:
         for p in lvl.parameters:
             sd = post[f"level_sd_{lvl.column}_{p}"]

@@ -20,7 +20,7 @@ def simulate(
     omega: np.ndarray | None = None,
     thetas: dict[str, float] | None = None,
     sigma: dict[str, float] | None = None,
-    pi: dict[str, float] | None = None,
+    pi: dict[str, float] | np.ndarray | None = None,
     level_sd: dict[str, dict[str, float]] | None = None,
     nu: float | None = None,
     seed: int,
@@ -40,8 +40,9 @@ def simulate(
         Covariate effects by name (``theta_CL_WT``).
     sigma : dict, optional
         Residual SDs, e.g. ``{"add": 0.5, "prop": 0.1}``.
-    pi : dict, optional
-        IOV SDs by parameter (``{"CL": 0.15}``); kappas are drawn per (subject, occasion).
+    pi : dict or array, optional
+        IOV SDs by parameter (``{"CL": 0.15}``), or the covariance of the kappas over
+        ``spec.iov_parameters`` (block IOV); kappas are drawn per (subject, occasion).
     level_sd : dict, optional
         SDs of the random effects above the subject, by column and parameter
         (``{"STUDY": {"CL": 0.3}}``); one effect is drawn per group.
@@ -68,7 +69,7 @@ def simulate(
     missing = [
         v.name
         for v in model.free_RVs
-        if v.name not in values and not v.name.startswith(("z_", "omega_", "pi_sd_", "level_sd_"))
+        if v.name not in values and not v.name.startswith(("z_", "omega_", "pi_sd_", "pi_chol_", "level_sd_"))
     ]
     if missing:
         raise ValueError(f"give values for {missing}")
@@ -93,7 +94,12 @@ def _random_effects(spec: ModelSpec, model, n_subjects: int, rng, omega, pi, lev
         if omega is None:
             raise ValueError("the model has IIV: give omega (covariance of the etas)")
         values["eta"] = rng.multivariate_normal(np.zeros(n_iiv), np.asarray(omega), size=n_subjects)
-    if spec.iov:
+    if spec.iov and isinstance(pi, np.ndarray):  # the covariance of the kappas (block IOV)
+        r = len(spec.iov_parameters)
+        if pi.shape != (r, r):
+            raise ValueError(f"pi as a matrix must be the {r}x{r} covariance over {spec.iov_parameters}")
+        values["kappa"] = rng.multivariate_normal(np.zeros(r), pi, size=len(model.coords["occasion"]))
+    elif spec.iov:
         sds = np.array([(pi or {})[p] if p in (pi or {}) else np.nan for p in spec.iov_parameters])
         if np.isnan(sds).any():
             raise ValueError(f"the model has IOV on {spec.iov_parameters}: give pi (SD) for each")
