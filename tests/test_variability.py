@@ -104,6 +104,8 @@ def test_study_level_variance_recovered():
     # study variance folded in; 30% either way covers its posterior spread with 80 subjects.
     assert 0.14 < tab.loc["omega(CL)", "median"] < 0.26
     assert res.posterior["gamma_STUDY"].shape[-2:] == (10, 1)
+    # issue 16: the OFV integrates the study effects (per study, around their modes)
+    assert "OFV" in res.report() and res.idata["marginal"].dataset["gamma_ebe_STUDY"].shape == (10, 1)
 
 
 @pytest.mark.sampling

@@ -23,6 +23,15 @@ from nlmebayes.model.spec import ModelSpec
 __all__ = ["ConditionalModel", "log_interval"]
 
 
+def _subject_groups(data: EventData, column: str) -> np.ndarray:
+    """Each subject's group (row of the builder's ``gamma_<column>``, groups in data order)."""
+    import pandas as pd
+
+    groups = data.subject_covariates([column])[column].to_numpy()
+    labels = list(pd.unique(groups))
+    return np.array([labels.index(g) for g in groups], dtype=int)
+
+
 def log_interval(a, b):
     """``log(Phi(b) - Phi(a))`` for ``a < b`` (either end may be infinite), without cancellation.
 
@@ -80,8 +89,16 @@ class ConditionalModel:
         if self.student_t and self.censored.size:
             raise NotImplementedError("the marginal likelihood of censored Student-t residuals")
         self.pop_names = [
-            rv.name for rv in model.free_RVs if not rv.name.startswith(("z_", "omega_", "pi_sd_", "pi_chol_"))
+            rv.name
+            for rv in model.free_RVs
+            if not rv.name.startswith(("z_", "omega_", "pi_sd_", "pi_chol_", "level_sd_"))
         ]
+        # a level's group effects are inputs, integrated outside (diagnostics.ofv, per group)
+        self.level_names = [f"gamma_{lvl.column}" for lvl in spec.levels]
+        self.pop_names += self.level_names
+        self.subject_group = (
+            _subject_groups(self.data, spec.levels[0].column) if spec.levels else np.zeros(0, dtype=int)
+        )
         self.q_iiv = len(spec.iiv_parameters)
         self._occasion_layout(spec)
         self.q = self.q_iiv + self.n_slots * len(spec.iov_parameters)
@@ -259,7 +276,15 @@ class ConditionalModel:
         if missing:
             raise ValueError(f"missing population values {missing}")
         eta = np.zeros((self.data.n_subjects, 0)) if eta is None else np.asarray(eta, dtype=float)
-        return [np.asarray(pop[n], dtype=float) for n in self.pop_names] + [eta]
+        return [self._value_of(pop, n) for n in self.pop_names] + [eta]
+
+    def _value_of(self, pop: dict, name: str) -> np.ndarray:
+        """``pop[name]``; a level's group effects default to 0 (an empty array stands for that)."""
+        x = np.asarray(pop[name], dtype=float)
+        if name in self.level_names and x.shape[-2] == 0:
+            n_groups = int(self.subject_group.max()) + 1
+            x = np.zeros(x.shape[:-2] + (n_groups, x.shape[-1]))
+        return x
 
     def predict(self, pop: dict, eta=None):
         """``f`` and ``R`` per observation at population values ``pop`` (builder names) and etas."""
@@ -277,7 +302,7 @@ class ConditionalModel:
         eta = np.asarray(eta, dtype=float)
         if eta.ndim != 3:
             raise ValueError(f"eta must be (batch, subjects, q), got shape {eta.shape}")
-        return self._batch(*[np.asarray(pop[n], dtype=float) for n in self.pop_names], eta)
+        return self._batch(*[self._value_of(pop, n) for n in self.pop_names], eta)
 
     def predict_with_gradients(self, pop: dict, eta):
         """``f, R, G, dR``; ``G[j, k] = df_j / d eta_{s(j), k}`` and likewise ``dR``."""

@@ -46,6 +46,13 @@ class PopulationValues:
     pi : array (r, r), optional
         Covariance of the kappas over ``spec.iov_parameters`` (block IOV, NONMEM's
         ``$OMEGA BLOCK(n) SAME``); replaces ``diag(pi_sd**2)`` when given.
+    level_sd : dict
+        SDs between the groups of a level, by column and parameter, e.g.
+        ``{"STUDY": {"CL": 0.3}}``.
+    level_effects : dict
+        The groups' effects (column -> array (groups, parameters)) at which the conditional
+        quantities (EBEs, residuals) are evaluated; the OFV integrates them out. Zero if not given;
+        :func:`~nlmebayes.diagnostics.ofv.marginal_likelihood` fills in their modes.
     nu : float, optional
         Student-t degrees of freedom, when the model estimates them.
     """
@@ -57,10 +64,21 @@ class PopulationValues:
     pi_sd: dict = field(default_factory=dict)
     nu: float | None = None
     pi: np.ndarray | None = None
+    level_sd: dict = field(default_factory=dict)
+    level_effects: dict = field(default_factory=dict)
 
     def rv_values(self, spec: ModelSpec) -> dict[str, float]:
         """Values of the builder's population variables (``log_CL_pop``, ``theta_..``, ``sigma_..``)."""
         out = {}
+        for lvl in spec.levels:
+            if set(self.level_sd.get(lvl.column, {})) != set(lvl.parameters):
+                raise ValueError(
+                    f"the model has a {lvl.column} level: give level_sd[{lvl.column!r}] for {lvl.parameters}"
+                )
+            given = self.level_effects.get(lvl.column)
+            out[f"gamma_{lvl.column}"] = (
+                np.zeros((0, len(lvl.parameters))) if given is None else np.asarray(given)
+            )
         for p in spec.parameters:
             if p.fixed:
                 continue
@@ -143,7 +161,20 @@ class PopulationValues:
             if any(b.block for b in spec.iov):
                 pi_cov = summ(pi_draws(posterior, spec))
         nu = float(summ(draws("nu"))) if "nu" in posterior else None
-        return cls(typical=typical, omega=omega, thetas=thetas, sigma=sigma, pi_sd=pi_sd, nu=nu, pi=pi_cov)
+        level_sd = {
+            lvl.column: {p: float(summ(draws(f"level_sd_{lvl.column}_{p}"))) for p in lvl.parameters}
+            for lvl in spec.levels
+        }
+        return cls(
+            typical=typical,
+            omega=omega,
+            thetas=thetas,
+            sigma=sigma,
+            pi_sd=pi_sd,
+            nu=nu,
+            pi=pi_cov,
+            level_sd=level_sd,
+        )
 
 
 def random_effects_covariance(omega: np.ndarray, pi_sd: np.ndarray, n_slots: int) -> np.ndarray:
@@ -210,8 +241,10 @@ def omega_draws(posterior, spec: ModelSpec) -> np.ndarray:
 
 def unsupported(spec: ModelSpec, data: EventData | None = None) -> str | None:
     """What in ``spec``/``data`` the FOCE-I/Laplace code cannot integrate, or None."""
-    if spec.levels:
-        return "random effects above the subject"
+    if len(spec.levels) > 1:
+        return "more than one level above the subject"
+    if spec.levels and len(spec.levels[0].parameters) > 3:
+        return "a level with more than 3 random effects (its quadrature grid)"
     if spec.outcomes:
         return "non-continuous outcomes (binary, ordinal, count, time to event)"
     return None
