@@ -242,14 +242,15 @@ def _individual_expressions(spec: ModelSpec, data: EventData, params: dict, det,
 
 def _cumulative_hazard(spec: ModelSpec, struct, data: EventData, params: dict):
     """``H(t) - H(t_prev)`` per observation for a time-to-event outcome, else None."""
-    tte = [o for o in spec.outcomes.values() if o.kind == "tte"]
+    tte = [(out, o) for out, o in spec.outcomes.items() if o.kind == "tte"]
     if not tte:
         return None
-    if not hasattr(struct, "cumulative_hazard") or len(spec.errors) != 1:
+    if not hasattr(struct, "cumulative_hazard") or len(tte) > 1:
         raise ValueError(
-            f"model {spec.name}: a time-to-event outcome needs a ClosedForm hazard as the only output"
+            f"model {spec.name}: a time-to-event outcome needs a ClosedForm hazard (one per model)"
         )
-    return struct.cumulative_hazard(data, params, tte[0])
+    out, outcome = tte[0]
+    return struct.cumulative_hazard(data, params, outcome, out)
 
 
 def _check_log_scale_data(spec: ModelSpec, data: EventData) -> None:

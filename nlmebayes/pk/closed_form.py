@@ -89,37 +89,54 @@ class ClosedFormModel:
                     column="DVID",
                 )
 
-    def cumulative_hazard(self, data: EventData, params: dict, outcome):
-        """Each observation's cumulative hazard since the subject's previous observation.
+    def cumulative_hazard(self, data: EventData, params: dict, outcome, output=None):
+        """Each time-to-event row's cumulative hazard since the subject's previous such row.
 
-        ``H(t) - H(t_prev)``, ``t_prev`` the previous observation's (or the first record's) time:
-        from ``outcome.cumulative`` exactly, else by Gauss-Legendre quadrature of the
-        (single-output) hazard over the interval.
+        ``H(t) - H(t_prev)`` for the rows of ``output`` (all rows for a single output), ``t_prev``
+        the subject's previous row of that output (or its first record's time): from
+        ``outcome.cumulative`` exactly, else by Gauss-Legendre quadrature of the hazard
+        expression over the interval, with the PK model's ``C`` evaluated at the nodes. Zero on
+        the other rows.
         """
-        if self.pk is not None or len(self.outputs) != 1:
-            raise NotImplementedError(
-                f"closed-form model {self.name}: time to event needs one hazard expression without a pk model"
-            )
-        t1 = data.obs_time.astype(float)
+        rows = np.arange(data.n_obs) if output is None else np.flatnonzero(data.obs_output == output)
+        expr = dict(self.outputs)[output]
+        t1, subj = data.obs_time[rows].astype(float), data.obs_subject[rows]
         first = data.records.groupby("_SUBJ", sort=True)["TIME"].min().to_numpy(dtype=float)
-        prev = np.r_[np.nan, t1[:-1]]
-        new_subject = np.r_[True, data.obs_subject[1:] != data.obs_subject[:-1]]
-        t0 = np.where(new_subject, first[data.obs_subject], prev)
-        sym = {
-            n: (pt.as_tensor_variable(v) * pt.ones(data.n_subjects))[data.obs_subject]
-            for n, v in params.items()
-        }
+        new_subject = np.r_[True, subj[1:] != subj[:-1]]
+        t0 = np.where(new_subject, first[subj], np.r_[np.nan, t1[:-1]])
+        per_subject = {n: pt.as_tensor_variable(v) * pt.ones(data.n_subjects) for n, v in params.items()}
+        sym = {n: v[subj] for n, v in per_subject.items()}
         if outcome.cumulative is not None:
-            return parse_expression(
-                outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t1)}
-            ) - parse_expression(outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t0)})
-        x, w = np.polynomial.legendre.leggauss(outcome.quadrature)
-        half = (t1 - t0)[:, None] / 2.0
-        nodes = t0[:, None] + half * (x[None, :] + 1.0)
-        h = parse_expression(
-            self.outputs[0][1], {**{n: v[:, None] for n, v in sym.items()}, "t": pt.as_tensor_variable(nodes)}
-        )
-        return pt.sum(h * (w[None, :] * half), axis=1)
+            if "C" in expression_names(outcome.cumulative):
+                raise ValueError(
+                    f"model {self.name}: a cumulative hazard given as an expression cannot use C"
+                )
+            at = [
+                parse_expression(outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t)}) for t in (t1, t0)
+            ]
+            dh = at[0] - at[1]
+        else:
+            x, w = np.polynomial.legendre.leggauss(outcome.quadrature)
+            half = (t1 - t0)[:, None] / 2.0
+            nodes = t0[:, None] + half * (x[None, :] + 1.0)
+            node_sym = {n: v[:, None] for n, v in sym.items()}
+            node_sym["t"] = pt.as_tensor_variable(nodes)
+            if self.pk is not None and "C" in expression_names(expr):
+                node_sym["C"] = self._concentration_at(data, per_subject, subj, nodes)
+            dh = pt.sum(parse_expression(expr, node_sym) * (w[None, :] * half), axis=1)
+        return pt.set_subtensor(pt.zeros(data.n_obs)[rows], dh * pt.ones(len(rows)))
+
+    def _concentration_at(self, data: EventData, params: dict, subj, nodes):
+        """The PK model's prediction at ``nodes`` (row j a time-to-event row of subject ``subj[j]``).
+
+        The nodes become the observations of a design with the data's doses; within a subject they
+        follow the intervals in time order, so the predictions come back in the nodes' order.
+        """
+        from nlmebayes.data.observations import observations_at
+
+        grid = observations_at(data, data.ids[subj], nodes)
+        names = self.pk.parameters + tuple(p for p in self.pk.optional_parameters if p in params)
+        return self.pk.concentration(grid, {n: params[n] for n in names}).reshape(nodes.shape)
 
     def concentration(self, data: EventData, params: dict, index=None):
         """Each observation's output expression, with ``t`` its TIME and ``C`` the PK prediction."""

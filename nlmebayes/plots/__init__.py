@@ -12,6 +12,7 @@ Nothing here rebuilds the sampler's graph: simulations go through :mod:`nlmebaye
 - :func:`eta_covariates`: etas against covariates (scatter + smoother, boxplots)
 - :func:`eta_pairs`: eta against eta
 - :func:`vpc_plot`: VPC, pcVPC, censored VPC, stratified
+- :func:`km_vpc_plot`: Kaplan-Meier VPC of a time-to-event outcome
 - :func:`shrinkage_plot`: no pooling -> partial pooling -> population, per subject
 - :func:`prior_predictive_plot`: prior predictive bands over the data
 - :func:`prediction_plot`: prediction bands of regimens (from :func:`nlmebayes.simulation.predict`)
@@ -30,7 +31,7 @@ from nlmebayes.plots.mcmc import pair_plot, rank_plot, trace_plot
 from nlmebayes.plots.prediction import prediction_plot, target_attainment_plot
 from nlmebayes.plots.prior import prior_posterior, prior_predictive_plot
 from nlmebayes.plots.shrinkage import shrinkage_plot
-from nlmebayes.plots.vpc import vpc_plot
+from nlmebayes.plots.vpc import km_vpc_plot, vpc_plot
 
 __all__ = [
     "gof",
@@ -42,6 +43,7 @@ __all__ = [
     "eta_covariates",
     "eta_pairs",
     "vpc_plot",
+    "km_vpc_plot",
     "shrinkage_plot",
     "prior_predictive_plot",
     "prediction_plot",

@@ -7,7 +7,7 @@ import pandas as pd
 
 from nlmebayes.plots._base import OBS, attach, new_figure
 
-__all__ = ["vpc_plot"]
+__all__ = ["vpc_plot", "km_vpc_plot"]
 
 #: Band colours of the simulated 5th/95th (outer) and 50th (median) percentiles' intervals.
 OUTER, MIDDLE = "#9ecae1", "#fc9272"
@@ -104,3 +104,49 @@ def _censored_panel(ax, cen: pd.DataFrame) -> None:
     ax.plot(cen["x"], cen["sim_median"], color="#2166ac", lw=1, ls="--")
     ax.plot(cen["x"], cen["observed"], color="#b2182b", marker="o", ms=3, lw=1.5)
     ax.set(xlabel="time", ylabel="fraction BLQ", ylim=(-0.02, 1.02))
+
+
+def km_vpc_plot(result=None, *, check=None, **kwargs):
+    """Kaplan-Meier VPC of a time-to-event outcome.
+
+    The observed survival curve over the band of the simulated curves (5th-95th percentile) and
+    their median.
+
+    Parameters
+    ----------
+    result : FitResult, optional
+        The fit; the check is computed with :func:`nlmebayes.diagnostics.km_vpc.km_vpc` and ``kwargs``.
+    check : KaplanMeierVPC, optional
+        A check computed before.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``fig.nlme_data["survival"]``: the plotted table.
+
+    Examples
+    --------
+    >>> fig = km_vpc_plot(result, n=200)  # doctest: +SKIP
+    """
+    if check is None:
+        from nlmebayes.diagnostics.km_vpc import km_vpc
+
+        check = km_vpc(result, **kwargs)
+    tab = check.table
+    fig, axes = new_figure(1, 1, panel=(4.8, 3.4))
+    ax = axes[0, 0]
+    ax.fill_between(tab["time"], tab["sim_lo"], tab["sim_hi"], step="post", color=OUTER, alpha=0.6, lw=0)
+    ax.step(
+        tab["time"], tab["sim_median"], where="post", color="#3182bd", lw=1, ls="--", label="simulated median"
+    )
+    ax.step(
+        tab["time"], tab["observed"], where="post", color="black", lw=1.5, label="observed (Kaplan-Meier)"
+    )
+    ax.set(
+        xlabel="time",
+        ylabel="survival",
+        ylim=(-0.02, 1.02),
+        title=f"Kaplan-Meier VPC ({check.n_sim} replicates)",
+    )
+    ax.legend(fontsize=8, frameon=False)
+    return attach(fig, survival=tab)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from nlmebayes.data import EventData, read_nonmem
+from nlmebayes.data.observations import merge_observations
 
 __all__ = ["dense_design", "replicate_subjects", "sampling_design"]
 
@@ -62,33 +63,7 @@ def dense_design(data: EventData, n_points: int = 120, times=None) -> EventData:
                 add[out_col] = k[out_col]
             rows.append(pd.DataFrame(add))
     new = pd.concat(rows, ignore_index=True)
-    return read_nonmem(_merge_records(df, new), source=f"{data.source} (dense grid)")
-
-
-def _merge_records(df: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """``new`` observation rows among ``df``'s, with the other columns carried from the subject's records."""
-    order = {sid: i for i, sid in enumerate(pd.unique(df["ID"]))}
-    carried = [c for c in df.columns if c not in new.columns]
-    key = df.assign(_ORD=np.arange(len(df))).sort_values("TIME", kind="stable")
-    filled = pd.merge_asof(
-        new.assign(_ORD=np.arange(len(new))).sort_values("TIME", kind="stable"),
-        key[["ID", "TIME", *carried]],
-        on="TIME",
-        by="ID",
-        direction="backward",
-    )
-    # before a subject's first record: that record's values
-    first = df.groupby("ID", sort=False)[carried].first()
-    for c in carried:
-        filled[c] = filled[c].fillna(filled["ID"].map(first[c]))
-    for c in ("RATE", "II", "ADDL", "SS", "CENS"):
-        if c in filled.columns:
-            filled[c] = 0.0
-    both = pd.concat([df.assign(_NEW=0), filled.drop(columns="_ORD").assign(_NEW=1)], ignore_index=True)
-    both["_SUBJ"] = both["ID"].map(order)
-    # doses at a grid time come first, as a sample taken at the dose time sees the dose
-    both = both.sort_values(["_SUBJ", "TIME", "_NEW"], kind="stable")
-    return both.drop(columns=["_SUBJ", "_NEW"]).reset_index(drop=True)[df.columns]
+    return read_nonmem(merge_observations(df, new), source=f"{data.source} (dense grid)")
 
 
 def replicate_subjects(data: EventData, copies: int) -> EventData:
