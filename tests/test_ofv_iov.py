@@ -122,7 +122,9 @@ def test_iov_ofv_against_independent_quadrature():
     importance sampling (20,000 points) against adaptive Gauss-Hermite quadrature of the same
     likelihood written without nlmebayes (measured within 0.012; 0.03 allowed, the sampler's
     Monte Carlo error); Laplace is 0.055-0.065 above the quadrature and FOCE-I 0.09 below to
-    0.07 above (0.15 allowed for both: their approximation error at 4 samples per occasion)."""
+    0.07 above (0.15 allowed for both: their approximation error at 4 samples per occasion).
+    The one-node quadrature (the Laplace approximation written independently) equals our Laplace
+    to 1e-4."""
     spec = ModelSpec(
         "iov_cl",
         "1cpt_iv",
@@ -145,6 +147,10 @@ def test_iov_ofv_against_independent_quadrature():
     np.testing.assert_allclose(got["importance"], ref, atol=0.03)
     np.testing.assert_allclose(got["laplace"], ref, atol=0.15)
     np.testing.assert_allclose(got["focei"], ref, atol=0.15)
+    # the same quadrature with one node is the Laplace approximation: ours equals it (to the
+    # finite-difference Hessian's error), so the gap above is Laplace's, not the code's
+    one_node = np.array([_quadrature_m2ll(sim, pv, i, n_points=1) for i in range(3)])
+    np.testing.assert_allclose(got["laplace"], one_node, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["focei", "laplace"])
