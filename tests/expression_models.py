@@ -70,3 +70,21 @@ def biexponential_coverage(result, ci: float = 0.9) -> dict[str, tuple[float, fl
     out["corr(eta_A1,eta_K1)"] = (corr, *interval(post["omega_corr_0"].isel(iiv_0=0, iiv_0_=1)))
     out["sigma_add"] = (BIEXP_SIGMA, *interval(post["sigma_add"]))
     return out
+
+
+def log_scale_summary(post, form: str) -> dict:
+    """Posterior draws of the typical KA, CL, V, K and the SDs of their etas, whichever the form.
+
+    eta_CL = eta_V + eta_K (form "kvk": Omega over KA, V, K) or eta_V = eta_CL - eta_K ("kck")."""
+    sd = post["omega_sd"].values.reshape(-1, 3)
+    corr = post["omega_corr_0"].values.reshape(-1, 3, 3)
+    om = corr * sd[:, :, None] * sd[:, None, :]
+    var_third = om[:, 1, 1] + om[:, 2, 2] + (2 if form == "kvk" else -2) * om[:, 1, 2]
+    tv = {p: post[f"{p}_pop"].values.ravel() for p in ("KA", "K", "V" if form == "kvk" else "CL")}
+    if form == "kvk":
+        tv["CL"] = tv["K"] * tv["V"]
+        omega = {"KA": sd[:, 0], "V": sd[:, 1], "K": sd[:, 2], "CL": np.sqrt(var_third)}
+    else:
+        tv["V"] = tv["CL"] / tv["K"]
+        omega = {"KA": sd[:, 0], "CL": sd[:, 1], "K": sd[:, 2], "V": np.sqrt(var_third)}
+    return {**{f"{p}_pop": v for p, v in tv.items()}, **{f"omega({p})": v for p, v in omega.items()}}

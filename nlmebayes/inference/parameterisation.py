@@ -155,7 +155,11 @@ def initial_point(built, spec: ModelSpec, pilot: Pilot) -> dict:
     point = {**built.starts, **pilot.pop}
     for k, block in enumerate(spec.iiv):
         point.update({f"omega_sd_{k}_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})
-        if block.block:
+        if block.block and block.omega_prior == "inverse_wishart":
+            # Omega at its prior scale's diag(sd^2)-like start: the chi-squares at their means
+            point[f"omega_iw_c_{k}"] = block.iw_df - np.arange(len(block.parameters), dtype=float)
+            point[f"omega_iw_z_{k}"] = np.zeros(len(block.parameters) * (len(block.parameters) - 1) // 2)
+        elif block.block:
             point[f"omega_chol_{k}"] = _packed_diagonal(block.sd)
     for b, block in enumerate(spec.iov):
         point.update({f"pi_sd_{p}": s for p, s in zip(block.parameters, block.sd, strict=True)})

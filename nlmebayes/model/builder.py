@@ -457,6 +457,8 @@ def _inter_individual(
 
 def _omega(model: pm.Model, k: int, block, det, store: bool):
     """SDs of block ``k`` and, for a block Omega, its Cholesky factor (else None)."""
+    if block.block and block.omega_prior == "inverse_wishart":
+        return _inverse_wishart(model, k, block, det)
     return _sd_and_cholesky(
         model, block, det, store, f"omega_sd_{k}_", f"omega_chol_{k}", f"omega_corr_{k}", f"iiv_{k}"
     )
@@ -494,6 +496,32 @@ def _sd_and_cholesky(
     model.add_coord(f"{dim}_", block.parameters)
     det(corr, corr_, dims=(dim, f"{dim}_"))
     return sd, chol_
+
+
+def _inverse_wishart(model: pm.Model, k: int, block, det):
+    """SDs and Cholesky factor of ``Omega ~ IW(S, df)``, by the Bartlett decomposition of its inverse.
+
+    ``Omega^-1 = (L A)(L A)'`` with ``L = chol(S^-1)`` and ``A`` lower triangular, ``A_jj^2 ~
+    chi2(df - j)`` (j = 0..q-1), ``A_ij ~ N(0, 1)`` below the diagonal: a Wishart(S^-1, df) draw
+    (Bartlett 1933). Free variables ``omega_iw_c_<k>`` (the chi-squares) and ``omega_iw_z_<k>``.
+    """
+    q = len(block.parameters)
+    df = float(block.iw_df)
+    L = np.linalg.cholesky(np.linalg.inv(np.asarray(block.inverse_wishart_scale(), dtype=float)))
+    c = pm.ChiSquared(f"omega_iw_c_{k}", nu=df - np.arange(q), shape=q)
+    rows, cols = np.tril_indices(q, -1)
+    A = pt.diag(pt.sqrt(c))
+    if len(rows):
+        zo = pm.Normal(f"omega_iw_z_{k}", 0.0, 1.0, shape=len(rows))
+        A = pt.set_subtensor(A[rows, cols], zo)
+    B = pt.as_tensor_variable(L) @ A  # Omega^-1 = B B'
+    binv = pt.linalg.solve_triangular(B, pt.eye(q), lower=True)
+    omega = binv.T @ binv
+    chol = pt.linalg.cholesky(omega)
+    sd = pt.sqrt(pt.diag(omega))
+    model.add_coord(f"iiv_{k}_", block.parameters)
+    det(f"omega_corr_{k}", omega / (sd[:, None] * sd[None, :]), dims=(f"iiv_{k}", f"iiv_{k}_"))
+    return sd, chol
 
 
 def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol, kinds: list):

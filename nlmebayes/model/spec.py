@@ -368,6 +368,16 @@ class IIV:
         parameter order; a block Omega needs one distribution family for all).
     lkj_eta : float
         Shape of the LKJ prior on the correlations of a block Omega.
+    omega_prior : {"lkj", "inverse_wishart"}
+        Prior of a block Omega: LKJ on the correlations with the SD priors (default), or
+        inverse-Wishart ``IW(iw_scale, iw_df)`` on the whole matrix (NONMEM's $PRIOR NWPRI). The
+        inverse-Wishart maps onto itself under a linear map of the etas
+        (``M Omega M' ~ IW(M S M', df)``), so reparameterising a model (e.g. (KA, V, K) to
+        (KA, CL, K)) with the mapped scale leaves the posterior as it is; the LKJ prior does not.
+    iw_df : float, optional
+        Degrees of freedom (> q - 1), default q + 2 (weakly informative; finite mean).
+    iw_scale : list of lists, optional
+        Scale matrix, default ``diag(sd^2) (df - q - 1)`` (prior mean ``diag(sd^2)``).
     parameterisation : {"auto", "centered", "noncentered"}
         How the sampler sees these etas; the model and the results are the same either way (the
         posterior always holds the standard-normal ``z``). ``"auto"`` (default) centres a
@@ -382,10 +392,14 @@ class IIV:
     sd_prior: Prior | list | None = None
     lkj_eta: float = 2.0
     parameterisation: Parameterisation = "auto"
+    omega_prior: Literal["lkj", "inverse_wishart"] = "lkj"
+    iw_df: float | None = None
+    iw_scale: list | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "parameters", list(self.parameters))
         object.__setattr__(self, "sd", _sds("IIV", self.parameters, self.sd))
+        self._check_inverse_wishart()
         object.__setattr__(self, "sd_prior", _prior_or_list(self.sd_prior))
         _sd_priors(self.sd_prior, self.sd or [])
         kinds = self.kind if isinstance(self.kind, list | tuple) else [self.kind]
@@ -411,6 +425,34 @@ class IIV:
     def priors(self) -> list[Prior]:
         """Prior of each SD, in parameter order."""
         return _sd_priors(self.sd_prior, self.sd or [])
+
+    def _check_inverse_wishart(self) -> None:
+        if self.omega_prior not in ("lkj", "inverse_wishart"):
+            raise ValueError(f"omega_prior must be 'lkj' or 'inverse_wishart', got {self.omega_prior!r}")
+        if self.omega_prior == "lkj":
+            if self.iw_df is not None or self.iw_scale is not None:
+                raise ValueError("iw_df and iw_scale are for omega_prior='inverse_wishart'")
+            return
+        q = len(self.parameters)
+        if not self.block:
+            raise ValueError("an inverse-Wishart prior is for a block Omega (block=True)")
+        df = float(q + 2 if self.iw_df is None else self.iw_df)
+        if not df > q - 1:
+            raise ValueError(f"inverse-Wishart degrees of freedom must exceed q - 1 = {q - 1}, got {df}")
+        object.__setattr__(self, "iw_df", df)
+        if self.iw_scale is not None:
+            scale = [[float(x) for x in row] for row in self.iw_scale]
+            if len(scale) != q or any(len(r) != q for r in scale):
+                raise ValueError(f"iw_scale must be {q}x{q}")
+            object.__setattr__(self, "iw_scale", scale)
+
+    def inverse_wishart_scale(self) -> list[list[float]]:
+        """The inverse-Wishart scale: given, or ``diag(sd^2) max(df - q - 1, 1)``."""
+        if self.iw_scale is not None:
+            return self.iw_scale
+        q, df = len(self.parameters), float(self.iw_df or 0.0)
+        factor = max(df - q - 1.0, 1.0)
+        return [[(s * s * factor if i == j else 0.0) for j in range(q)] for i, s in enumerate(self.sd or [])]
 
     @property
     def kinds(self) -> list[str]:
