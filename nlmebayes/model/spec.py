@@ -543,8 +543,9 @@ class ODE:
     rhs : dict state -> str
         ``d state / dt`` as an expression of states and parameters (``+ - * / **``; exp, log,
         sqrt, abs, pow, min, max, expit or logistic, logit), e.g.
-        ``"KA * depot - CL / V * central"``. Doses are added by the solver; any other name is a
-        structural parameter.
+        ``"KA * depot - CL / V * central"``. Doses are added by the solver; ``t`` is the time
+        (e.g. a waning clearance ``"-K0 * exp(-ALPHA * t) * central"``; also in ``observe``); any
+        other name is a structural parameter.
     observe : str or dict
         The observed quantity, e.g. ``"central / V"``; or several outputs by observation type,
         ``{"cp": "central / V", "pca": "effect"}``, each observation taking the output named

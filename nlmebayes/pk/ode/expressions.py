@@ -15,7 +15,10 @@ import pytensor.tensor as pt
 
 from nlmebayes.model.expressions import FUNCTIONS, check_call, expression_names
 
-__all__ = ["FUNCTIONS", "expression_names", "parse_expression", "derivative"]
+__all__ = ["FUNCTIONS", "CLOCK", "expression_names", "parse_expression", "derivative"]
+
+#: The time in right-hand sides and outputs; when used, the ODE system carries it as a state.
+CLOCK = "t"
 
 _FUNCS = {
     "exp": pt.exp,

@@ -22,6 +22,7 @@ from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_and_
 
 from nlmebayes.data import EventData
 from nlmebayes.pk.ode.codegen import compile_kernel, initial_source, njit_source
+from nlmebayes.pk.ode.expressions import CLOCK
 from nlmebayes.pk.ode.schedule import schedule
 from nlmebayes.pk.ode.solver import make_solver
 
@@ -123,8 +124,9 @@ def _solver(system, param_names):
         rhs = jac = None
         if system.method == "rosenbrock23":
             rhs, jac = system.rhs_function(param_names)
+        i_clock = system.states.index(CLOCK) if system.clock else -1
         _SOLVERS[key] = make_solver(
-            system.method, len(system.states), len(param_names), kernel, init, rhs, jac, system.max_steps
+            system.method, len(system.states), len(param_names), kernel, init, rhs, jac, system.max_steps, i_clock
         )
     return _SOLVERS[key]
 

@@ -29,6 +29,7 @@ _OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END = 0, 1, 2, 3
 # Bound per model by specialise() (see make_solver).
 kernel = init = step_to = None
 n_states = n_p = N = 0
+i_clock = -1
 
 
 def specialise(templates, bound: dict) -> dict:
@@ -57,7 +58,7 @@ def specialise(templates, bound: dict) -> dict:
 
 
 def make_solver(
-    method: str, n_states: int, n_p: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000
+    method: str, n_states: int, n_p: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000, i_clock: int = -1
 ):
     """The compiled ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
 
@@ -73,6 +74,9 @@ def make_solver(
         ``(y, p) -> (f, df/dy, df/dp)`` and the augmented system's Jacobian (Rosenbrock only).
     max_steps : int
         Steps allowed per segment before the solve returns NaN.
+    i_clock : int
+        The state that is the time ``t`` (``dt/dt = 1``, set to each segment's start time), for
+        right-hand sides that use ``t``; -1 if none.
 
     Returns
     -------
@@ -81,7 +85,7 @@ def make_solver(
         ``P`` (n_subjects x n_p), the arrays of :func:`~.schedule.schedule` and the tolerances.
     """
     bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=n_p,
-                 N=n_states * (1 + n_p), max_steps=max_steps)  # fmt: skip
+                 N=n_states * (1 + n_p), max_steps=max_steps, i_clock=i_clock)  # fmt: skip
     ns = specialise(integrators.TEMPLATES + TEMPLATES, bound)
     ns["step_to"] = ns["rosenbrock23" if method == "rosenbrock23" else "dopri5"]
     return ns["solve_segments"]
@@ -206,11 +210,14 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
         y = np.zeros(n_states)
         S = np.zeros((n_states, n_p))
         init(p, y, S)
+        if i_clock >= 0:
+            y[i_clock] = seg_t0[g]  # the clock reads the time
         amax = 1e-300
         for k in range(d0, d1):
             amax = max(amax, abs(dose_amt[k]))
         for i in range(n_states):
-            amax = max(amax, abs(y[i]))
+            if i != i_clock:  # amounts set the absolute tolerance; the clock's size does not
+                amax = max(amax, abs(y[i]))
         a_tol = atol * amax
         et, kind, idx, order, m = segment_events(
             p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f

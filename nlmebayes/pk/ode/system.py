@@ -22,7 +22,7 @@ import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData, check_compartments
 from nlmebayes.pk.base import register_model
-from nlmebayes.pk.ode.expressions import expression_names, parse_expression
+from nlmebayes.pk.ode.expressions import CLOCK, expression_names, parse_expression
 from nlmebayes.pk.ode.op import ODESolve
 
 __all__ = ["ODESystem", "ODE_MODELS"]
@@ -48,6 +48,7 @@ class ODESystem:
     atol: float = 1e-8
     method: str = "dopri5"
     max_steps: int = 100_000
+    clock: bool = False  # the last state is the time t (right-hand sides or outputs use t)
     optional_parameters: tuple = ("TLAG", "F")
     alternatives = {}
 
@@ -56,10 +57,20 @@ class ODESystem:
         """The system of an :class:`~nlmebayes.model.spec.ODE` spec."""
         outputs = tuple(ode.outputs.items())
         observe_state = ode.observe_state or (_observed_state(ode) if len(outputs) == 1 else None)
+        if CLOCK in ode.states:
+            raise ValueError(f"ODE {ode.name}: {CLOCK!r} is the time; give the state another name")
+        used = set().union(*(expression_names(e) for e in [*ode.rhs.values(), *ode.outputs.values()]))
+        if any(CLOCK in expression_names(e) for e in ode.initial.values()):
+            raise ValueError(f"ODE {ode.name}: initial amounts cannot use the time {CLOCK!r}")
+        clock = CLOCK in used
+        # t as one more state, dt/dt = 1, set to each segment's start: no solver needs to know
+        states = tuple(ode.states) + ((CLOCK,) if clock else ())
+        rhs = tuple((s, ode.rhs[s]) for s in ode.states) + (((CLOCK, "1.0"),) if clock else ())
         system = cls(
             name=ode.name,
-            states=tuple(ode.states),
-            rhs=tuple((s, ode.rhs[s]) for s in ode.states),
+            states=states,
+            rhs=rhs,
+            clock=clock,
             outputs=outputs,
             dose_state=ode.dose_state or ode.states[0],
             observe_state=observe_state,
@@ -99,7 +110,7 @@ class ODESystem:
 
     def check(self, data: EventData) -> None:
         """Raise a DataError naming the row for compartments, DVIDs or dosing the path cannot take."""
-        dose = {i + 1: s for i, s in enumerate(self.states)}
+        dose = {i + 1: s for i, s in enumerate(self.states) if not (self.clock and s == CLOCK)}
         obs = (
             {self.states.index(self.observe_state) + 1: self.observe_state}
             if self.observe_state is not None
