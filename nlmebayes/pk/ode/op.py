@@ -125,8 +125,9 @@ def _solver(system, param_names):
         if system.method == "rosenbrock23":
             rhs, jac = system.rhs_function(param_names)
         i_clock = system.states.index(CLOCK) if system.clock else -1
+        n_states, n_p = len(system.states), len(param_names)
         _SOLVERS[key] = make_solver(
-            system.method, len(system.states), len(param_names), kernel, init, rhs, jac, system.max_steps, i_clock
+            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock
         )
     return _SOLVERS[key]
 

@@ -58,7 +58,15 @@ def specialise(templates, bound: dict) -> dict:
 
 
 def make_solver(
-    method: str, n_states: int, n_p: int, kernel, init, rhs=None, jac=None, max_steps: int = 100_000, i_clock: int = -1
+    method: str,
+    n_states: int,
+    n_p: int,
+    kernel,
+    init,
+    rhs=None,
+    jac=None,
+    max_steps: int = 100_000,
+    i_clock: int = -1,
 ):
     """The compiled ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
 
