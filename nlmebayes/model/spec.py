@@ -535,6 +535,9 @@ class Level:
 class ODE:
     """A structural model given as an ODE system (solved by :mod:`nlmebayes.pk.ode`).
 
+    Steady-state boluses (SS=1) are solved by iterating dosing cycles to the periodic state;
+    SS=2, steady-state infusions, modelled durations (RATE=-2) and IOV are not supported yet.
+
     Parameters
     ----------
     name : str

@@ -135,14 +135,14 @@ def _solver(system, param_names):
 @register_funcify_and_cache_key(ODESolve)
 def _numba_ode_solve(op, node, **kwargs):
     solver, args, rtol, atol = op.solver, op.args, op.rtol, op.atol
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11 = args
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12 = args
 
     # No fast-math here either (the solver it calls has none): with PyTensor's default flags on
     # this wrapper, a fresh build and one loaded from the disk cache gave Theoph ODE
     # log-densities that differed in the last bit; without them they are bit-identical.
     @numba_njit(fastmath=False)
     def ode_solve(P):
-        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, rtol, atol)
+        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, rtol, atol)
         return A, S
 
     return ode_solve, op.cache_key()

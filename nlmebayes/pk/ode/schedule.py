@@ -35,6 +35,8 @@ def schedule(system, data: EventData, param_names):
     lagf = state == dose_state_idx
     i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
     i_f = param_names.index("F") if "F" in param_names else -1
+    # SS=1 boluses: their dosing interval (the state before them is the periodic steady state)
+    ss_ii = np.where(data.dose_ss[order] == 1, data.dose_ii[order], 0.0).astype(float)
     return (
         data.obs_time.astype(float),
         obs_start.astype(np.int64),
@@ -48,4 +50,5 @@ def schedule(system, data: EventData, param_names):
         seg_t0,
         np.int64(i_lag),
         np.int64(i_f),
+        ss_ii,
     )

@@ -24,7 +24,7 @@ from nlmebayes.pk.ode import integrators
 __all__ = ["make_solver", "specialise", "solve_segments"]
 
 # Event kinds, and their order at equal times: doses before infusion ends before observations.
-_OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END = 0, 1, 2, 3
+_OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END, _SS_START = 0, 1, 2, 3, 4
 
 # Bound per model by specialise() (see make_solver).
 kernel = init = step_to = None
@@ -108,13 +108,13 @@ def rate_of(y, p, r):
     return out[:n_states].copy()
 
 
-def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f):
+def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f, ss_ii):
     """A segment's events in time order: times, kinds, indices, the order and the count.
 
-    The events are each dose (lagged), each infusion's end (its length scaled by F) and each
-    observation.
+    The events are each dose (lagged), each infusion's end (its length scaled by F), each
+    observation, and at the record time of an SS=1 bolus the start of its steady state.
     """
-    n_ev = (o1 - o0) + 2 * (d1 - d0)
+    n_ev = (o1 - o0) + 3 * (d1 - d0)
     et = np.empty(n_ev)
     pr = np.empty(n_ev)
     kind = np.empty(n_ev, dtype=np.int64)
@@ -128,6 +128,12 @@ def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_l
         kind[m] = _BOLUS if dose_rate[k] <= 0 else _INFUSION_START
         idx[m] = k
         m += 1
+        if ss_ii[k] > 0.0:
+            et[m] = dose_t[k]
+            pr[m] = -1.0  # before the dose and any sample at that time
+            kind[m] = _SS_START
+            idx[m] = k
+            m += 1
         if dose_rate[k] > 0:
             et[m] = dose_t[k] + lag + F * dose_amt[k] / dose_rate[k]
             pr[m] = 1.0
@@ -190,8 +196,57 @@ def apply_dose_event(kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_
     return y, S, r
 
 
+def steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA, ss_ii,
+                 dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):  # fmt: skip
+    """The state at the record time ``t`` of SS=1 bolus ``k`` at steady state.
+
+    The periodic steady state of that dose every ``ss_ii[k]``, its earlier doses given at
+    ``t + lag - n II``.
+
+    SS=1 resets the system, then whole dosing cycles (dose, then integrate one interval) repeat
+    until the state and its sensitivities at the trough change by less than the tolerances over a
+    cycle; one more dose and ``II - lag`` of integration give the state at the record time, where
+    the dose itself follows after its lag. The trough does not move with TLAG; the state at the
+    record time does, by ``-f`` (the flow's derivative in its duration). The cycles run in the
+    dose's own time (the clock, if any, is put back after each); F enters every dose.
+    """
+    y = np.zeros(n_states)
+    S = np.zeros((n_states, n_p))
+    if i_clock >= 0:
+        y[i_clock] = t
+    for _ in range(5000):
+        y0, S0 = y.copy(), S.copy()
+        y, S, _r = apply_dose_event(
+            _BOLUS, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
+        )
+        h = min(h, ss_ii[k]) if h > 0.0 else ss_ii[k]
+        y, S, h = step_to(t, t + ss_ii[k], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
+        if i_clock >= 0:
+            y[i_clock] = t
+        if np.max(np.abs(y - y0)) <= rtol * np.max(np.abs(y)) + a_tol and np.max(np.abs(S - S0)) <= (
+            rtol * np.max(np.abs(S)) + a_tol
+        ):
+            break
+    applies = dose_lagf[k] and i_lag >= 0
+    lag = (p[i_lag] % ss_ii[k]) if applies else 0.0
+    if lag > 0.0:
+        y, S, _r = apply_dose_event(
+            _BOLUS, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
+        )
+        h = min(h, ss_ii[k] - lag)
+        y, S, h = step_to(
+            t, t + ss_ii[k] - lag, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA
+        )
+        if i_clock >= 0:
+            y[i_clock] = t
+    if applies:
+        S = S.copy()
+        S[:, i_lag] -= rate_of(y, p, r)
+    return y, S, h
+
+
 def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
-                   seg_subject, seg_t0, i_lag, i_f, rtol, atol):  # fmt: skip
+                   seg_subject, seg_t0, i_lag, i_f, ss_ii, rtol, atol):  # fmt: skip
     """Solve every segment: amounts and sensitivities at the observations, and step counters.
 
     Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
@@ -228,7 +283,7 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
                 amax = max(amax, abs(y[i]))
         a_tol = atol * amax
         et, kind, idx, order, m = segment_events(
-            p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f
+            p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f, ss_ii
         )
         r = np.zeros(n_states)
         t = seg_t0[g]
@@ -255,6 +310,11 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
                 y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
                 nq = 0
                 t = te
+            if kind[e] == _SS_START:
+                y, S, h = steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+                                       ss_ii, dose_state, dose_lagf, dose_amt, dose_rate,
+                                       i_lag, i_f)  # fmt: skip
+                continue
             y, S, r = apply_dose_event(
                 kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
             )
@@ -267,4 +327,4 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
 
 
 #: The event-loop templates, in the order they are specialised (callees first).
-TEMPLATES = (rate_of, segment_events, apply_dose_event, solve_segments)
+TEMPLATES = (rate_of, segment_events, apply_dose_event, steady_state, solve_segments)

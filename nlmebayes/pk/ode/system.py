@@ -119,7 +119,12 @@ class ODESystem:
         check_compartments(data, dose, obs, self.name)
         rec = data.records
         for col, bad, what in (
-            ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0), "steady-state doses"),
+            (
+                "SS",
+                rec["_IS_DOSE"] & (rec["SS"] == 2),
+                "SS=2 doses (steady state added to the current amounts)",
+            ),
+            ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0) & (rec["RATE"] != 0), "steady-state infusions"),
             ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations"),
         ):
             if bad.any():
