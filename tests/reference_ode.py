@@ -46,12 +46,14 @@ def _integrate(M, x0, t0, t1, u):
     return sol.y[:, -1]
 
 
-def simulate(M, doses, obs_times, central: int):
+def simulate(M, doses, obs_times, central: int, changes=()):
     """Amounts in ``central`` at ``obs_times``.
 
     doses: list of dicts with keys time (effective, lag included), state (index), amt (already
     times F), dur (0 for bolus), ss (0, 1 or 2), ii. Records are applied in time order; an SS
     dose sets (SS=1) or adds (SS=2) the periodic steady state at its record time ``time0``.
+    changes: (time, matrix) pairs: from that time on (after the doses and observations there)
+    the system matrix is the new one.
     """
     n = M.shape[0]
     # Event list: (time, kind, payload) with boluses before observations at equal times.
@@ -64,6 +66,7 @@ def simulate(M, doses, obs_times, central: int):
             events.append((d["time"] + d["dur"], 1, ("stop", d)))
     for i, t in enumerate(obs_times):
         events.append((t, 2, ("obs", i)))
+    events += [(t, 3, ("change", m)) for t, m in changes]
     events.sort(key=lambda e: (e[0], e[1]))
     x = np.zeros(n)
     u = np.zeros(n)
@@ -74,6 +77,8 @@ def simulate(M, doses, obs_times, central: int):
         t = max(t, te)
         if kind == "obs":
             out[payload] = x[central]
+        elif kind == "change":
+            M = payload
         elif kind == "ss":
             x_ss = steady_state(M, payload, n)
             x = x_ss if payload["ss"] == 1 else x + x_ss

@@ -259,7 +259,7 @@ def n_parameters(spec: ModelSpec, data: EventData | None = None) -> dict[str, in
         if c.kind == "categorical":
             if data is None:
                 raise ValueError("counting a categorical covariate's levels needs the data")
-            n_theta += data.subject_covariates([c.covariate])[c.covariate].nunique() - 1
+            n_theta += data.records[c.covariate].nunique() - 1
         else:
             n_theta += 1
     if spec.candidates is not None:

@@ -235,7 +235,7 @@ def _initial_values(spec: ModelSpec, cm) -> dict:
     values = {p.free_name: p.to_free(p.initial) for p in spec.parameters if not p.fixed}
     for c in spec.covariates:
         if not c.fixed:
-            n_levels = cm.data.subject_covariates([c.covariate])[c.covariate].nunique()
+            n_levels = cm.data.records[c.covariate].nunique()  # the builder's levels (any record)
             values[c.name] = np.full(n_levels - 1, c.theta) if c.kind == "categorical" else c.theta
     for name, _dvid, which, err in spec.sigma_terms:
         values[f"sigma_{name}"] = getattr(err, which)

@@ -20,7 +20,11 @@ name                dims                           meaning
 ``phi_<k>``         (subject, iiv_<k>)             free instead of ``z_<k>`` where centred: log P_i
                                                    (log-normal) or P_i (additive)
 ``eta``             (subject, iiv)                 random effects (non-centred: omega x z)
-``P``               (subject)                      individual parameter P_i
+``P``               (subject)                      individual parameter P_i (with time-varying
+                                                   covariates: at their reference values)
+``P_period``        (period)                       P in each period, where parameters change
+                                                   within a subject (ODE models with IOV or
+                                                   time-varying covariates)
 ``ipred``           (obs)                          individual prediction (concentration)
 ``sigma_add``...    ()                             residual SDs
 ``DV``              (obs)                          the observed data (likelihood)
@@ -47,12 +51,13 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from nlmebayes.data import OPS, DataError, EventData, id_label, parse_condition
+from nlmebayes.data.periods import ParameterRows, parameter_rows
 from nlmebayes.model import compile as _compile  # noqa: F401  (links PyTensor to scipy's BLAS first)
 from nlmebayes.model.likelihood import add_likelihood
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.select import select_observations
 from nlmebayes.model.spec import ModelSpec
-from nlmebayes.pk import get_model
+from nlmebayes.pk import get_model, model_names
 
 __all__ = ["BuiltModel", "build_model", "covariate_effect", "occasions"]
 
@@ -146,7 +151,9 @@ def build_model(
         hint = "; write them in individual" if spec.individual else ""
         raise ValueError(f"model {spec.name}: {e}{hint}") from None
     _check_log_scale_data(spec, data)
-    cov_table = data.subject_covariates(sorted({c.covariate for c in spec.covariates}))
+    varying = _time_varying(spec, data)
+    cov_table = data.subject_covariates(sorted({c.covariate for c in spec.covariates} - set(varying)))
+    rows = _parameter_rows(spec, data, struct, varying)
     coords, cat_levels = _coords(spec, data, cov_table)
 
     def det(name, var, dims=None):
@@ -163,7 +170,7 @@ def build_model(
     starts: dict = {}
     with pm.Model(coords=coords, name="") as model:
         tv = _typical_values(spec, det)
-        tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv)
+        tv_i = _covariate_effects(spec, data, cov_table, cat_levels, tv, varying)
         if spec.candidates is not None:
             starts.update(_candidate_effects(spec, data, model, tv_i, det))
         _levels(spec, data, model, tv_i, det)
@@ -172,15 +179,20 @@ def build_model(
         )
         if spec.iov:
             params = _inter_occasion(spec, data, model, params, det, occ_subject, deterministics)
+        dims = "occasion" if spec.iov else "subject"
+        owner = np.array([s_ for s_, _ in occ_subject]) if spec.iov else np.arange(data.n_subjects)
+        if rows is not None:
+            params = _periods(spec, data, model, params, rows, occ_subject, cat_levels, det)
+            dims, owner = "period", rows.row_subject
         if spec.individual:
-            rows = np.array([s_ for s_, _ in occ_subject]) if spec.iov else np.arange(data.n_subjects)
-            params = _individual_expressions(spec, data, params, det, rows)
+            params = _individual_expressions(spec, data, params, det, owner, dims, rows)
         if spec.flip_flop_guard:
             k_el = params["K"] if "K" in params else params["CL"] / params["V"]
             params["KA"] = k_el + params["KA"]
-            det("KA_individual", params["KA"], dims="occasion" if spec.iov else "subject")
+            det("KA_individual", params["KA"], dims=dims)
         given = {n: params[n] for n in inputs}
-        ipred = det("ipred", struct.concentration(data, given, index=dose_index), dims="obs")
+        index = rows if rows is not None else dose_index
+        ipred = det("ipred", struct.concentration(data, given, index=index), dims="obs")
         add_likelihood(spec, data, ipred, _cumulative_hazard(spec, struct, data, given))
     return BuiltModel(
         model=model,
@@ -196,6 +208,73 @@ def build_model(
     )
 
 
+def _time_varying(spec: ModelSpec, data: EventData) -> tuple[str, ...]:
+    """The covariates the model uses (relations, individual expressions) that change within a subject."""
+    from nlmebayes.model.expressions import expression_names
+
+    used = {c.covariate for c in spec.covariates}
+    used |= {n for e in spec.individual.values() for n in expression_names(e)} & set(data.covariate_names)
+    return tuple(c for c in data.time_varying_covariates() if c in used)
+
+
+def _parameter_rows(spec: ModelSpec, data: EventData, struct, varying) -> ParameterRows | None:
+    """The periods of the individual parameters where they change within a subject, else None.
+
+    Time-varying covariates need a structural model that switches parameters between records
+    (``piecewise_parameters``, the ODE path); IOV uses periods there too. The closed forms keep
+    one row per dose with IOV (each dose's occasion) and refuse time-varying covariates.
+    """
+    piecewise = getattr(struct, "piecewise_parameters", False)
+    if varying and not piecewise:
+        ode = f"{spec.structural}_ode" if f"{spec.structural}_ode" in model_names() else "an ODE model"
+        raise ValueError(
+            f"model {spec.name}: covariates {list(varying)} change within a subject, and the "
+            f"structural model {spec.structural!r} assumes constant parameters between occasions; "
+            f"use {ode!r}, which switches parameters at the records as NONMEM does"
+        )
+    if not piecewise or not (varying or spec.iov):
+        return None
+    for c in spec.covariates:
+        additive = c.parameter in spec.iiv_parameters and spec.eta_kind(c.parameter) != "lognormal"
+        if c.covariate in varying and additive:
+            raise ValueError(
+                f"model {spec.name}: the time-varying covariate {c.covariate} acts on {c.parameter}, "
+                "whose eta is additive; write the relation in individual expressions"
+            )
+    occasion = (spec.iov[0].occasion,) if spec.iov else ()
+    return parameter_rows(data, occasion + tuple(varying))
+
+
+def _periods(
+    spec, data: EventData, model: pm.Model, params: dict, rows, occ_subject, cat_levels, det
+) -> dict:
+    """The parameters per period: the subject's (or occasion's) times the time-varying covariate effects."""
+    model.add_coord("period", np.arange(rows.n_rows))
+    owner = rows.row_subject
+    if spec.iov:
+        pos = {o: i for i, o in enumerate(occ_subject)}
+        col = data.records[spec.iov[0].occasion].to_numpy()[rows.row_record]
+        found = pd.Series(
+            [pos.get((s_, o), np.nan) for s_, o in zip(owner.tolist(), col.tolist(), strict=True)]
+        )
+        # a period of records that are neither doses nor observations takes a neighbour's occasion
+        found = found.groupby(owner).transform(lambda x: x.ffill().bfill())
+        owner = found.to_numpy().astype(int)
+    params = {n: v[owner] for n, v in params.items()}
+    varying = set(rows.columns) - ({spec.iov[0].occasion} if spec.iov else set())
+    first = data.records.groupby("_SUBJ", sort=True).first()
+    for c in spec.covariates:
+        if c.covariate in varying:  # the change from the subject's first value (_covariate_effects)
+            theta = model[c.name] if not c.fixed else _theta(c, cat_levels)
+            now = data.records[c.covariate].to_numpy()[rows.row_record]
+            then = first[c.covariate].to_numpy()[rows.row_subject]
+            change = _effect(c, now, cat_levels, theta) / _effect(c, then, cat_levels, theta)
+            params[c.parameter] = params[c.parameter] * change
+    for n in spec.parameter_names:
+        params[n] = det(f"{n}_period", params[n], dims="period")
+    return params
+
+
 def structural_inputs(spec: ModelSpec, struct) -> list[str]:
     """The names the structural model receives.
 
@@ -208,15 +287,17 @@ def structural_inputs(spec: ModelSpec, struct) -> list[str]:
     return [n for n in spec.parameter_names + list(spec.individual) if n in takes]
 
 
-def _individual_expressions(spec: ModelSpec, data: EventData, params: dict, det, rows) -> dict:
-    """Evaluate ``spec.individual`` in order, per row of the parameters (subject, or occasion with IOV).
+def _individual_expressions(
+    spec: ModelSpec, data: EventData, params: dict, det, rows, dims: str, periods=None
+) -> dict:
+    """Evaluate ``spec.individual`` in order, per row of the parameters (subject, occasion or period).
 
-    Names that are neither parameters, etas nor earlier entries are subject covariates.
+    ``rows`` is each row's subject. Names that are neither parameters, etas nor earlier entries
+    are covariates: per subject, or per period with ``periods`` (time-varying ones).
     """
     from nlmebayes.model.expressions import expression_names
     from nlmebayes.pk.ode.expressions import parse_expression
 
-    dims = "occasion" if spec.iov else "subject"
     sym = {n: v * pt.ones(len(rows)) for n, v in params.items()}
     known = set(sym) | set(spec.individual)
     covs = sorted({n for e in spec.individual.values() for n in expression_names(e)} - known)
@@ -226,10 +307,12 @@ def _individual_expressions(spec: ModelSpec, data: EventData, params: dict, det,
             f"model {spec.name}: individual expressions use {missing}, which are not parameters, etas, "
             f"earlier entries or data columns; parameters {spec.parameter_names}, etas {spec.eta_names}"
         )
-    if covs:
-        table = data.subject_covariates(covs)
-        for c in covs:
-            sym[c] = pt.as_tensor_variable(table[c].to_numpy(dtype=float)[rows])
+    for c in covs:
+        if periods is not None and c in periods.columns:
+            values = data.records[c].to_numpy(dtype=float)[periods.row_record]
+        else:
+            values = data.subject_covariates([c])[c].to_numpy(dtype=float)[rows]
+        sym[c] = pt.as_tensor_variable(values)
     out = dict(params)
     for name, text in spec.individual.items():
         try:
@@ -275,12 +358,13 @@ def _coords(spec: ModelSpec, data: EventData, cov_table: pd.DataFrame) -> tuple[
         coords[f"iiv_{k}"] = block.parameters
     cat_levels = {}
     for c in spec.covariates:
+        col = cov_table[c.covariate] if c.covariate in cov_table else data.records[c.covariate]
         if c.kind == "categorical":
-            levels = sorted(cov_table[c.covariate].unique(), key=str)
+            levels = sorted(col.unique(), key=str)
             ref = c.reference if c.reference in levels else levels[0]
             cat_levels[c.name] = (ref, [lv for lv in levels if lv != ref])
             coords[f"{c.name}_level"] = [str(lv) for lv in cat_levels[c.name][1]]
-        elif cov_table[c.covariate].dtype == object:
+        elif col.dtype == object:
             raise DataError(
                 f"covariate {c.covariate} is not numeric; use kind='categorical' or an indicator condition",
                 source=data.source,
@@ -306,25 +390,39 @@ def _typical_values(spec: ModelSpec, det) -> dict:
     return tv
 
 
-def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, tv) -> dict:
-    """Typical value per subject: TV * product of covariate effects."""
+def _covariate_effects(spec: ModelSpec, data: EventData, cov_table, cat_levels, tv, varying=()) -> dict:
+    """Typical value per subject: TV * product of covariate effects.
+
+    A time-varying covariate enters at the subject's first value here, and its changes from
+    there per period (:func:`_periods`): so the centred etas' means carry each subject's own
+    level of the covariate, as for a constant one, and the effect's theta does not trade off
+    against them.
+    """
     tv_i = {n: tv[n] * pt.ones(data.n_subjects) for n in tv}
+    first = data.records.groupby("_SUBJ", sort=True).first()
     for c in spec.covariates:
-        values = cov_table[c.covariate].to_numpy()
-        if c.kind == "categorical":
-            ref, others = cat_levels[c.name]
-            theta = (
-                pt.as_tensor_variable(np.full(len(others), c.theta))
-                if c.fixed
-                else random_variable(c.name, c.effect_prior, dims=f"{c.name}_level")
-            )
-            lvl = np.array([others.index(v) if v in others else -1 for v in values])
-            eff = pt.exp(pt.switch(lvl >= 0, pt.concatenate([theta, [0.0]])[lvl], 0.0))
-        else:
-            theta = pt.as_tensor_variable(c.theta) if c.fixed else random_variable(c.name, c.effect_prior)
-            eff = covariate_effect(c.kind, values.astype(float), theta, c.reference, c.condition)
-        tv_i[c.parameter] = tv_i[c.parameter] * eff
+        values = (first if c.covariate in varying else cov_table)[c.covariate].to_numpy()
+        tv_i[c.parameter] = tv_i[c.parameter] * _effect(c, values, cat_levels, _theta(c, cat_levels))
     return tv_i
+
+
+def _theta(c, cat_levels):
+    """The effect parameter(s) of covariate relation ``c``: a random variable unless fixed."""
+    if c.kind == "categorical":
+        n = len(cat_levels[c.name][1])
+        if c.fixed:
+            return pt.as_tensor_variable(np.full(n, c.theta))
+        return random_variable(c.name, c.effect_prior, dims=f"{c.name}_level")
+    return pt.as_tensor_variable(c.theta) if c.fixed else random_variable(c.name, c.effect_prior)
+
+
+def _effect(c, values, cat_levels, theta):
+    """The multiplicative effect of covariate relation ``c`` at ``values``."""
+    if c.kind == "categorical":
+        others = cat_levels[c.name][1]
+        lvl = np.array([others.index(v) if v in others else -1 for v in values])
+        return pt.exp(pt.switch(lvl >= 0, pt.concatenate([theta, [0.0]])[lvl], 0.0))
+    return covariate_effect(c.kind, values.astype(float), theta, c.reference, c.condition)
 
 
 def _candidate_effects(spec: ModelSpec, data: EventData, model: pm.Model, tv_i: dict, det) -> dict:

@@ -54,7 +54,10 @@ class StructuralModel(Protocol):
         """Prediction at every observation of ``data`` (a tensor of shape ``(n_obs,)``).
 
         ``params`` maps parameter names to tensors with one row per subject (or per
-        occasion, with ``index`` giving each dose's row).
+        occasion, with ``index`` giving each dose's row). A model with the optional attribute
+        ``piecewise_parameters = True`` also takes ``index`` as a
+        :class:`~nlmebayes.data.periods.ParameterRows`: one row of ``params`` per period, the
+        parameters changing between records (IOV, time-varying covariates).
         """
         ...
 

@@ -18,16 +18,23 @@ from nlmebayes.pk.ode.expressions import derivative
 __all__ = ["kernel_source", "initial_source", "njit_source", "compile_kernel"]
 
 
-def kernel_source(states, rhs, param_names) -> str:
+def kernel_source(states, rhs, param_names, width: int | None = None) -> str:
     """Python source of ``kernel(z, p, r, out)``.
 
-    ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, unrolled, allocation-free.
+    ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, allocation-free.
+    ``S`` has ``width`` columns (default: one per parameter, unrolled). A wider ``S`` holds the
+    sensitivities to several rows of parameters (periods, :mod:`nlmebayes.data.periods`):
+    ``p`` then carries, after the parameters, the first column of the current row's block, where
+    ``df/dp`` enters; the other columns follow ``df/dy S`` only.
     """
     n, m = len(states), len(param_names)
+    w = m if width is None else width
     trees = [ast.parse(rhs[s], mode="eval").body for s in states]
     lines = ["def kernel(z, p, r, out):"]
     lines += [f"    {s} = z[{i}]" for i, s in enumerate(states)]
     lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    if w != m:
+        lines.append(f"    o = int(p[{m}])")
     for i, tree in enumerate(trees):
         lines.append(f"    out[{i}] = ({ast.unparse(tree)}) + r[{i}]")
     for i, tree in enumerate(trees):
@@ -36,6 +43,16 @@ def kernel_source(states, rhs, param_names) -> str:
         for k, e in enumerate(dy):
             if e is not None:
                 lines.append(f"    jy{k} = {ast.unparse(e)}")
+        if w != m:
+            terms = [f"jy{k} * z[{n + k * w} + c]" for k, e in enumerate(dy) if e is not None]
+            lines.append(f"    for c in range({w}):")
+            lines.append(f"        out[{n + i * w} + c] = {' + '.join(terms) or '0.0'}")
+            lines += [
+                f"    out[{n + i * w} + o + {j}] += {ast.unparse(e)}"
+                for j, e in enumerate(dp)
+                if e is not None
+            ]
+            continue
         for j in range(m):
             terms = [f"jy{k} * z[{n + k * m + j}]" for k, e in enumerate(dy) if e is not None]
             if dp[j] is not None:
@@ -92,6 +109,6 @@ def njit_source(source: str, name: str):
     return numba.njit(cache=False, fastmath=False)(namespace[name])
 
 
-def compile_kernel(states, rhs, param_names):
+def compile_kernel(states, rhs, param_names, width: int | None = None):
     """The jitted kernel of :func:`kernel_source`."""
-    return njit_source(kernel_source(states, rhs, param_names), "kernel")
+    return njit_source(kernel_source(states, rhs, param_names, width), "kernel")

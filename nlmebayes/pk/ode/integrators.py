@@ -29,9 +29,12 @@ __all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to", 
 
 # Bound per model by solver.specialise(): the generated right-hand side + sensitivity kernel;
 # for the Rosenbrock method the plain right-hand side and the augmented Jacobian; the number of
-# states and parameters, the flat system's size N = n_states * (1 + n_p), and the step budget.
+# states, of sensitivity columns n_p and of parameters n_par (n_p = n_par with one row of
+# parameters per segment), the flat system's size N = n_states * (1 + n_p), and the step budget.
+# The parameter vector p carries one more entry (the current row's first column, see
+# codegen.kernel_source), which the Rosenbrock method's compiled functions do not take.
 kernel = rhs = jac = None
-n_states = n_p = N = max_steps = 0
+n_states = n_p = n_par = N = max_steps = 0
 
 
 # Dormand-Prince 5(4) tableau, error weights and the CONTD5 dense-output coefficients.
@@ -158,7 +161,7 @@ def augmented(z, p, r):
     """``(f(y) + r, (df/dy S + df/dp).ravel())`` from ``rhs(y, p) -> (f, df/dy, df/dp)``."""
     y = z[:n_states].copy()
     S = z[n_states:].copy().reshape((n_states, n_p))
-    f, Jy, Jp = rhs(y, p)
+    f, Jy, Jp = rhs(y, p[:n_par])
     out = np.empty(N)
     out[:n_states] = f + r
     out[n_states:] = (Jy @ S + Jp).ravel()
@@ -176,7 +179,7 @@ def rosenbrock23_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
     z[:n_states] = y
     z[n_states:] = S.ravel()
     F0 = augmented(z, p, r)
-    J = jac(y, S.copy(), p)[0]
+    J = jac(y, S.copy(), p[:n_par])[0]
     eye = np.eye(N)
     while t1 - t > 1e-13 * max(abs(t1), 1.0):
         h = min(h, t1 - t)
@@ -197,7 +200,7 @@ def rosenbrock23_to(t0, t1, y, S, p, r, rtol, atol, h, scale, counters):
             t += h
             z = zn
             F0 = F2
-            J = jac(z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), p)[0]
+            J = jac(z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), p[:n_par])[0]
             h = h * min(5.0, max(0.2, 0.9 * (err + 1e-16) ** (-1.0 / 3.0)))
         else:
             counters[1] += 1

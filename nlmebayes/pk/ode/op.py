@@ -33,19 +33,22 @@ class ODESolve(Op):
     """Solve every subject's ODE system with its doses.
 
     Amounts ``A`` (n_obs, n_states) at the observation times and their sensitivities ``S`` (n_obs, n_states,
-    n_p) to the subject's parameters (the input, n_subjects x n_p). The gradient uses ``S``; it is not
-    differentiable twice.
+    K n_p) to the parameters (the input, one row of n_p per subject, or per period with ``rows``): to each of
+    the K rows of the observation's segment (the most any segment has), in time order. The gradient uses
+    ``S``; it is not differentiable twice.
     """
 
-    def __init__(self, system, data: EventData, param_names, rtol: float, atol: float):
+    def __init__(self, system, data: EventData, param_names, rtol: float, atol: float, rows=None):
         self.system = system
         self.n_states = len(system.states)
         self.param_names = tuple(param_names)
         self.n_p = len(self.param_names)
         self.rtol, self.atol = float(rtol), float(atol)
-        self.obs_subject = data.obs_subject
-        self.args = schedule(system, data, self.param_names)
-        self.solver = _solver(system, self.param_names)
+        self.args = schedule(system, data, self.param_names, rows)
+        row_start, seg_rows = self.args[12], self.args[13]
+        self.n_rows = int(np.max(np.diff(row_start))) if len(row_start) > 1 else 1
+        self.obs_rows = _observation_rows(self.args[1], row_start, seg_rows, self.n_rows)
+        self.solver = _solver(system, self.param_names, self.n_rows)
         self._fn = None
 
     def cache_key(self) -> str:
@@ -61,7 +64,7 @@ class ODESolve(Op):
         return f"nlmebayes_ode_{h.hexdigest()}"
 
     def make_node(self, P):
-        """Apply the Op to the parameter matrix ``P`` (n_subjects x n_p)."""
+        """Apply the Op to the parameter matrix ``P`` (n_rows x n_p)."""
         P = pt.as_tensor_variable(P)
         return Apply(self, [P], [pt.dmatrix(), pt.dtensor3()])
 
@@ -86,8 +89,8 @@ class ODESolve(Op):
             return [pytensor.gradient.grad_not_implemented(self, 0, P, "second-order sensitivities")]
         if isinstance(gA.type, NullType | pytensor.gradient.DisconnectedType):
             return [pt.zeros_like(P)]
-        contrib = pt.sum(gA[:, :, None] * S, axis=1)
-        return [pt.inc_subtensor(pt.zeros_like(P)[self.obs_subject], contrib)]
+        contrib = pt.sum(gA[:, :, None] * S, axis=1).reshape((-1, self.n_rows, self.n_p))
+        return [pt.inc_subtensor(pt.zeros_like(P)[self.obs_rows], contrib)]
 
     def connection_pattern(self, node):
         """Both outputs depend on the parameters."""
@@ -112,14 +115,35 @@ def _source_hash() -> bytes:
 _SOURCE_HASH = _source_hash()
 
 
-def _solver(system, param_names):
+def _observation_rows(obs_start, row_start, seg_rows, width) -> np.ndarray:
+    """(n_obs, width): the parameter row of each sensitivity block of each observation.
+
+    Blocks past its segment's rows (zero sensitivities) point at the segment's first row.
+    """
+    n_obs = obs_start[-1]
+    seg = np.searchsorted(obs_start, np.arange(n_obs), side="right") - 1
+    k = np.arange(width)[None, :]
+    n_k = (row_start[1:] - row_start[:-1])[seg][:, None]
+    return seg_rows[row_start[seg][:, None] + np.where(k < n_k, k, 0)]
+
+
+def _solver(system, param_names, n_rows: int = 1):
     """Return the compiled solver for a system, reused by every model built from the same equations.
 
     A fit builds the model more than once, and numba compiles each new closure afresh.
     """
-    key = (system.states, system.rhs, system.initial, tuple(param_names), system.method, system.max_steps)
+    key = (
+        system.states,
+        system.rhs,
+        system.initial,
+        tuple(param_names),
+        system.method,
+        system.max_steps,
+        n_rows,
+    )
     if key not in _SOLVERS:
-        kernel = compile_kernel(system.states, dict(system.rhs), param_names)
+        width = len(param_names) * n_rows
+        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width)
         init = njit_source(initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
@@ -127,7 +151,7 @@ def _solver(system, param_names):
         i_clock = system.states.index(CLOCK) if system.clock else -1
         n_states, n_p = len(system.states), len(param_names)
         _SOLVERS[key] = make_solver(
-            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock
+            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock, n_rows
         )
     return _SOLVERS[key]
 
@@ -135,14 +159,16 @@ def _solver(system, param_names):
 @register_funcify_and_cache_key(ODESolve)
 def _numba_ode_solve(op, node, **kwargs):
     solver, args, rtol, atol = op.solver, op.args, op.rtol, op.atol
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12 = args
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17 = args
 
     # No fast-math here either (the solver it calls has none): with PyTensor's default flags on
     # this wrapper, a fresh build and one loaded from the disk cache gave Theoph ODE
     # log-densities that differed in the last bit; without them they are bit-identical.
     @numba_njit(fastmath=False)
     def ode_solve(P):
-        A, S, _ = solver(P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, rtol, atol)
+        A, S, _ = solver(
+            P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, rtol, atol
+        )
         return A, S
 
     return ode_solve, op.cache_key()

@@ -6,19 +6,22 @@ import numpy as np
 import pandas as pd
 
 from nlmebayes.data import EventData
+from nlmebayes.data.periods import ParameterRows
 
 __all__ = ["schedule"]
 
 
-def schedule(system, data: EventData, param_names):
+def schedule(system, data: EventData, param_names, rows: ParameterRows | None = None):
     """Flat per-segment arrays for the solver.
 
-    A segment is a subject's run of records between resets (EVID 3/4), numbered in record order; doses are
-    sorted by (segment, time).
+    A segment is a subject's run of records between resets (EVID 3/4), numbered in record order;
+    doses are sorted by (segment, time). ``rows`` (default: one per subject) gives the parameter
+    rows: each segment's rows in time order, each dose's place among them, and the times where the
+    next row takes over (the last record time of the row before, as NONMEM advances to a record
+    with that record's parameters).
     """
     rec = data.records
     seg_ids, first, seg = np.unique(rec["_SEG"].to_numpy(), return_index=True, return_inverse=True)
-    seg_subject = rec["_SUBJ"].to_numpy()[first].astype(np.int64)
     seg_t0 = rec["TIME"].to_numpy()[first].astype(float)
     seg_of_row = pd.Series(seg, index=rec["_ROW"].to_numpy())
     obs_seg = seg_of_row.loc[data.obs_row].to_numpy().astype(np.int64)
@@ -37,6 +40,9 @@ def schedule(system, data: EventData, param_names):
     i_f = param_names.index("F") if "F" in param_names else -1
     # SS=1 boluses: their dosing interval (the state before them is the periodic steady state)
     ss_ii = np.where(data.dose_ss[order] == 1, data.dose_ii[order], 0.0).astype(float)
+    periods = _periods(data, rows, seg, n_seg)
+    position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row[order])
+    dose_k = periods[3][position]
     return (
         data.obs_time.astype(float),
         obs_start.astype(np.int64),
@@ -46,9 +52,35 @@ def schedule(system, data: EventData, param_names):
         state,
         lagf,
         dose_start.astype(np.int64),
-        seg_subject,
         seg_t0,
         np.int64(i_lag),
         np.int64(i_f),
         ss_ii,
+        periods[0],
+        periods[1],
+        dose_k.astype(np.int64),
+        *periods[4:],
     )
+
+
+def _periods(data: EventData, rows: ParameterRows | None, seg: np.ndarray, n_seg: int):
+    """Each segment's parameter rows (CSR), each row's place in its segment, and the changes.
+
+    Returns ``row_start``, ``seg_rows``, the most rows of a segment, each record's place among
+    its segment's rows, and the changes' times, places and CSR starts.
+    """
+    rec_row = rows.record_row if rows is not None else data.records["_SUBJ"].to_numpy()
+    # the (segment, row) runs in record order: a row split by a reset is a run in each segment
+    new = np.r_[True, (seg[1:] != seg[:-1]) | (rec_row[1:] != rec_row[:-1])]
+    run_seg, run_row = seg[new], rec_row[new]
+    row_start = np.searchsorted(run_seg, np.arange(n_seg + 1)).astype(np.int64)
+    place = np.arange(len(run_seg)) - row_start[run_seg]
+    record_place = place[np.cumsum(new) - 1].astype(np.int64)
+    time = data.records["TIME"].to_numpy().astype(float)
+    run_first = np.flatnonzero(new)
+    change = place > 0  # a run that is not its segment's first starts at the previous record's time
+    chg_t = time[run_first[change] - 1]
+    chg_k = place[change].astype(np.int64)
+    chg_start = np.searchsorted(run_seg[change], np.arange(n_seg + 1)).astype(np.int64)
+    width = int(np.max(np.diff(row_start))) if n_seg else 1
+    return row_start, run_row.astype(np.int64), width, record_place, chg_t, chg_k, chg_start

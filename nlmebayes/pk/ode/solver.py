@@ -23,12 +23,14 @@ from nlmebayes.pk.ode import integrators
 
 __all__ = ["make_solver", "specialise", "solve_segments"]
 
-# Event kinds, and their order at equal times: doses before infusion ends before observations.
-_OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END, _SS_START = 0, 1, 2, 3, 4
+# Event kinds, and their order at equal times: an SS start, doses, infusion ends, observations,
+# then a change of parameters (the next period's, which hold from this time on).
+_OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END, _SS_START, _CHANGE = 0, 1, 2, 3, 4, 5
 
-# Bound per model by specialise() (see make_solver).
+# Bound per model by specialise() (see make_solver): n_par parameters per row, n_p sensitivity
+# columns (n_par per row of a segment, for the most rows any segment has).
 kernel = init = step_to = None
-n_states = n_p = N = 0
+n_states = n_p = n_par = N = 0
 i_clock = -1
 
 
@@ -67,6 +69,7 @@ def make_solver(
     jac=None,
     max_steps: int = 100_000,
     i_clock: int = -1,
+    n_rows: int = 1,
 ):
     """The compiled ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
 
@@ -75,7 +78,7 @@ def make_solver(
     method : {"dopri5", "rosenbrock23"}
         The integrator.
     n_states, n_p : int
-        Number of states and of parameters.
+        Number of states and of parameters (per row).
     kernel, init : numba functions
         The generated right-hand side + sensitivity kernel and initial amounts (:mod:`.codegen`).
     rhs, jac : numba functions, optional
@@ -85,15 +88,24 @@ def make_solver(
     i_clock : int
         The state that is the time ``t`` (``dt/dt = 1``, set to each segment's start time), for
         right-hand sides that use ``t``; -1 if none.
+    n_rows : int
+        The most rows of parameters (periods) in one segment; the kernel must have
+        ``n_rows * n_p`` sensitivity columns.
 
     Returns
     -------
     numba function
         :func:`solve_segments` for this system: its arguments are the subjects' parameters
-        ``P`` (n_subjects x n_p), the arrays of :func:`~.schedule.schedule` and the tolerances.
+        ``P`` (n_rows x n_p), the arrays of :func:`~.schedule.schedule` and the tolerances.
     """
-    bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=n_p,
-                 N=n_states * (1 + n_p), max_steps=max_steps, i_clock=i_clock)  # fmt: skip
+    if n_rows > 1 and method == "rosenbrock23":
+        raise NotImplementedError(
+            "parameters that change within a subject (IOV, time-varying covariates) need "
+            "method='dopri5'; the Rosenbrock method does not support them yet"
+        )
+    width = n_rows * n_p
+    bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=width, n_par=n_p,
+                 N=n_states * (1 + width), max_steps=max_steps, i_clock=i_clock)  # fmt: skip
     ns = specialise(integrators.TEMPLATES + TEMPLATES, bound)
     ns["step_to"] = ns["rosenbrock23" if method == "rosenbrock23" else "dopri5"]
     return ns["solve_segments"]
@@ -108,21 +120,24 @@ def rate_of(y, p, r):
     return out[:n_states].copy()
 
 
-def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f, ss_ii):
+def segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f,
+                   ss_ii, c0, c1, chg_t):  # fmt: skip
     """A segment's events in time order: times, kinds, indices, the order and the count.
 
     The events are each dose (lagged), each infusion's end (its length scaled by F), each
-    observation, and at the record time of an SS=1 bolus the start of its steady state.
+    observation, at the record time of an SS=1 bolus the start of its steady state, and each
+    change of parameters. A dose's TLAG and F are those of its record's row (``ps[dose_k]``).
     """
-    n_ev = (o1 - o0) + 3 * (d1 - d0)
+    n_ev = (o1 - o0) + 3 * (d1 - d0) + (c1 - c0)
     et = np.empty(n_ev)
     pr = np.empty(n_ev)
     kind = np.empty(n_ev, dtype=np.int64)
     idx = np.empty(n_ev, dtype=np.int64)
     m = 0
     for k in range(d0, d1):
-        lag = p[i_lag] if (i_lag >= 0 and dose_lagf[k]) else 0.0
-        F = p[i_f] if (i_f >= 0 and dose_lagf[k]) else 1.0
+        pd = ps[dose_k[k]]
+        lag = pd[i_lag] if (i_lag >= 0 and dose_lagf[k]) else 0.0
+        F = pd[i_f] if (i_f >= 0 and dose_lagf[k]) else 1.0
         et[m] = dose_t[k] + lag
         pr[m] = 0.0
         kind[m] = _BOLUS if dose_rate[k] <= 0 else _INFUSION_START
@@ -146,6 +161,12 @@ def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_l
         kind[m] = _OBSERVATION
         idx[m] = j
         m += 1
+    for j in range(c0, c1):
+        et[m] = chg_t[j]
+        pr[m] = 3.0  # after everything at that time: the next period starts there
+        kind[m] = _CHANGE
+        idx[m] = j
+        m += 1
     # order by (time, priority): insertion sort, events per subject are few
     order = np.arange(m)
     for a in range(1, m):
@@ -161,22 +182,25 @@ def segment_events(p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_l
     return et, kind, idx, order, m
 
 
-def apply_dose_event(kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
+def apply_dose_event(kind, k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
     """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps.
 
     F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F)
-    makes the sensitivities jump by the change in the right-hand side.
+    makes the sensitivities jump by the change in the right-hand side. ``p`` are the parameters
+    that hold now, ``pd`` those of the dose's record (its F and TLAG, whose sensitivity columns
+    start at ``pd[n_par]``).
     """
     c = dose_state[k]
     applies = dose_lagf[k]
-    F = p[i_f] if (i_f >= 0 and applies) else 1.0
+    od = int(pd[n_par])
+    F = pd[i_f] if (i_f >= 0 and applies) else 1.0
     f_before = rate_of(y, p, r)
     if kind == _BOLUS:
         y = y.copy()
         y[c] += F * dose_amt[k]
         if i_f >= 0 and applies:
             S = S.copy()
-            S[c, i_f] += dose_amt[k]
+            S[c, od + i_f] += dose_amt[k]
     elif kind == _INFUSION_START:
         r = r.copy()
         r[c] += dose_rate[k]
@@ -189,19 +213,19 @@ def apply_dose_event(kind, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_
     jump = f_before - f_after
     if i_lag >= 0 and applies:
         S = S.copy()
-        S[:, i_lag] += jump
+        S[:, od + i_lag] += jump
     if kind == _INFUSION_END and i_f >= 0 and applies:
         S = S.copy()
-        S[:, i_f] += jump * dose_amt[k] / dose_rate[k]
+        S[:, od + i_f] += jump * dose_amt[k] / dose_rate[k]
     return y, S, r
 
 
-def steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA, ss_ii,
+def steady_state(k, t, y, S, pd, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA, ss_ii,
                  dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):  # fmt: skip
     """The state at the record time ``t`` of SS=1 bolus ``k`` at steady state.
 
     The periodic steady state of that dose every ``ss_ii[k]``, its earlier doses given at
-    ``t + lag - n II``.
+    ``t + lag - n II``, under the parameters ``pd`` of the dose's record (which hold up to it).
 
     SS=1 resets the system, then whole dosing cycles (dose, then integrate one interval) repeat
     until the state and its sensitivities at the trough change by less than the tolerances over a
@@ -217,10 +241,10 @@ def steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A,
     for _ in range(5000):
         y0, S0 = y.copy(), S.copy()
         y, S, _r = apply_dose_event(
-            _BOLUS, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
+            _BOLUS, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
         )
         h = min(h, ss_ii[k]) if h > 0.0 else ss_ii[k]
-        y, S, h = step_to(t, t + ss_ii[k], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
+        y, S, h = step_to(t, t + ss_ii[k], y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
         if i_clock >= 0:
             y[i_clock] = t
         if np.max(np.abs(y - y0)) <= rtol * np.max(np.abs(y)) + a_tol and np.max(np.abs(S - S0)) <= (
@@ -228,48 +252,66 @@ def steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A,
         ):
             break
     applies = dose_lagf[k] and i_lag >= 0
-    lag = (p[i_lag] % ss_ii[k]) if applies else 0.0
+    lag = (pd[i_lag] % ss_ii[k]) if applies else 0.0
     if lag > 0.0:
         y, S, _r = apply_dose_event(
-            _BOLUS, k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
+            _BOLUS, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
         )
         h = min(h, ss_ii[k] - lag)
         y, S, h = step_to(
-            t, t + ss_ii[k] - lag, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA
+            t, t + ss_ii[k] - lag, y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA
         )
         if i_clock >= 0:
             y[i_clock] = t
     if applies:
         S = S.copy()
-        S[:, i_lag] -= rate_of(y, p, r)
+        S[:, int(pd[n_par]) + i_lag] -= rate_of(y, pd, r)
     return y, S, h
 
 
+def segment_rows(P, g, row_start, seg_rows):
+    """The parameter rows of segment ``g``, each followed by its first sensitivity column."""
+    K = row_start[g + 1] - row_start[g]
+    ps = np.zeros((K, n_par + 1))
+    for k in range(K):
+        ps[k, :n_par] = P[seg_rows[row_start[g] + k]]
+        ps[k, n_par] = k * n_par
+    scale = np.ones(n_p)  # sensitivities are compared as d amount / d log p (error_norm)
+    for k in range(K):
+        for j in range(n_par):
+            scale[k * n_par + j] = abs(ps[k, j]) + 1e-12
+    return ps, scale
+
+
 def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
-                   seg_subject, seg_t0, i_lag, i_f, ss_ii, rtol, atol):  # fmt: skip
+                   seg_t0, i_lag, i_f, ss_ii, row_start, seg_rows, dose_k, chg_t, chg_k, chg_start,
+                   rtol, atol):  # fmt: skip
     """Solve every segment: amounts and sensitivities at the observations, and step counters.
 
     Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
     rejected, steps of the last segment). Each reset segment (a subject's records up to a reset,
-    EVID 3/4) starts from the initial amounts at its first record's time, with its subject's
-    parameters. Observations wait in a queue until the next dose (or the end) is integrated to,
-    so that the integrator can interpolate them.
+    EVID 3/4) starts from the initial amounts at its first record's time, with the parameters of
+    its first row; at each change (``chg_t``) the next row's hold (``chg_k``: its place among the
+    segment's rows ``seg_rows[row_start[g]:]``, whose sensitivities are the columns
+    ``k n_par ...``). Observations wait in a queue until the next dose, change or the end is
+    integrated to, so that the integrator can interpolate them.
 
-    One numba loop over segments and events, kept whole (about 60 lines of code): split further
+    One numba loop over segments and events, kept whole (about 70 lines of code): split further
     it would pass the same arrays to a function per event.
     """
     n_obs = obs_t.shape[0]
     A = np.zeros((n_obs, n_states))
     SA = np.zeros((n_obs, n_states, n_p))
     counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this segment
-    for g in range(seg_subject.shape[0]):
+    for g in range(seg_t0.shape[0]):
         counters[2] = 0
-        p = P[seg_subject[g]].copy()
         o0, o1 = obs_start[g], obs_start[g + 1]
         d0, d1 = dose_start[g], dose_start[g + 1]
+        c0, c1 = chg_start[g], chg_start[g + 1]
         if o1 == o0:
             continue
-        scale = np.abs(p) + 1e-12
+        ps, scale = segment_rows(P, g, row_start, seg_rows)
+        p = ps[0]
         y = np.zeros(n_states)
         S = np.zeros((n_states, n_p))
         init(p, y, S)
@@ -282,9 +324,9 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
             if i != i_clock:  # amounts set the absolute tolerance; the clock's size does not
                 amax = max(amax, abs(y[i]))
         a_tol = atol * amax
-        et, kind, idx, order, m = segment_events(
-            p, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f, ss_ii
-        )
+        et, kind, idx, order, m = segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt,
+                                                 dose_rate, dose_lagf, i_lag, i_f, ss_ii, c0, c1,
+                                                 chg_t)  # fmt: skip
         r = np.zeros(n_states)
         t = seg_t0[g]
         h = 1e-3
@@ -310,13 +352,17 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
                 y, S, h = step_to(t, te, y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
                 nq = 0
                 t = te
+            if kind[e] == _CHANGE:
+                p = ps[chg_k[k]]
+                continue
+            pd = ps[dose_k[k]]
             if kind[e] == _SS_START:
-                y, S, h = steady_state(k, t, y, S, p, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+                y, S, h = steady_state(k, t, y, S, pd, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
                                        ss_ii, dose_state, dose_lagf, dose_amt, dose_rate,
                                        i_lag, i_f)  # fmt: skip
                 continue
             y, S, r = apply_dose_event(
-                kind[e], k, y, S, p, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
+                kind[e], k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
             )
             h = 1e-3 * max(1.0, abs(t))
         if nq:
@@ -327,4 +373,4 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
 
 
 #: The event-loop templates, in the order they are specialised (callees first).
-TEMPLATES = (rate_of, segment_events, apply_dose_event, steady_state, solve_segments)
+TEMPLATES = (rate_of, segment_events, apply_dose_event, steady_state, segment_rows, solve_segments)

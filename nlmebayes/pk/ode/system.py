@@ -21,6 +21,7 @@ import pytensor
 import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData, check_compartments
+from nlmebayes.data.periods import ParameterRows
 from nlmebayes.pk.base import register_model
 from nlmebayes.pk.ode.expressions import CLOCK, expression_names, parse_expression
 from nlmebayes.pk.ode.op import ODESolve
@@ -51,6 +52,8 @@ class ODESystem:
     clock: bool = False  # the last state is the time t (right-hand sides or outputs use t)
     optional_parameters: tuple = ("TLAG", "F")
     alternatives = {}
+    #: Parameters may change between records (periods, :mod:`nlmebayes.data.periods`).
+    piecewise_parameters = True
 
     @classmethod
     def from_spec(cls, ode) -> ODESystem:
@@ -180,22 +183,32 @@ class ODESystem:
         return fn.vm.jit_fn, jfn.vm.jit_fn
 
     def concentration(self, data: EventData, params: dict, index=None):
-        """The ``observe`` expression at every observation (see the analytic models)."""
-        if index is not None and not np.array_equal(np.asarray(index), data.dose_subject):
+        """The ``observe`` expression at every observation (see the analytic models).
+
+        ``index`` may be a :class:`~nlmebayes.data.periods.ParameterRows`: ``params`` then have
+        one row per period and change at the periods' boundaries (IOV, time-varying covariates);
+        each observation's output uses its own record's row.
+        """
+        rows = None
+        if isinstance(index, ParameterRows):
+            rows = index
+        elif index is not None and not np.array_equal(np.asarray(index), data.dose_subject):
             raise NotImplementedError(
-                "the ODE path does not support parameters that change within a subject (IOV) yet"
+                "the ODE path takes parameters that change within a subject as ParameterRows "
+                "(periods), not one row per dose"
             )
         self.check_parameters(params)
         self.check(data)
         names = self.parameters + tuple(p for p in self.optional_parameters if p in params)
-        n_sub = data.n_subjects
-        P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_sub) for n in names], axis=1)
-        op = ODESolve(self, data, names, self.rtol, self.atol)
+        n_rows = rows.n_rows if rows is not None else data.n_subjects
+        obs_row = rows.obs_rows(data) if rows is not None else data.obs_subject
+        P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_rows) for n in names], axis=1)
+        op = ODESolve(self, data, names, self.rtol, self.atol, rows)
         A, _ = op(P)
 
         def output(expr, rows):
             sym = {s: A[rows, i] for i, s in enumerate(self.states)}
-            sym.update({n: P[:, i][data.obs_subject[rows]] for i, n in enumerate(names)})
+            sym.update({n: P[:, i][obs_row[rows]] for i, n in enumerate(names)})
             return parse_expression(expr, sym) * pt.ones(len(rows))
 
         if len(self.outputs) == 1:
