@@ -21,8 +21,8 @@ MODE = "FAST_COMPILE"  # throw-away graphs: skip the numba JIT of the surroundin
 
 
 def _regimens(oral: bool, n: int, seed: int) -> pd.DataFrame:
-    """Random multiple-dose regimens: bolus or infusion, depot or central, ADDL, irregular
-    sampling. No SS (not supported by the ODE path yet)."""
+    """Random multiple-dose regimens: bolus or infusion (given rate, or RATE=-2: modelled
+    duration D), depot or central, ADDL, irregular sampling."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(1, n + 1):
@@ -41,7 +41,7 @@ def _regimens(oral: bool, n: int, seed: int) -> pd.DataFrame:
                     AMT=amt,
                     EVID=1,
                     CMT=cmt,
-                    RATE=amt / rng.uniform(0.5, 4) if inf else 0.0,
+                    RATE=(-2.0 if rng.random() < 0.4 else amt / rng.uniform(0.5, 4)) if inf else 0.0,
                     II=12.0 if addl else 0.0,
                     ADDL=addl,
                 )
@@ -67,11 +67,14 @@ def _values_and_grads(model, data, values):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["1cpt_iv", "1cpt_oral", "2cpt_iv", "2cpt_oral"])
 def test_ode_matches_analytic_values_and_gradients(name):
-    """6 subjects with random multiple-dose regimens (bolus/infusion, depot/central, ADDL), lag
-    and F: the ODE path agrees with the closed form to relative 1e-6 in concentrations and in
-    gradients w.r.t. every parameter, integrating at rtol 1e-10."""
+    """6 subjects with random multiple-dose regimens (bolus/infusion, depot/central, ADDL,
+    RATE=-2 with a modelled duration D), lag and F: the ODE path agrees with the closed form to
+    relative 1e-6 in concentrations and in gradients w.r.t. every parameter, integrating at rtol
+    1e-10."""
     oral = name.endswith("oral")
-    data = read_nonmem(_regimens(oral, 6, seed=len(name)))
+    df = _regimens(oral, 6, seed=len(name))
+    assert (df.RATE == -2).any() and (df.RATE > 0).any()
+    data = read_nonmem(df)
     rng = np.random.default_rng(3)
     n = data.n_subjects
     values = {
@@ -79,6 +82,7 @@ def test_ode_matches_analytic_values_and_gradients(name):
         "V": rng.uniform(10, 60, n),
         "TLAG": rng.uniform(0, 1, n),
         "F": rng.uniform(0.4, 1, n),
+        "D": rng.uniform(0.5, 3, n),
     }
     if name.startswith("2cpt"):
         values |= {"Q": rng.uniform(1, 10, n), "V2": rng.uniform(20, 100, n)}
@@ -331,11 +335,12 @@ def test_multiple_outputs_need_one_error_each_and_known_dvids():
 
 
 def test_ode_rejects_what_it_cannot_do_yet():
-    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0], AMT=[100.0, 0], DV=[0.0, 1.0], SS=[2, 0], II=[12.0, 0.0]))
-    with pytest.raises(DataError, match="SS=2"):
+    df = pd.DataFrame(dict(ID=1, TIME=[0.0, 1.0], AMT=[100.0, 0], DV=[0.0, 1.0], SS=[1, 0], II=[12.0, 0.0],
+                           RATE=[5.0, 0.0]))  # fmt: skip
+    with pytest.raises(DataError, match=r"row 1, column RATE: a steady-state infusion must end within"):
         get_model("1cpt_iv_ode").check(read_nonmem(df))
-    df = df.assign(SS=[1, 0], RATE=[50.0, 0.0])
-    with pytest.raises(DataError, match="steady-state infusions"):
+    df = df.assign(RATE=[-2.0, 0.0])
+    with pytest.raises(DataError, match="steady state with a modelled duration"):
         get_model("1cpt_iv_ode").check(read_nonmem(df))
 
 
@@ -506,20 +511,40 @@ def test_right_hand_side_may_use_the_time(method):
 
 
 def _steady_state_regimens(oral: bool, n: int, seed: int) -> pd.DataFrame:
-    """Each subject: an SS=1 bolus (random II, ADDL doses after it), maybe a later plain bolus,
-    samples over the next two days."""
+    """Each subject: an SS=1 bolus or infusion (random II, ADDL doses after it), maybe a later plain
+    bolus and an SS=2 dose (bolus or infusion) on top, samples over the next three days."""
     rng = np.random.default_rng(seed)
     rows = []
+
+    def dose(i, t, ss, ii, cmt):
+        amt = rng.uniform(50, 500)
+        rate = amt / rng.uniform(0.5, 0.8 * ii) if rng.random() < 0.5 else 0.0
+        return dict(ID=i, TIME=t, DV=0.0, AMT=amt, EVID=1, CMT=cmt, SS=ss, II=ii, RATE=rate, ADDL=0)
+
     for i in range(1, n + 1):
         ii = float(rng.choice([8.0, 12.0, 24.0]))
         cmt = (1 if rng.random() < 0.7 else 2) if oral else 1
-        recs = [dict(ID=i, TIME=0.0, DV=0.0, AMT=rng.uniform(50, 500), EVID=1, CMT=cmt, SS=1, II=ii,
-                     ADDL=int(rng.integers(0, 3)))]  # fmt: skip
+        recs = [dose(i, 0.0, 1, ii, cmt) | dict(ADDL=int(rng.integers(0, 3)))]
         if rng.random() < 0.5:
-            recs.append(dict(ID=i, TIME=30.0, DV=0.0, AMT=100.0, EVID=1, CMT=cmt, SS=0, II=0.0, ADDL=0))
-        for tt in np.sort(rng.uniform(0, 48, 8)):
             recs.append(
-                dict(ID=i, TIME=tt, DV=1.0, AMT=0.0, EVID=0, CMT=2 if oral else 1, SS=0, II=0.0, ADDL=0)
+                dict(ID=i, TIME=30.0, DV=0.0, AMT=100.0, EVID=1, CMT=cmt, SS=0, II=0.0, RATE=0.0, ADDL=0)
+            )
+        if rng.random() < 0.7:
+            recs.append(dose(i, 40.0, 2, float(rng.choice([12.0, 24.0])), cmt))
+        for tt in np.sort(rng.uniform(0, 72, 10)):
+            recs.append(
+                dict(
+                    ID=i,
+                    TIME=tt,
+                    DV=1.0,
+                    AMT=0.0,
+                    EVID=0,
+                    CMT=2 if oral else 1,
+                    SS=0,
+                    II=0.0,
+                    RATE=0.0,
+                    ADDL=0,
+                )
             )
         rows += sorted(recs, key=lambda r: (r["TIME"], -r["EVID"]))
     return pd.DataFrame(rows)
@@ -527,12 +552,16 @@ def _steady_state_regimens(oral: bool, n: int, seed: int) -> pd.DataFrame:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["1cpt_oral", "2cpt_iv"])
-def test_ode_steady_state_boluses_match_analytic(name):
-    """SS=1 boluses (issue 15 item 5): the ODE path iterates whole dosing cycles to the periodic
-    steady state (with sensitivities); against the analytic SS solution on random regimens (II 8,
-    12 or 24 h, ADDL after, lag and F) values and gradients agree to relative 1e-6 at rtol 1e-10."""
+def test_ode_steady_state_doses_match_analytic(name):
+    """SS=1 and SS=2 boluses and infusions (issue 15 item 5): the ODE path iterates whole dosing
+    cycles to the periodic steady state (with sensitivities; SS=2 adds it to the current state);
+    against the analytic SS solution on random regimens (II 8, 12 or 24 h, ADDL after, lag and
+    F, infusions ending within the interval) values and gradients agree to relative 1e-6 at rtol
+    1e-10."""
     oral = name.endswith("oral")
-    data = read_nonmem(_steady_state_regimens(oral, 6, seed=len(name)))
+    df = _steady_state_regimens(oral, 8, seed=len(name))
+    assert {(1, True), (1, False), (2, True), (2, False)} <= set(zip(df.SS, df.RATE > 0, strict=True))
+    data = read_nonmem(df)
     rng = np.random.default_rng(4)
     n = data.n_subjects
     values = {"CL": rng.uniform(1, 10, n), "V": rng.uniform(10, 60, n), "TLAG": rng.uniform(0, 1, n),

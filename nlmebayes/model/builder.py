@@ -57,7 +57,7 @@ from nlmebayes.model.likelihood import add_likelihood
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.select import select_observations
 from nlmebayes.model.spec import ModelSpec
-from nlmebayes.pk import get_model, model_names
+from nlmebayes.pk import get_model
 
 __all__ = ["BuiltModel", "build_model", "covariate_effect", "occasions"]
 
@@ -221,19 +221,21 @@ def _parameter_rows(spec: ModelSpec, data: EventData, struct, varying) -> Parame
     """The periods of the individual parameters where they change within a subject, else None.
 
     Time-varying covariates need a structural model that switches parameters between records
-    (``piecewise_parameters``, the ODE path); IOV uses periods there too. The closed forms keep
-    one row per dose with IOV (each dose's occasion) and refuse time-varying covariates.
+    (``piecewise_parameters``: the ODE path, and the compartmental models by matrix
+    exponentials); IOV uses periods there too, except in the compartmental models when no
+    covariate varies (``iov_by_dose``: one row per dose, superposition).
     """
     piecewise = getattr(struct, "piecewise_parameters", False)
     if varying and not piecewise:
-        ode = f"{spec.structural}_ode" if f"{spec.structural}_ode" in model_names() else "an ODE model"
         raise ValueError(
             f"model {spec.name}: covariates {list(varying)} change within a subject, and the "
-            f"structural model {spec.structural!r} assumes constant parameters between occasions; "
-            f"use {ode!r}, which switches parameters at the records as NONMEM does"
+            f"structural model {spec.structural!r} assumes constant parameters; use an ODE or a "
+            "compartmental model, which switch parameters at the records as NONMEM does"
         )
     if not piecewise or not (varying or spec.iov):
         return None
+    if not varying and getattr(struct, "iov_by_dose", False):
+        return None  # the closed forms' IOV: each dose with its occasion's parameters
     for c in spec.covariates:
         additive = c.parameter in spec.iiv_parameters and spec.eta_kind(c.parameter) != "lognormal"
         if c.covariate in varying and additive:

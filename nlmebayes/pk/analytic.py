@@ -35,7 +35,9 @@ import pytensor
 import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData, check_compartments
+from nlmebayes.data.periods import ParameterRows
 from nlmebayes.pk.base import register_model
+from nlmebayes.pk.piecewise import piecewise_concentration
 
 __all__ = ["Compartmental", "MODELS", "disposition", "log_sinhc", "exp_diff", "phi"]
 
@@ -258,6 +260,12 @@ class Compartmental:
         return p + (("KA",) if self.oral else ())
 
     optional_parameters: tuple[str, ...] = ("TLAG", "F", "D")
+    #: Takes :class:`~nlmebayes.data.periods.ParameterRows` (parameters that change between
+    #: records, solved by matrix exponentials: :mod:`nlmebayes.pk.piecewise`).
+    piecewise_parameters = True
+    #: With IOV alone, one row per dose (its occasion's) and superposition instead: exact once
+    #: earlier occasions have washed out, and much cheaper.
+    iov_by_dose = True
     #: Alternative parameterisations: K (elimination rate constant CL/V) may stand in for V, as in
     #: nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)`` (then V = CL / K), or for CL, as in NONMEM's
     #: ADVAN1/2 TRANS1 (then CL = K * V). K takes the place of one of them, never both.
@@ -314,6 +322,8 @@ class Compartmental:
         elif "CL" not in params:
             params = dict(params, CL=params["K"] * params["V"])
         self.check(data)
+        if isinstance(index, ParameterRows):
+            return piecewise_concentration(self, data, params, index)
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]
         if data.pair_first is not None and not np.array_equal(index[data.pair_first], pd_idx):

@@ -42,9 +42,18 @@ Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-const
 and F (if the model has them) act on doses into ``dose_state`` (the first state by default), F
 scaling the amount (and the infusion's duration, as NONMEM does). Sensitivities jump at doses
 (F) and at event times that move with TLAG and F. Reset events (EVID 3, and EVID 4 with its
-dose) restart the system from the initial amounts. Not yet supported, and rejected with an
-error: steady-state doses (SS), modelled rates (RATE = -2), parameters that change within a
-subject (IOV), and right-hand sides that depend on time explicitly.
+dose) restart the system from the initial amounts. Steady state (SS=1 replaces the state, SS=2
+adds to it; boluses and infusions that end within the interval) is the periodic state reached
+by iterating whole dosing cycles with their sensitivities. Right-hand sides and outputs may use
+the time ``t``.
+
+Parameters that change within a subject (IOV, time-varying covariates) switch at the records,
+as in NONMEM (a record's values hold over the interval that ends at it;
+:mod:`nlmebayes.data.periods`): the solver integrates the sensitivities to the parameters of
+every period of a segment (``K n_p`` columns for the most periods ``K`` of any segment), so
+the cost of a gradient grows with ``K``. Not yet supported, and rejected with an error naming
+the row: modelled infusion durations (RATE = -2) and overlapping steady-state infusions; the
+Rosenbrock method with parameters that change within a subject.
 """
 
 from nlmebayes.pk.ode.expressions import expression_names, parse_expression

@@ -18,14 +18,16 @@ from nlmebayes.pk.ode.expressions import derivative
 __all__ = ["kernel_source", "initial_source", "njit_source", "compile_kernel"]
 
 
-def kernel_source(states, rhs, param_names, width: int | None = None) -> str:
+def kernel_source(states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False) -> str:
     """Python source of ``kernel(z, p, r, out)``.
 
     ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, allocation-free.
     ``S`` has ``width`` columns (default: one per parameter, unrolled). A wider ``S`` holds the
     sensitivities to several rows of parameters (periods, :mod:`nlmebayes.data.periods`):
     ``p`` then carries, after the parameters, the first column of the current row's block, where
-    ``df/dp`` enters; the other columns follow ``df/dy S`` only.
+    ``df/dp`` enters; the other columns follow ``df/dy S`` only. ``r`` holds the inputs (infusion
+    rates) and, after them, their derivatives in the parameters (``n_states x width``), which enter
+    the sensitivities with ``rate_sensitivity`` (modelled durations, RATE = -2).
     """
     n, m = len(states), len(param_names)
     w = m if width is None else width
@@ -45,6 +47,7 @@ def kernel_source(states, rhs, param_names, width: int | None = None) -> str:
                 lines.append(f"    jy{k} = {ast.unparse(e)}")
         if w != m:
             terms = [f"jy{k} * z[{n + k * w} + c]" for k, e in enumerate(dy) if e is not None]
+            terms += [f"r[{n + i * w} + c]"] if rate_sensitivity else []
             lines.append(f"    for c in range({w}):")
             lines.append(f"        out[{n + i * w} + c] = {' + '.join(terms) or '0.0'}")
             lines += [
@@ -57,6 +60,8 @@ def kernel_source(states, rhs, param_names, width: int | None = None) -> str:
             terms = [f"jy{k} * z[{n + k * m + j}]" for k, e in enumerate(dy) if e is not None]
             if dp[j] is not None:
                 terms.append(f"({ast.unparse(dp[j])})")
+            if rate_sensitivity:
+                terms.append(f"r[{n + i * m + j}]")
             lines.append(f"    out[{n + i * m + j}] = {' + '.join(terms) or '0.0'}")
     return "\n".join(lines) + "\n"
 
@@ -109,6 +114,6 @@ def njit_source(source: str, name: str):
     return numba.njit(cache=False, fastmath=False)(namespace[name])
 
 
-def compile_kernel(states, rhs, param_names, width: int | None = None):
+def compile_kernel(states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False):
     """The jitted kernel of :func:`kernel_source`."""
-    return njit_source(kernel_source(states, rhs, param_names, width), "kernel")
+    return njit_source(kernel_source(states, rhs, param_names, width, rate_sensitivity), "kernel")

@@ -163,8 +163,8 @@ def augmented(z, p, r):
     S = z[n_states:].copy().reshape((n_states, n_p))
     f, Jy, Jp = rhs(y, p[:n_par])
     out = np.empty(N)
-    out[:n_states] = f + r
-    out[n_states:] = (Jy @ S + Jp).ravel()
+    out[:n_states] = f + r[:n_states]
+    out[n_states:] = (Jy @ S + Jp).ravel() + r[n_states:]
     return out
 
 

@@ -45,10 +45,11 @@ class ODESolve(Op):
         self.n_p = len(self.param_names)
         self.rtol, self.atol = float(rtol), float(atol)
         self.args = schedule(system, data, self.param_names, rows)
-        row_start, seg_rows = self.args[12], self.args[13]
+        row_start, seg_rows = self.args[13], self.args[14]
         self.n_rows = int(np.max(np.diff(row_start))) if len(row_start) > 1 else 1
         self.obs_rows = _observation_rows(self.args[1], row_start, seg_rows, self.n_rows)
-        self.solver = _solver(system, self.param_names, self.n_rows)
+        modelled = bool(np.any(self.args[4] == -2.0))  # RATE = -2: rate sensitivities in the kernel
+        self.solver = _solver(system, self.param_names, self.n_rows, modelled)
         self._fn = None
 
     def cache_key(self) -> str:
@@ -127,7 +128,7 @@ def _observation_rows(obs_start, row_start, seg_rows, width) -> np.ndarray:
     return seg_rows[row_start[seg][:, None] + np.where(k < n_k, k, 0)]
 
 
-def _solver(system, param_names, n_rows: int = 1):
+def _solver(system, param_names, n_rows: int = 1, rate_sensitivity: bool = False):
     """Return the compiled solver for a system, reused by every model built from the same equations.
 
     A fit builds the model more than once, and numba compiles each new closure afresh.
@@ -140,10 +141,11 @@ def _solver(system, param_names, n_rows: int = 1):
         system.method,
         system.max_steps,
         n_rows,
+        rate_sensitivity,
     )
     if key not in _SOLVERS:
         width = len(param_names) * n_rows
-        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width)
+        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width, rate_sensitivity)
         init = njit_source(initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
@@ -159,7 +161,7 @@ def _solver(system, param_names, n_rows: int = 1):
 @register_funcify_and_cache_key(ODESolve)
 def _numba_ode_solve(op, node, **kwargs):
     solver, args, rtol, atol = op.solver, op.args, op.rtol, op.atol
-    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17 = args
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19 = args
 
     # No fast-math here either (the solver it calls has none): with PyTensor's default flags on
     # this wrapper, a fresh build and one loaded from the disk cache gave Theoph ODE
@@ -167,7 +169,29 @@ def _numba_ode_solve(op, node, **kwargs):
     @numba_njit(fastmath=False)
     def ode_solve(P):
         A, S, _ = solver(
-            P, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, rtol, atol
+            P,
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            a8,
+            a9,
+            a10,
+            a11,
+            a12,
+            a13,
+            a14,
+            a15,
+            a16,
+            a17,
+            a18,
+            a19,
+            rtol,
+            atol,
         )
         return A, S
 

@@ -38,8 +38,11 @@ def schedule(system, data: EventData, param_names, rows: ParameterRows | None = 
     lagf = state == dose_state_idx
     i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
     i_f = param_names.index("F") if "F" in param_names else -1
-    # SS=1 boluses: their dosing interval (the state before them is the periodic steady state)
-    ss_ii = np.where(data.dose_ss[order] == 1, data.dose_ii[order], 0.0).astype(float)
+    i_d = param_names.index("D") if "D" in param_names else -1
+    # SS doses: their dosing interval (the state before them is the periodic steady state, for
+    # SS=2 added to the current one)
+    ss_ii = np.where(data.dose_ss[order] > 0, data.dose_ii[order], 0.0).astype(float)
+    ss_add = data.dose_ss[order] == 2
     periods = _periods(data, rows, seg, n_seg)
     position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row[order])
     dose_k = periods[3][position]
@@ -56,10 +59,12 @@ def schedule(system, data: EventData, param_names, rows: ParameterRows | None = 
         np.int64(i_lag),
         np.int64(i_f),
         ss_ii,
+        ss_add,
         periods[0],
         periods[1],
         dose_k.astype(np.int64),
         *periods[4:],
+        np.int64(i_d),
     )
 
 

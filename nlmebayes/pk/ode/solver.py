@@ -121,12 +121,13 @@ def rate_of(y, p, r):
 
 
 def segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rate, dose_lagf, i_lag, i_f,
-                   ss_ii, c0, c1, chg_t):  # fmt: skip
+                   ss_ii, c0, c1, chg_t, i_d):  # fmt: skip
     """A segment's events in time order: times, kinds, indices, the order and the count.
 
     The events are each dose (lagged), each infusion's end (its length scaled by F), each
-    observation, at the record time of an SS=1 bolus the start of its steady state, and each
-    change of parameters. A dose's TLAG and F are those of its record's row (``ps[dose_k]``).
+    observation, at the record time of an SS dose the start of its steady state, and each
+    change of parameters. A dose's TLAG, F and D are those of its record's row (``ps[dose_k]``);
+    a RATE = -2 infusion lasts D.
     """
     n_ev = (o1 - o0) + 3 * (d1 - d0) + (c1 - c0)
     et = np.empty(n_ev)
@@ -140,7 +141,8 @@ def segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rat
         F = pd[i_f] if (i_f >= 0 and dose_lagf[k]) else 1.0
         et[m] = dose_t[k] + lag
         pr[m] = 0.0
-        kind[m] = _BOLUS if dose_rate[k] <= 0 else _INFUSION_START
+        infusion = dose_rate[k] > 0 or dose_rate[k] == -2.0
+        kind[m] = _INFUSION_START if infusion else _BOLUS
         idx[m] = k
         m += 1
         if ss_ii[k] > 0.0:
@@ -149,8 +151,9 @@ def segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rat
             kind[m] = _SS_START
             idx[m] = k
             m += 1
-        if dose_rate[k] > 0:
-            et[m] = dose_t[k] + lag + F * dose_amt[k] / dose_rate[k]
+        if infusion:
+            dur = pd[i_d] if dose_rate[k] == -2.0 else F * dose_amt[k] / dose_rate[k]
+            et[m] = dose_t[k] + lag + dur
             pr[m] = 1.0
             kind[m] = _INFUSION_END
             idx[m] = k
@@ -182,18 +185,21 @@ def segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt, dose_rat
     return et, kind, idx, order, m
 
 
-def apply_dose_event(kind, k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):
+def apply_dose_event(kind, k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f, i_d):
     """A bolus, infusion start or infusion end at its (lagged) time, with the sensitivity jumps.
 
-    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F)
-    makes the sensitivities jump by the change in the right-hand side. ``p`` are the parameters
-    that hold now, ``pd`` those of the dose's record (its F and TLAG, whose sensitivity columns
-    start at ``pd[n_par]``).
+    F scales a bolus; an event time that moves with TLAG (or, for an infusion's end, with F or D)
+    makes the sensitivities jump by the change in the right-hand side. A RATE = -2 infusion runs at
+    ``F AMT / D``: its rate's derivatives in F and D enter ``r`` after the rates (they drive the
+    sensitivities while it runs). ``p`` are the parameters that hold now, ``pd`` those of the
+    dose's record (its F, TLAG and D, whose sensitivity columns start at ``pd[n_par]``).
     """
     c = dose_state[k]
     applies = dose_lagf[k]
     od = int(pd[n_par])
     F = pd[i_f] if (i_f >= 0 and applies) else 1.0
+    modelled = dose_rate[k] == -2.0
+    rate = F * dose_amt[k] / pd[i_d] if modelled else dose_rate[k]
     f_before = rate_of(y, p, r)
     if kind == _BOLUS:
         y = y.copy()
@@ -201,71 +207,108 @@ def apply_dose_event(kind, k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, d
         if i_f >= 0 and applies:
             S = S.copy()
             S[c, od + i_f] += dose_amt[k]
-    elif kind == _INFUSION_START:
-        r = r.copy()
-        r[c] += dose_rate[k]
     else:
+        sign = 1.0 if kind == _INFUSION_START else -1.0
         r = r.copy()
-        r[c] -= dose_rate[k]
-        if abs(r[c]) < 1e-12 * dose_rate[k]:
+        r[c] += sign * rate
+        if modelled:  # d rate / dD and d rate / dF
+            r[n_states + c * n_p + od + i_d] -= sign * rate / pd[i_d]
+            if i_f >= 0 and applies:
+                r[n_states + c * n_p + od + i_f] += sign * dose_amt[k] / pd[i_d]
+        if kind == _INFUSION_END and abs(r[c]) < 1e-12 * abs(rate):
             r[c] = 0.0
+            for j in range(n_p):
+                r[n_states + c * n_p + j] = 0.0
     f_after = rate_of(y, p, r)
     jump = f_before - f_after
     if i_lag >= 0 and applies:
         S = S.copy()
         S[:, od + i_lag] += jump
-    if kind == _INFUSION_END and i_f >= 0 and applies:
+    if kind == _INFUSION_END and modelled:
+        S = S.copy()
+        S[:, od + i_d] += jump
+    elif kind == _INFUSION_END and i_f >= 0 and applies:
         S = S.copy()
         S[:, od + i_f] += jump * dose_amt[k] / dose_rate[k]
     return y, S, r
 
 
-def steady_state(k, t, y, S, pd, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA, ss_ii,
+def steady_state(k, t, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA, ss_ii, ss_add,
                  dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f):  # fmt: skip
-    """The state at the record time ``t`` of SS=1 bolus ``k`` at steady state.
+    """The state at the record time ``t`` of SS dose ``k`` (bolus or infusion) at steady state.
 
     The periodic steady state of that dose every ``ss_ii[k]``, its earlier doses given at
     ``t + lag - n II``, under the parameters ``pd`` of the dose's record (which hold up to it).
+    SS=1 replaces the state (the segment starts here); SS=2 adds it to the current state, as
+    NONMEM does (exact for linear systems).
 
-    SS=1 resets the system, then whole dosing cycles (dose, then integrate one interval) repeat
-    until the state and its sensitivities at the trough change by less than the tolerances over a
-    cycle; one more dose and ``II - lag`` of integration give the state at the record time, where
-    the dose itself follows after its lag. The trough does not move with TLAG; the state at the
-    record time does, by ``-f`` (the flow's derivative in its duration). The cycles run in the
-    dose's own time (the clock, if any, is put back after each); F enters every dose.
+    From zero amounts, whole dosing cycles (:func:`ss_cycle`) repeat until the state and its
+    sensitivities just before a dose change by less than the tolerances over a cycle; one more
+    dose and ``II - lag`` of integration give the state at the record time, where the dose itself
+    follows after its lag. The trough does not move with TLAG; the state at the record time does,
+    by ``-f`` (the flow's derivative in its duration). The cycles run in the dose's own time (the
+    clock, if any, is put back after each); F enters every dose (an infusion's length with it).
+    An infusion must end before the record time (``F AMT / RATE <= II - lag``): else NaN.
     """
+    y_before, S_before = y, S
+    ii = ss_ii[k]
+    applies = dose_lagf[k]
+    lag = (pd[i_lag] % ii) if (applies and i_lag >= 0) else 0.0
+    F = pd[i_f] if (applies and i_f >= 0) else 1.0
+    dur = F * dose_amt[k] / dose_rate[k] if dose_rate[k] > 0 else 0.0
     y = np.zeros(n_states)
     S = np.zeros((n_states, n_p))
+    if dur > ii - lag:
+        return y * np.nan, S * np.nan, h
     if i_clock >= 0:
         y[i_clock] = t
     for _ in range(5000):
         y0, S0 = y.copy(), S.copy()
-        y, S, _r = apply_dose_event(
-            _BOLUS, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
-        )
-        h = min(h, ss_ii[k]) if h > 0.0 else ss_ii[k]
-        y, S, h = step_to(t, t + ss_ii[k], y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
-        if i_clock >= 0:
-            y[i_clock] = t
+        y, S, h = ss_cycle(k, t, ii, dur, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+                           dose_state, dose_lagf, dose_amt, dose_rate, i_f)  # fmt: skip
         if np.max(np.abs(y - y0)) <= rtol * np.max(np.abs(y)) + a_tol and np.max(np.abs(S - S0)) <= (
             rtol * np.max(np.abs(S)) + a_tol
         ):
             break
-    applies = dose_lagf[k] and i_lag >= 0
-    lag = (pd[i_lag] % ss_ii[k]) if applies else 0.0
     if lag > 0.0:
-        y, S, _r = apply_dose_event(
-            _BOLUS, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f
-        )
-        h = min(h, ss_ii[k] - lag)
-        y, S, h = step_to(
-            t, t + ss_ii[k] - lag, y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA
-        )
+        y, S, h = ss_cycle(k, t, ii - lag, dur, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+                           dose_state, dose_lagf, dose_amt, dose_rate, i_f)  # fmt: skip
+    if applies and i_lag >= 0:
+        S = S.copy()
+        S[:, int(pd[n_par]) + i_lag] -= rate_of(y, pd, np.zeros(N))
+    if ss_add[k]:
+        y = y + y_before
+        S = S + S_before
         if i_clock >= 0:
             y[i_clock] = t
-    if applies:
-        S = S.copy()
-        S[:, int(pd[n_par]) + i_lag] -= rate_of(y, pd, r)
+    return y, S, h
+
+
+def ss_cycle(k, t, span, dur, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+             dose_state, dose_lagf, dose_amt, dose_rate, i_f):  # fmt: skip
+    """Dose ``k`` (a bolus, or an infusion of length ``dur``), then integrate to ``span`` after it.
+
+    The end of an infusion moves with F: its sensitivity jumps there (:func:`apply_dose_event`).
+    """
+    r = np.zeros(N)
+    if dur > 0.0:
+        y, S, r = apply_dose_event(
+            _INFUSION_START, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f, -1
+        )
+        h = min(h, dur) if h > 0.0 else dur
+        y, S, h = step_to(t, t + dur, y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
+        y, S, r = apply_dose_event(
+            _INFUSION_END, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f, -1
+        )
+    else:
+        y, S, r = apply_dose_event(
+            _BOLUS, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f, -1
+        )
+    if span > dur:
+        h = min(h, span - dur) if h > 0.0 else span - dur
+        y, S, h = step_to(t + dur, t + span, y, S, pd, r, rtol, a_tol, h, scale, counters, q_t, q_k, 0, A, SA)
+    if i_clock >= 0:
+        y[i_clock] = t
     return y, S, h
 
 
@@ -284,8 +327,8 @@ def segment_rows(P, g, row_start, seg_rows):
 
 
 def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
-                   seg_t0, i_lag, i_f, ss_ii, row_start, seg_rows, dose_k, chg_t, chg_k, chg_start,
-                   rtol, atol):  # fmt: skip
+                   seg_t0, i_lag, i_f, ss_ii, ss_add, row_start, seg_rows, dose_k, chg_t, chg_k, chg_start,
+                   i_d, rtol, atol):  # fmt: skip
     """Solve every segment: amounts and sensitivities at the observations, and step counters.
 
     Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
@@ -326,8 +369,8 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
         a_tol = atol * amax
         et, kind, idx, order, m = segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt,
                                                  dose_rate, dose_lagf, i_lag, i_f, ss_ii, c0, c1,
-                                                 chg_t)  # fmt: skip
-        r = np.zeros(n_states)
+                                                 chg_t, i_d)  # fmt: skip
+        r = np.zeros(N)
         t = seg_t0[g]
         h = 1e-3
         q_t = np.empty(m)
@@ -357,12 +400,14 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
                 continue
             pd = ps[dose_k[k]]
             if kind[e] == _SS_START:
-                y, S, h = steady_state(k, t, y, S, pd, r, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
-                                       ss_ii, dose_state, dose_lagf, dose_amt, dose_rate,
+                y, S, h = steady_state(k, t, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, SA,
+                                       ss_ii, ss_add, dose_state, dose_lagf, dose_amt, dose_rate,
                                        i_lag, i_f)  # fmt: skip
+                if not ss_add[k]:
+                    r = np.zeros(N)  # SS=1 resets: no infusion runs on
                 continue
             y, S, r = apply_dose_event(
-                kind[e], k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f
+                kind[e], k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f, i_d
             )
             h = 1e-3 * max(1.0, abs(t))
         if nq:
@@ -373,4 +418,4 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
 
 
 #: The event-loop templates, in the order they are specialised (callees first).
-TEMPLATES = (rate_of, segment_events, apply_dose_event, steady_state, segment_rows, solve_segments)
+TEMPLATES = (rate_of, segment_events, apply_dose_event, ss_cycle, steady_state, segment_rows, solve_segments)

@@ -7,9 +7,9 @@ models.
 Several outputs: ``observe={"cp": "central / V", "pca": "effect"}`` gives each observation the
 output named by its DVID. Initial amounts: ``initial={"effect": "E0"}`` (expressions of
 parameters) set the states at each subject's first record and again after every reset.
-Not yet supported, and rejected with an error naming the row: steady-state doses (SS), modelled
-rates (RATE = -2), parameters that change within a subject (IOV), and right-hand sides that
-depend on time explicitly.
+Not yet supported, and rejected with an error naming the row: steady state with modelled
+durations (RATE = -2) and steady-state infusions longer than their interval (see
+:mod:`nlmebayes.pk.ode`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class ODESystem:
     method: str = "dopri5"
     max_steps: int = 100_000
     clock: bool = False  # the last state is the time t (right-hand sides or outputs use t)
-    optional_parameters: tuple = ("TLAG", "F")
+    optional_parameters: tuple = ("TLAG", "F", "D")
     alternatives = {}
     #: Parameters may change between records (periods, :mod:`nlmebayes.data.periods`).
     piecewise_parameters = True
@@ -121,23 +121,25 @@ class ODESystem:
         )
         check_compartments(data, dose, obs, self.name)
         rec = data.records
-        for col, bad, what in (
-            (
-                "SS",
-                rec["_IS_DOSE"] & (rec["SS"] == 2),
-                "SS=2 doses (steady state added to the current amounts)",
-            ),
-            ("SS", rec["_IS_DOSE"] & (rec["SS"] > 0) & (rec["RATE"] != 0), "steady-state infusions"),
-            ("RATE", rec["_IS_DOSE"] & (rec["RATE"] == -2), "modelled infusion durations"),
-        ):
-            if bad.any():
-                r = rec[bad].iloc[0]
-                raise DataError(
-                    f"the ODE path does not support {what} yet ({self.name})",
-                    source=data.source,
-                    row=int(r["_ROW"]),
-                    column=col,
-                )
+        bad = rec["_IS_DOSE"] & (rec["RATE"] == -2) & (rec["SS"] > 0)
+        if bad.any():
+            raise DataError(
+                "the ODE path does not support steady state with a modelled duration (RATE=-2) "
+                f"yet ({self.name})",
+                source=data.source,
+                row=int(rec.loc[bad, "_ROW"].iloc[0]),
+                column="RATE",
+            )
+        ss_inf = rec["_IS_DOSE"] & (rec["SS"] > 0) & (rec["RATE"] > 0)
+        bad = ss_inf & (rec["AMT"] >= rec["RATE"] * rec["II"])
+        if bad.any():
+            raise DataError(
+                "a steady-state infusion must end within its dosing interval (AMT / RATE < II): "
+                f"overlapping infusions at steady state are not supported ({self.name})",
+                source=data.source,
+                row=int(rec.loc[bad, "_ROW"].iloc[0]),
+                column="RATE",
+            )
         names = [o for o, _ in self.outputs]
         if names != [None]:
             labels = data.obs_output
@@ -199,7 +201,11 @@ class ODESystem:
             )
         self.check_parameters(params)
         self.check(data)
-        names = self.parameters + tuple(p for p in self.optional_parameters if p in params)
+        names = self.parameters + tuple(
+            p for p in self.optional_parameters if p in params and p not in self.parameters
+        )
+        if np.any(data.dose_rate == -2) and "D" not in names:
+            raise ValueError("the data have RATE = -2 (modelled duration): the model needs D")
         n_rows = rows.n_rows if rows is not None else data.n_subjects
         obs_row = rows.obs_rows(data) if rows is not None else data.obs_subject
         P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_rows) for n in names], axis=1)
