@@ -374,7 +374,8 @@ def test_constant_infusion_superposes_and_differentiates():
 
 
 def test_constant_infusion_is_rejected_by_the_ode_path():
-    """The ODE path does not compute steady states yet: it says so, naming the row."""
+    """The ODE path does not compute the steady state of a constant-rate infusion (SS=1, AMT=0)
+    yet: it says so, naming the row."""
     with pytest.raises(DataError, match="row 1.*column SS.*steady-state"):
         get_model("1cpt_iv_ode").check(_constant_infusion())
 

@@ -27,8 +27,10 @@ MODE = "FAST_COMPILE"
 
 
 def _weight_records(oral: bool, n: int, seed: int) -> pd.DataFrame:
-    """Random regimens (bolus/infusion, depot/central, ADDL) whose WT changes at random records."""
+    """Random regimens (bolus/infusion, depot/central, ADDL) whose WT changes at random records and
+    whose occasion (OCC) at random doses."""
     rng = np.random.default_rng(seed)
+    occ_rng = np.random.default_rng(seed + 100)
     rows = []
     for i in range(1, n + 1):
         recs, t = [], 0.0
@@ -48,9 +50,12 @@ def _weight_records(oral: bool, n: int, seed: int) -> pd.DataFrame:
             recs.append(dict(ID=i, TIME=tt, DV=1.0, AMT=0.0, EVID=0, CMT=1 + oral, RATE=0.0, II=0.0, ADDL=0))
         recs = sorted(recs, key=lambda r: (r["TIME"], -r["EVID"]))
         wt = rng.uniform(50, 90)
+        occ = 1
         for r in recs:  # a random walk that moves at about half of the records
             wt = wt * np.exp(rng.normal(0, 0.15)) if rng.random() < 0.5 else wt
             r["WT"] = round(wt, 1)
+            occ += int(r["EVID"] == 1 and occ_rng.random() < 0.5)  # a new occasion at some doses
+            r["OCC"] = occ
         rows += recs
     return pd.DataFrame(rows)
 
@@ -126,7 +131,8 @@ def _row_values(name, n_rows, seed):
 @pytest.mark.parametrize("name", ["1cpt_oral", "2cpt_iv", "2cpt_oral", "3cpt_iv"])
 def test_parameters_that_change_at_records_match_scipy(name):
     """5 subjects, random regimens (boluses, infusions with a given rate or RATE=-2, ADDL), WT
-    changing at random records, every period its own random CL, V (KA, Q, V2, Q3, V3), TLAG, F
+    changing at random records and OCC at random doses (the periods of a time-varying covariate
+    and of IOV, carried over), every period its own random CL, V (KA, Q, V2, Q3, V3), TLAG, F
     and D. The compartmental model (matrix exponentials between records) and the ODE path (rtol
     1e-10) both match scipy's LSODA (rtol 1e-11), which switches the system matrix at the same
     times, to relative 1e-6; their gradients w.r.t. every period's parameters agree to 1e-6, and
@@ -134,9 +140,9 @@ def test_parameters_that_change_at_records_match_scipy(name):
     1e-5 relative."""
     df = _weight_records(name.endswith("oral"), 5, seed=len(name))
     data = read_nonmem(df)
-    rows = parameter_rows(data, ["WT"])
+    rows = parameter_rows(data, ["WT", "OCC"])  # periods of a time-varying covariate and of IOV
     assert rows.varies and rows.n_rows >= 2 * data.n_subjects  # several periods per subject
-    assert (df.RATE == -2).any() and (df.RATE > 0).any()
+    assert (df.RATE == -2).any() and (df.RATE > 0).any() and df.OCC.max() >= 2
     values = _row_values(name, rows.n_rows, seed=4)
     ref = _reference(data, df, name, values, rows)
     f, (c, *grads) = _values_and_grads(get_model(name), data, values, rows)

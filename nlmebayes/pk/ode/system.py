@@ -131,6 +131,15 @@ class ODESystem:
                 column="RATE",
             )
         ss_inf = rec["_IS_DOSE"] & (rec["SS"] > 0) & (rec["RATE"] > 0)
+        bad = ss_inf & (rec["AMT"] == 0)
+        if bad.any():
+            raise DataError(
+                "the ODE path does not support constant-rate steady-state infusions (SS=1, AMT=0, "
+                f"RATE>0) yet ({self.name})",
+                source=data.source,
+                row=int(rec.loc[bad, "_ROW"].iloc[0]),
+                column="SS",
+            )
         bad = ss_inf & (rec["AMT"] >= rec["RATE"] * rec["II"])
         if bad.any():
             raise DataError(
