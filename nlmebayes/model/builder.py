@@ -223,7 +223,8 @@ def _parameter_rows(spec: ModelSpec, data: EventData, struct, varying) -> Parame
     Time-varying covariates need a structural model that switches parameters between records
     (``piecewise_parameters``: the ODE path, and the compartmental models by matrix
     exponentials); IOV uses periods there too, except in the compartmental models when no
-    covariate varies (``iov_by_dose``: one row per dose, superposition).
+    covariate varies and earlier occasions have washed out (``iov_by_dose``: one row per dose,
+    superposition).
     """
     piecewise = getattr(struct, "piecewise_parameters", False)
     if varying and not piecewise:
@@ -234,8 +235,9 @@ def _parameter_rows(spec: ModelSpec, data: EventData, struct, varying) -> Parame
         )
     if not piecewise or not (varying or spec.iov):
         return None
-    if not varying and getattr(struct, "iov_by_dose", False):
-        return None  # the closed forms' IOV: each dose with its occasion's parameters
+    by_dose = getattr(struct, "iov_by_dose", None)
+    if not varying and by_dose is not None and by_dose(data, spec.iov[0].occasion, _typical(spec, struct)):
+        return None  # the closed forms' IOV, each dose with its occasion's parameters: washed out
     for c in spec.covariates:
         additive = c.parameter in spec.iiv_parameters and spec.eta_kind(c.parameter) != "lognormal"
         if c.covariate in varying and additive:
@@ -245,6 +247,14 @@ def _parameter_rows(spec: ModelSpec, data: EventData, struct, varying) -> Parame
             )
     occasion = (spec.iov[0].occasion,) if spec.iov else ()
     return parameter_rows(data, occasion + tuple(varying))
+
+
+def _typical(spec: ModelSpec, struct) -> dict | None:
+    """The structural parameters' initial values, or None where expressions give them."""
+    if spec.individual:
+        return None
+    names = set(struct.parameters) | {"K"}
+    return {p.name: p.initial for p in spec.parameters if p.name in names}
 
 
 def _periods(

@@ -37,7 +37,7 @@ import pytensor.tensor as pt
 from nlmebayes.data import DataError, EventData, check_compartments
 from nlmebayes.data.periods import ParameterRows
 from nlmebayes.pk.base import register_model
-from nlmebayes.pk.piecewise import piecewise_concentration
+from nlmebayes.pk.piecewise import occasion_carry_over, piecewise_concentration
 
 __all__ = ["Compartmental", "MODELS", "disposition", "log_sinhc", "exp_diff", "phi"]
 
@@ -263,9 +263,23 @@ class Compartmental:
     #: Takes :class:`~nlmebayes.data.periods.ParameterRows` (parameters that change between
     #: records, solved by matrix exponentials: :mod:`nlmebayes.pk.piecewise`).
     piecewise_parameters = True
-    #: With IOV alone, one row per dose (its occasion's) and superposition instead: exact once
-    #: earlier occasions have washed out, and much cheaper.
-    iov_by_dose = True
+
+    def iov_by_dose(self, data: EventData, column: str, typical: dict | None) -> bool:
+        """Whether IOV may give each dose its occasion's parameters (superposition, cheap).
+
+        True where earlier occasions have washed out when a new one starts: less than 1e-4 of a
+        dose left at half the typical rates (:func:`~nlmebayes.pk.piecewise.occasion_carry_over`),
+        so the per-dose form differs from switching the parameters at the records (NONMEM's
+        IOV, :mod:`nlmebayes.pk.piecewise`) by less than that fraction of a dose. Without typical
+        values, False.
+        """
+        if typical is None:
+            return False
+        if "K" in typical:
+            typical = dict(typical, **({"V": typical["CL"] / typical["K"]} if "V" not in typical else
+                                       {"CL": typical["K"] * typical["V"]}))  # fmt: skip
+        return occasion_carry_over(self, data, column, typical) < 1e-4
+
     #: Alternative parameterisations: K (elimination rate constant CL/V) may stand in for V, as in
     #: nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)`` (then V = CL / K), or for CL, as in NONMEM's
     #: ADVAN1/2 TRANS1 (then CL = K * V). K takes the place of one of them, never both.

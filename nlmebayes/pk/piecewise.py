@@ -32,7 +32,7 @@ from pytensor.tensor.linalg import expm
 from nlmebayes.data import DataError, EventData
 from nlmebayes.data.periods import ParameterRows
 
-__all__ = ["piecewise_concentration", "system_matrices"]
+__all__ = ["piecewise_concentration", "system_matrices", "occasion_carry_over"]
 
 
 def system_matrices(n_cpt: int, oral: bool, P: dict):
@@ -227,3 +227,42 @@ def _period_starts(M, runs: dict, dose: dict, data: EventData, n: int):
         carried = pt.sum(Phi[sel] * x[now - 1][:, None, :], axis=-1)
         x = x[now].set(carried + w[now])
     return x
+
+
+def occasion_carry_over(model, data: EventData, column: str, typical: dict) -> float:
+    """The largest fraction of a dose still in the body when a later occasion starts.
+
+    Over every occasion change within a reset segment: ``exp(-r gap)`` with ``gap`` the time
+    from the latest dose (ADDL doses included) to the new occasion's first record and ``r`` half
+    the slowest rate of the system at the ``typical`` values (a subject may eliminate slower than
+    typical). 0 when no occasion starts after a dose of its segment.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from nlmebayes import read_nonmem
+    >>> from nlmebayes.pk.analytic import MODELS
+    >>> d = read_nonmem(pd.DataFrame(dict(ID=1, TIME=[0, 1, 24, 25], AMT=[100, 0, 100, 0],
+    ...                                   DV=[0, 5.0, 0, 5.0], OCC=[1, 1, 2, 2])))
+    >>> round(occasion_carry_over(MODELS["1cpt_iv"], d, "OCC", {"CL": 2.0, "V": 20.0}), 3)
+    0.301
+    """
+    rec = data.records
+    seg, occ = rec["_SEG"].to_numpy(), rec[column].to_numpy()
+    change = np.flatnonzero(np.r_[False, (seg[1:] == seg[:-1]) & (occ[1:] != occ[:-1])])
+    if not len(change):
+        return 0.0
+    position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row)
+    dose_seg, dose_t = seg[position], data.dose_time
+    order = np.lexsort((dose_t, dose_seg))
+    key = dose_seg[order] + 1j * dose_t[order]  # (segment, time): complex numbers sort by both
+    t = rec["TIME"].to_numpy().astype(float)
+    before = np.searchsorted(key, seg[change] + 1j * t[change], side="left") - 1  # doses before it
+    ok = (before >= 0) & (dose_seg[order][np.maximum(before, 0)] == seg[change])
+    if not ok.any():
+        return 0.0
+    gap = t[change][ok] - dose_t[order][before[ok]]
+    P = {k: np.atleast_1d(float(v)) for k, v in typical.items()}
+    M = np.array(system_matrices(model.n_cpt, model.oral, P).eval())[0]
+    rate = np.min(-np.linalg.eigvals(M).real)
+    return float(np.exp(-0.5 * rate * gap.min()))
