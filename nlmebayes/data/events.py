@@ -147,6 +147,10 @@ class EventData:
         ind = sparse.csr_matrix((np.ones(n), (self.obs_subject, np.arange(n))), shape=(self.n_subjects, n))
         return np.asarray(ind @ x.reshape(-1, n).T).T.reshape(*x.shape[:-1], self.n_subjects)
 
+    def record_positions(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in :attr:`records` of the records numbered ``rows`` (``_ROW``, e.g. ``obs_row``)."""
+        return np.searchsorted(self.records["_ROW"].to_numpy(), rows)
+
     def constant_covariates(self) -> tuple[str, ...]:
         """Covariates that keep one value within every subject."""
         varying = set(self.time_varying_covariates())

@@ -20,7 +20,7 @@ import numpy as np
 
 from nlmebayes.data.events import EventData
 
-__all__ = ["ParameterRows", "parameter_rows"]
+__all__ = ["ParameterRows", "parameter_rows", "segment_runs"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ class ParameterRows:
 
     def at_rows(self, data: EventData, rows: np.ndarray) -> np.ndarray:
         """Row of the records with numbers ``rows`` (``data``'s 1-based ``_ROW``)."""
-        position = np.searchsorted(data.records["_ROW"].to_numpy(), rows)
-        return self.record_row[position]
+        return self.record_row[data.record_positions(rows)]
 
     def dose_rows(self, data: EventData) -> np.ndarray:
         """Row of each dose event (that of the record that gives it)."""
@@ -103,3 +102,34 @@ def parameter_rows(data: EventData, columns=()) -> ParameterRows:
     record_row = np.cumsum(new) - 1
     first = np.flatnonzero(new)
     return ParameterRows(record_row.astype(np.int64), subject[first].astype(np.int64), first, tuple(columns))
+
+
+def segment_runs(data: EventData, record_row: np.ndarray) -> dict:
+    """The runs of one parameter row within one reset segment, in record order.
+
+    A row split by a reset (EVID 3/4, SS=1) is a run in each segment. Returns ``seg`` (0-based
+    segment of each run), ``row``, ``place`` (0 for a segment's first run), ``start`` (the time
+    from which the run's parameters hold: the previous record's time, or the segment's first
+    record's for its first run) and ``of_record`` (each record's run).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from nlmebayes import read_nonmem
+    >>> d = read_nonmem(pd.DataFrame(dict(ID=1, TIME=[0, 1, 2, 3], AMT=[100, 0, 0, 0],
+    ...                                   DV=[0, 5.0, 4.0, 3.0], WT=[70, 70, 72, 72])))
+    >>> r = segment_runs(d, parameter_rows(d, ["WT"]).record_row)
+    >>> r["place"].tolist(), r["start"].tolist(), r["of_record"].tolist()
+    ([0, 1], [0.0, 1.0], [0, 0, 1, 1])
+    """
+    seg = np.unique(data.records["_SEG"].to_numpy(), return_inverse=True)[1]
+    new = np.r_[True, (seg[1:] != seg[:-1]) | (record_row[1:] != record_row[:-1])]
+    first = np.flatnonzero(new)
+    run_seg = seg[first]
+    seg_first = np.r_[True, run_seg[1:] != run_seg[:-1]]
+    i = np.arange(len(first))
+    place = i - np.maximum.accumulate(np.where(seg_first, i, 0))
+    time = data.records["TIME"].to_numpy().astype(float)
+    start = np.where(place > 0, time[np.maximum(first - 1, 0)], time[first])
+    row, of_record = record_row[first].astype(np.int64), np.cumsum(new) - 1
+    return dict(seg=run_seg, row=row, place=place.astype(np.int64), start=start, of_record=of_record)

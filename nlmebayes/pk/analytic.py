@@ -275,10 +275,7 @@ class Compartmental:
         """
         if typical is None:
             return False
-        if "K" in typical:
-            typical = dict(typical, **({"V": typical["CL"] / typical["K"]} if "V" not in typical else
-                                       {"CL": typical["K"] * typical["V"]}))  # fmt: skip
-        return occasion_carry_over(self, data, column, typical) < 1e-4
+        return occasion_carry_over(self, data, column, _with_cl_and_v(typical)) < 1e-4
 
     #: Alternative parameterisations: K (elimination rate constant CL/V) may stand in for V, as in
     #: nlme's ``SSfol(Dose, Time, lKe, lKa, lCl)`` (then V = CL / K), or for CL, as in NONMEM's
@@ -331,10 +328,7 @@ class Compartmental:
         tensor of shape ``(n_obs,)``
         """
         self.check_parameters(params)
-        if "V" not in params:
-            params = dict(params, V=params["CL"] / params["K"])
-        elif "CL" not in params:
-            params = dict(params, CL=params["K"] * params["V"])
+        params = _with_cl_and_v(params)
         self.check(data)
         if isinstance(index, ParameterRows):
             return piecewise_concentration(self, data, params, index)
@@ -452,6 +446,15 @@ class Compartmental:
                     row=int(data.dose_row[j]),
                     column="RATE",
                 )
+
+
+def _with_cl_and_v(params: dict) -> dict:
+    """``params`` with CL and V, where K (= CL / V) stands in for one of them."""
+    if "V" not in params:
+        return dict(params, V=params["CL"] / params["K"])
+    if "CL" not in params:
+        return dict(params, CL=params["K"] * params["V"])
+    return params
 
 
 #: The analytic models by name (NONMEM's ADVAN1-4, 11, 12).

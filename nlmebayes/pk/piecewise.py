@@ -29,7 +29,7 @@ import numpy as np
 import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData
-from nlmebayes.data.periods import ParameterRows
+from nlmebayes.data.periods import ParameterRows, segment_runs
 
 __all__ = ["piecewise_concentration", "system_matrices", "occasion_carry_over"]
 
@@ -99,32 +99,21 @@ def system_matrices(n_cpt: int, oral: bool, P: dict):
 
 
 def _runs(data: EventData, rows: ParameterRows) -> dict:
-    """Each segment's periods (runs of one row): start time, lower window end, place, row, previous run."""
-    rec = data.records
-    seg, row = rec["_SEG"].to_numpy(), rows.record_row
-    new = np.r_[True, (seg[1:] != seg[:-1]) | (row[1:] != row[:-1])]
-    first = np.flatnonzero(new)
-    run_of_record = np.cumsum(new) - 1
-    run_seg = seg[first]
-    place = np.zeros(len(first), dtype=int)
-    for i in range(1, len(first)):
-        place[i] = place[i - 1] + 1 if run_seg[i] == run_seg[i - 1] else 0
-    time = rec["TIME"].to_numpy().astype(float)
-    # a run after the first starts at the previous record's time; the first at its own record
-    start = np.where(place > 0, time[np.maximum(first - 1, 0)], time[first])
-    lower = np.where(place > 0, start, -np.inf)  # the first run's window takes every earlier input
-    position = np.searchsorted(rec["_ROW"].to_numpy(), data.obs_row)
-    dose_position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row)
-    return dict(
-        row=row[first],
-        start=start,
+    """Each segment's periods (:func:`~nlmebayes.data.periods.segment_runs`) and more.
+
+    Adds each window's lower end, each observation's and dose's run, and the doses' segments and
+    record times.
+    """
+    runs = segment_runs(data, rows.record_row)
+    lower = np.where(runs["place"] > 0, runs["start"], -np.inf)  # a segment's first takes all before
+    dose_position = data.record_positions(data.dose_row)
+    dose_run = runs["of_record"][dose_position]
+    return runs | dict(
         lower=lower,
-        place=place,
-        seg=run_seg,
-        obs=run_of_record[position],
-        dose=run_of_record[dose_position],
-        dose_seg=seg[dose_position],
-        dose_record_time=time[dose_position],
+        obs=runs["of_record"][data.record_positions(data.obs_row)],
+        dose=dose_run,
+        dose_seg=runs["seg"][dose_run],
+        dose_record_time=data.records["TIME"].to_numpy().astype(float)[dose_position],
     )
 
 
@@ -251,7 +240,7 @@ def _period_starts(M, runs: dict, dose: dict, data: EventData, n: int, P: dict):
     lo = np.searchsorted(runs["dose_seg"][order], runs["seg"][later], side="left")
     hi = np.searchsorted(runs["dose_seg"][order], runs["seg"][later], side="right")
     r = np.repeat(later, hi - lo)
-    d = order[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)])] if len(r) else r
+    d = order[np.repeat(lo - np.cumsum(np.r_[0, hi - lo][:-1]), hi - lo) + np.arange(len(r))]
     keep = runs["dose_record_time"][d] <= runs["start"][r]
     if "TLAG" not in P:  # as for the observations: boluses before the window drop out
         keep &= dose["infusion"][d] | (data.dose_time[d] > runs["lower"][r - 1])
@@ -294,8 +283,7 @@ def occasion_carry_over(model, data: EventData, column: str, typical: dict) -> f
     change = np.flatnonzero(np.r_[False, (seg[1:] == seg[:-1]) & (occ[1:] != occ[:-1])])
     if not len(change):
         return 0.0
-    position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row)
-    dose_seg, dose_t = seg[position], data.dose_time
+    dose_seg, dose_t = seg[data.record_positions(data.dose_row)], data.dose_time
     order = np.lexsort((dose_t, dose_seg))
     key = dose_seg[order] + 1j * dose_t[order]  # (segment, time): complex numbers sort by both
     t = rec["TIME"].to_numpy().astype(float)

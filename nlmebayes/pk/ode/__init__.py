@@ -51,9 +51,11 @@ Parameters that change within a subject (IOV, time-varying covariates) switch at
 as in NONMEM (a record's values hold over the interval that ends at it;
 :mod:`nlmebayes.data.periods`): the solver integrates the sensitivities to the parameters of
 every period of a segment (``K n_p`` columns for the most periods ``K`` of any segment), so
-the cost of a gradient grows with ``K``. Not yet supported, and rejected with an error naming
-the row: modelled infusion durations (RATE = -2) and overlapping steady-state infusions; the
-Rosenbrock method with parameters that change within a subject.
+the cost of a gradient grows with ``K``. Modelled infusion durations (RATE = -2, parameter D)
+drive the sensitivities through the rate's derivatives. Not yet supported, and rejected with an
+error naming the row: steady state with RATE = -2, constant-rate steady-state infusions and
+steady-state infusions longer than their interval; the Rosenbrock method with parameters that
+change within a subject.
 """
 
 from nlmebayes.pk.ode.expressions import expression_names, parse_expression

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from nlmebayes.data import EventData
-from nlmebayes.data.periods import ParameterRows
+from nlmebayes.data.periods import ParameterRows, segment_runs
 
 __all__ = ["schedule"]
 
@@ -43,9 +43,8 @@ def schedule(system, data: EventData, param_names, rows: ParameterRows | None = 
     # SS=2 added to the current one)
     ss_ii = np.where(data.dose_ss[order] > 0, data.dose_ii[order], 0.0).astype(float)
     ss_add = data.dose_ss[order] == 2
-    periods = _periods(data, rows, seg, n_seg)
-    position = np.searchsorted(rec["_ROW"].to_numpy(), data.dose_row[order])
-    dose_k = periods[3][position]
+    periods = _periods(data, rows, n_seg)
+    dose_k = periods[2][data.record_positions(data.dose_row[order])]
     return (
         data.obs_time.astype(float),
         obs_start.astype(np.int64),
@@ -63,29 +62,21 @@ def schedule(system, data: EventData, param_names, rows: ParameterRows | None = 
         periods[0],
         periods[1],
         dose_k.astype(np.int64),
-        *periods[4:],
+        *periods[3:],
         np.int64(i_d),
     )
 
 
-def _periods(data: EventData, rows: ParameterRows | None, seg: np.ndarray, n_seg: int):
-    """Each segment's parameter rows (CSR), each row's place in its segment, and the changes.
+def _periods(data: EventData, rows: ParameterRows | None, n_seg: int):
+    """Each segment's parameter rows (CSR), each record's place among them, and the changes.
 
-    Returns ``row_start``, ``seg_rows``, the most rows of a segment, each record's place among
-    its segment's rows, and the changes' times, places and CSR starts.
+    Returns ``row_start``, ``seg_rows``, each record's place among its segment's rows, and the
+    changes' times, places and CSR starts.
     """
     rec_row = rows.record_row if rows is not None else data.records["_SUBJ"].to_numpy()
-    # the (segment, row) runs in record order: a row split by a reset is a run in each segment
-    new = np.r_[True, (seg[1:] != seg[:-1]) | (rec_row[1:] != rec_row[:-1])]
-    run_seg, run_row = seg[new], rec_row[new]
-    row_start = np.searchsorted(run_seg, np.arange(n_seg + 1)).astype(np.int64)
-    place = np.arange(len(run_seg)) - row_start[run_seg]
-    record_place = place[np.cumsum(new) - 1].astype(np.int64)
-    time = data.records["TIME"].to_numpy().astype(float)
-    run_first = np.flatnonzero(new)
-    change = place > 0  # a run that is not its segment's first starts at the previous record's time
-    chg_t = time[run_first[change] - 1]
-    chg_k = place[change].astype(np.int64)
-    chg_start = np.searchsorted(run_seg[change], np.arange(n_seg + 1)).astype(np.int64)
-    width = int(np.max(np.diff(row_start))) if n_seg else 1
-    return row_start, run_row.astype(np.int64), width, record_place, chg_t, chg_k, chg_start
+    runs = segment_runs(data, rec_row)
+    row_start = np.searchsorted(runs["seg"], np.arange(n_seg + 1)).astype(np.int64)
+    change = runs["place"] > 0  # the next row holds from the previous record's time
+    chg_start = np.searchsorted(runs["seg"][change], np.arange(n_seg + 1)).astype(np.int64)
+    record_place = runs["place"][runs["of_record"]]
+    return row_start, runs["row"], record_place, runs["start"][change], runs["place"][change], chg_start

@@ -121,34 +121,31 @@ class ODESystem:
         )
         check_compartments(data, dose, obs, self.name)
         rec = data.records
-        bad = rec["_IS_DOSE"] & (rec["RATE"] == -2) & (rec["SS"] > 0)
-        if bad.any():
-            raise DataError(
-                "the ODE path does not support steady state with a modelled duration (RATE=-2) "
-                f"yet ({self.name})",
-                source=data.source,
-                row=int(rec.loc[bad, "_ROW"].iloc[0]),
-                column="RATE",
-            )
-        ss_inf = rec["_IS_DOSE"] & (rec["SS"] > 0) & (rec["RATE"] > 0)
-        bad = ss_inf & (rec["AMT"] == 0)
-        if bad.any():
-            raise DataError(
-                "the ODE path does not support constant-rate steady-state infusions (SS=1, AMT=0, "
-                f"RATE>0) yet ({self.name})",
-                source=data.source,
-                row=int(rec.loc[bad, "_ROW"].iloc[0]),
-                column="SS",
-            )
-        bad = ss_inf & (rec["AMT"] >= rec["RATE"] * rec["II"])
-        if bad.any():
-            raise DataError(
+        ss = rec["_IS_DOSE"] & (rec["SS"] > 0)
+        ss_inf = ss & (rec["RATE"] > 0)
+        unsupported = "the ODE path does not support {} yet ({})"
+        for bad, column, message in (
+            (
+                ss & (rec["RATE"] == -2),
+                "RATE",
+                unsupported.format("steady state with a modelled duration (RATE=-2)", self.name),
+            ),
+            (
+                ss_inf & (rec["AMT"] == 0),
+                "SS",
+                unsupported.format("constant-rate steady-state infusions (SS=1, AMT=0, RATE>0)", self.name),
+            ),
+            (
+                ss_inf & (rec["AMT"] >= rec["RATE"] * rec["II"]),
+                "RATE",
                 "a steady-state infusion must end within its dosing interval (AMT / RATE < II): "
                 f"overlapping infusions at steady state are not supported ({self.name})",
-                source=data.source,
-                row=int(rec.loc[bad, "_ROW"].iloc[0]),
-                column="RATE",
-            )
+            ),
+        ):
+            if bad.any():
+                raise DataError(
+                    message, source=data.source, row=int(rec.loc[bad, "_ROW"].iloc[0]), column=column
+                )
         names = [o for o, _ in self.outputs]
         if names != [None]:
             labels = data.obs_output
