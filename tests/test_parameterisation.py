@@ -10,7 +10,7 @@ import pytensor.tensor as pt
 import pytest
 import xarray as xr
 
-from nlmebayes import IIV, ModelSpec, ResidualError, datasets, fit
+from nlmebayes import IIV, Covariate, ModelSpec, ResidualError, datasets, fit
 from nlmebayes.diagnostics import subject_flip_flop_warning
 from nlmebayes.inference.parameterisation import (
     CENTRING_THRESHOLD,
@@ -32,6 +32,16 @@ THEO = ModelSpec(
     error=ResidualError("additive", add=0.7),
 )
 BLOCK = dataclasses.replace(THEO, iiv=[IIV(["KA"], sd=[0.6]), IIV(["CL", "V"], sd=[0.3, 0.2], block=True)])
+# estimated power and exponential effects: the centred means are read off these typical values'
+# graphs (builder.log_of), a fixed linear one is logged as it is
+COVARIATES = dataclasses.replace(
+    THEO,
+    covariates=[
+        Covariate("CL", "WT", "power", reference=70.0, theta=0.75),
+        Covariate("V", "WT", "exponential", reference=70.0, theta=0.01),
+        Covariate("KA", "WT", "linear", reference=70.0, theta=0.01, fixed=True),
+    ],
+)
 
 
 def _logp(model, values: dict) -> float:
@@ -67,8 +77,14 @@ def _values(spec, data, rng):
 
 @pytest.mark.parametrize(
     ("spec", "centred"),
-    [(THEO, ["KA", "CL", "V"]), (THEO, ["CL"]), (BLOCK, ["CL", "V"]), (BLOCK, ["KA"])],
-    ids=["all", "one of a diagonal block", "block omega", "beside a block"],
+    [
+        (THEO, ["KA", "CL", "V"]),
+        (THEO, ["CL"]),
+        (BLOCK, ["CL", "V"]),
+        (BLOCK, ["KA"]),
+        (COVARIATES, ["KA", "CL"]),
+    ],
+    ids=["all", "one of a diagonal block", "block omega", "beside a block", "covariates"],
 )
 def test_centred_model_is_the_same_density_and_gives_back_z(spec, centred):
     """phi = log TV_i + eta is a shift and scaling of z: the centred log density equals the

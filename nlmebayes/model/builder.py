@@ -43,12 +43,18 @@ computation uses the non-centred graph.
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pymc as pm
+import pytensor.scalar as ps
 import pytensor.tensor as pt
+from pytensor.tensor.basic import Alloc
+from pytensor.tensor.elemwise import DimShuffle
+from pytensor.tensor.variable import TensorConstant
 
 from nlmebayes.data import OPS, DataError, EventData, id_label, parse_condition
 from nlmebayes.data.periods import ParameterRows, parameter_rows
@@ -534,8 +540,16 @@ def _inter_individual(
     z_expressions: dict,
     phi_means: dict,
 ) -> dict:
-    """Etas per IIV block and the individual parameters ``P`` (subject)."""
-    etas, sds = [], []
+    """Etas per IIV block and the individual parameters ``P`` (subject).
+
+    A log-normal ``P_i`` is ``exp(log TV_i + eta)``, with ``log TV_i`` read off the typical
+    value's graph (:func:`log_of`), and a centred one ``exp(phi)``: no exp/log round trips and
+    no column joins between the free variables and the structural model, which halves the
+    compiled density of a model like theophylline's (124 -> 64 nodes; compile 4.3 -> 2.6 s).
+    With the deterministics (``store``) every parameter goes through the stored ``eta``, which
+    later computations replace by etas of their own.
+    """
+    etas, sds, cols = [], [], {}
     for k, block in enumerate(spec.iiv):
         cen = [p in centered for p in block.parameters]
         if not any(cen):
@@ -543,26 +557,87 @@ def _inter_individual(
             # seed) is what it was before centring existed
             z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
             sd, chol = _omega(model, k, block, det, store)
-            etas.append(z @ chol.T if block.block else z * sd)
+            eta = z @ chol.T if block.block else z * sd
+            cols.update({p: ("eta", eta[:, j]) for j, p in enumerate(block.parameters)})
         else:
             sd, chol = _omega(model, k, block, det, store)
             kinds = [spec.eta_kind(p) for p in block.parameters]
-            eta, z_expressions[f"z_{k}"], phi_means[f"phi_{k}"] = _centred_block(
+            eta, z_expressions[f"z_{k}"], phi_means[f"phi_{k}"], block_cols = _centred_block(
                 model, k, block, cen, tv_i, sd, chol, kinds
             )
-            etas.append(eta)
+            cols.update(block_cols)
+        etas.append(eta)
         sds.append(sd)
     params = dict(tv_i)
     if etas:
         eta = det("eta", pt.concatenate(etas, axis=1), dims=("subject", "iiv"))
         det("omega_sd", pt.concatenate(sds), dims="iiv")
-        for j, p in enumerate(spec.iiv_parameters):
-            params[p] = (
-                tv_i[p] * pt.exp(eta[:, j]) if spec.eta_kind(p) == "lognormal" else tv_i[p] + eta[:, j]
-            )
+        if store:  # later computations substitute the etas through this node (ConditionalModel)
+            cols = {p: ("eta", eta[:, j]) for j, p in enumerate(spec.iiv_parameters)}
+    for p, (what, value) in cols.items():
+        lognormal = spec.eta_kind(p) == "lognormal"
+        if what == "phi":  # the centred free variable is log P_i (log-normal) or P_i itself
+            params[p] = pt.exp(value) if lognormal else value
+        else:
+            params[p] = pt.exp(log_of(tv_i[p]) + value) if lognormal else tv_i[p] + value
     for n in spec.parameter_names:
         params[n] = det(n, params[n], dims="subject")
     return params
+
+
+def log_of(x):
+    """``log(x)`` for a positive typical value, read off the graph that built it.
+
+    Typical values are products of ``exp(log_P_pop)``, covariate effects (powers of data,
+    exponentials) and ``pt.ones`` broadcasts: the log of such a product is the sum of the
+    factors' logs, which PyTensor's rewrites do not find on their own. Any other node is
+    logged as it is. The result broadcasts against ``x`` (it may lack the ones' axis or a
+    leading broadcast axis).
+
+    Examples
+    --------
+    >>> import numpy as np, pytensor.tensor as pt
+    >>> a = pt.dscalar("a")
+    >>> x = pt.exp(a) * (np.array([35.0, 140.0]) / 70.0) ** 0.75 * pt.ones(2)
+    >>> np.round(log_of(x).eval({a: 1.0}), 6).tolist()
+    [0.48014, 1.51986]
+    """
+    node = x.owner
+    if node is None:
+        return pt.log(x)
+    op, scalar = node.op, getattr(node.op, "scalar_op", None)
+    if isinstance(scalar, ps.Exp):
+        return node.inputs[0]
+    if isinstance(scalar, ps.Mul):
+        logs = [log_of(i) for i in node.inputs if not _ones(i)]
+        return functools.reduce(operator.add, logs) if logs else pt.as_tensor_variable(0.0)
+    if isinstance(scalar, ps.Pow):
+        base = _constant(node.inputs[0])
+        if base is not None and np.all(base > 0):
+            return node.inputs[1] * np.log(base)
+    if isinstance(op, DimShuffle):
+        n_in = node.inputs[0].ndim
+        k = len(op.new_order) - n_in
+        if k >= 0 and tuple(op.new_order) == ("x",) * k + tuple(range(n_in)):
+            # axes added on the left only: the log broadcasts as the value did
+            return log_of(node.inputs[0])
+    return pt.log(x)
+
+
+def _constant(x):
+    """The value of a constant tensor (through expand-dims), else None."""
+    while x.owner is not None and isinstance(x.owner.op, DimShuffle):
+        x = x.owner.inputs[0]
+    return x.data if isinstance(x, TensorConstant) else None
+
+
+def _ones(x) -> bool:
+    """True for ``pt.ones(...)``/constant ones (a broadcast that contributes nothing to a log)."""
+    if x.owner is not None and isinstance(x.owner.op, Alloc):
+        value = _constant(x.owner.inputs[0])
+        return value is not None and np.all(value == 1.0)
+    value = _constant(x)
+    return value is not None and np.all(value == 1.0)
 
 
 def _omega(model: pm.Model, k: int, block, det, store: bool):
@@ -640,42 +715,48 @@ def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, ch
     ``phi = log TV_i + eta`` (log-normal) or ``TV_i + eta`` (additive). A block Omega is centred as a
     whole (``phi ~ MvNormal(mean, chol)``); in a diagonal block the non-centred parameters keep
     their standard-normal ``z``. The returned ``z`` (all parameters of the block, in order) is
-    ``eta / omega`` or ``chol^-1 eta``.
+    ``eta / omega`` or ``chol^-1 eta``. Last, per parameter, ``("phi", column)`` for a centred
+    one and ``("eta", column)`` for the others (see :func:`_inter_individual`).
     """
-    mean = pt.stack(
-        [
-            pt.log(tv_i[p]) if kind == "lognormal" else tv_i[p]
-            for p, kind in zip(block.parameters, kinds, strict=True)
-        ],
-        axis=1,
-    )
+    c_idx = [j for j, c in enumerate(cen) if c] if not block.block else list(range(len(cen)))
+    n_idx = [j for j, c in enumerate(cen) if not c] if not block.block else []
+    # the centred columns only, each taken apart: a stack of all and a slice of it would put a
+    # join and its gradient's split into the compiled density
+    means = [
+        log_of(tv_i[block.parameters[j]]) if kinds[j] == "lognormal" else tv_i[block.parameters[j]]
+        for j in c_idx
+    ]
+    if any(m.ndim for m in means):  # covariates make some per subject
+        means = pt.broadcast_arrays(*means)
+    mean = pt.stack(means, axis=-1)
     if block.block:
         phi = pm.MvNormal(f"phi_{k}", mu=mean, chol=chol, dims=("subject", f"iiv_{k}"))
         eta = phi - mean
         z = pt.linalg.solve_triangular(chol, eta.T, lower=True).T
-        return eta, z, mean
-    c_idx = [j for j, c in enumerate(cen) if c]
-    n_idx = [j for j, c in enumerate(cen) if not c]
+        return eta, z, mean, {p: ("phi", phi[:, j]) for j, p in enumerate(block.parameters)}
     whole = not n_idx
     if not whole:
         model.add_coord(f"iiv_{k}_c", [block.parameters[j] for j in c_idx])
         model.add_coord(f"iiv_{k}_nc", [block.parameters[j] for j in n_idx])
     phi = pm.Normal(
         f"phi_{k}",
-        mu=mean[:, c_idx],
-        sigma=sd[c_idx],
+        mu=mean,
+        sigma=pt.stack([sd[j] for j in c_idx]),
         dims=("subject", f"iiv_{k}" if whole else f"iiv_{k}_c"),
     )
-    cols_eta, cols_z = [None] * len(cen), [None] * len(cen)
+    cols_eta, cols_z, cols = [None] * len(cen), [None] * len(cen), {}
     for i, j in enumerate(c_idx):
-        cols_eta[j] = phi[:, i] - mean[:, j]
+        cols_eta[j] = phi[:, i] - mean[..., i]
         cols_z[j] = cols_eta[j] / sd[j]
+        cols[block.parameters[j]] = ("phi", phi[:, i])
     if n_idx:
         z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}_nc"))
         for i, j in enumerate(n_idx):
             cols_eta[j] = z[:, i] * sd[j]
             cols_z[j] = z[:, i]
-    return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), mean[:, c_idx]
+            cols[block.parameters[j]] = ("eta", cols_eta[j])
+    cols = {p: cols[p] for p in block.parameters}
+    return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), mean, cols
 
 
 def _inter_occasion(
