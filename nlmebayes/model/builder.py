@@ -65,7 +65,7 @@ from nlmebayes.model.select import select_observations
 from nlmebayes.model.spec import ModelSpec
 from nlmebayes.pk import get_model
 
-__all__ = ["BuiltModel", "build_model", "covariate_effect", "occasions"]
+__all__ = ["BuiltModel", "build_model", "covariate_effect", "log_of", "occasions"]
 
 
 @dataclass
@@ -613,8 +613,8 @@ def log_of(x):
         return functools.reduce(operator.add, logs) if logs else pt.as_tensor_variable(0.0)
     if isinstance(scalar, ps.Pow):
         base = _constant(node.inputs[0])
-        if base is not None and np.all(base > 0):
-            return node.inputs[1] * np.log(base)
+        if base is not None and np.all(base > 0):  # data ** theta: theta log(data), folded
+            return node.inputs[1] * pt.log(node.inputs[0])
     if isinstance(op, DimShuffle):
         n_in = node.inputs[0].ndim
         k = len(op.new_order) - n_in
@@ -625,7 +625,7 @@ def log_of(x):
 
 
 def _constant(x):
-    """The value of a constant tensor (through expand-dims), else None."""
+    """The values of a constant tensor (through dim-shuffles: for checks on all of them), else None."""
     while x.owner is not None and isinstance(x.owner.op, DimShuffle):
         x = x.owner.inputs[0]
     return x.data if isinstance(x, TensorConstant) else None
