@@ -634,8 +634,7 @@ def _constant(x):
 def _ones(x) -> bool:
     """True for ``pt.ones(...)``/constant ones (a broadcast that contributes nothing to a log)."""
     if x.owner is not None and isinstance(x.owner.op, Alloc):
-        value = _constant(x.owner.inputs[0])
-        return value is not None and np.all(value == 1.0)
+        x = x.owner.inputs[0]  # the value it fills with
     value = _constant(x)
     return value is not None and np.all(value == 1.0)
 
@@ -718,8 +717,10 @@ def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, ch
     ``eta / omega`` or ``chol^-1 eta``. Last, per parameter, ``("phi", column)`` for a centred
     one and ``("eta", column)`` for the others (see :func:`_inter_individual`).
     """
-    c_idx = [j for j, c in enumerate(cen) if c] if not block.block else list(range(len(cen)))
-    n_idx = [j for j, c in enumerate(cen) if not c] if not block.block else []
+    if block.block:
+        cen = [True] * len(cen)  # centred as a whole
+    c_idx = [j for j, c in enumerate(cen) if c]
+    n_idx = [j for j, c in enumerate(cen) if not c]
     # the centred columns only, each taken apart: a stack of all and a slice of it would put a
     # join and its gradient's split into the compiled density
     means = [
@@ -755,7 +756,6 @@ def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, ch
             cols_eta[j] = z[:, i] * sd[j]
             cols_z[j] = z[:, i]
             cols[block.parameters[j]] = ("eta", cols_eta[j])
-    cols = {p: cols[p] for p in block.parameters}
     return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), mean, cols
 
 

@@ -206,14 +206,23 @@ def piecewise_concentration(model, data: EventData, params: dict, rows: Paramete
     o, d = flat.pair_obs, flat.pair_dose
     t = data.obs_time
     ro = runs["obs"]
-    if "TLAG" not in P:  # a bolus then enters at its record time: one before the window never counts
-        keep = dose["infusion"][d] | (data.dose_time[d] > runs["lower"][ro[o]])
+    if "TLAG" not in P:
+        keep = _may_count(dose, data, d, runs["lower"][ro[o]])
         o, d = o[keep], d[keep]
     pair = _window_amounts(M[runs["row"][ro[o]]], t[o], runs["lower"][ro[o]], *_at(dose, d), n)
     Eo = expm_small(M[runs["row"][ro]] * (t - runs["start"][ro])[:, None, None])
     amount = pt.sum(Eo[:, c, :] * x[ro], axis=-1)
     amount = amount + pt.zeros(data.n_obs)[o].inc(pair[:, c]) if len(o) else amount
     return amount / P["V"][runs["row"][ro]]
+
+
+def _may_count(dose: dict, data: EventData, d: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Whether dose ``d`` can add to a window with lower end ``lower``, without TLAG.
+
+    A bolus then enters at its record time, so one at or before the window's lower end never
+    counts there (pruned from the graph); an infusion may still be running.
+    """
+    return dose["infusion"][d] | (data.dose_time[d] > lower)
 
 
 def _at(dose: dict, d: np.ndarray) -> tuple:
@@ -242,8 +251,8 @@ def _period_starts(M, runs: dict, dose: dict, data: EventData, n: int, P: dict):
     r = np.repeat(later, hi - lo)
     d = order[np.repeat(lo - np.cumsum(np.r_[0, hi - lo][:-1]), hi - lo) + np.arange(len(r))]
     keep = runs["dose_record_time"][d] <= runs["start"][r]
-    if "TLAG" not in P:  # as for the observations: boluses before the window drop out
-        keep &= dose["infusion"][d] | (data.dose_time[d] > runs["lower"][r - 1])
+    if "TLAG" not in P:
+        keep &= _may_count(dose, data, d, runs["lower"][r - 1])
     r, d = r[keep], d[keep]
     prev = r - 1  # the run before, in the same segment
     w = pt.zeros((n_runs, n))
@@ -293,6 +302,7 @@ def occasion_carry_over(model, data: EventData, column: str, typical: dict) -> f
         return 0.0
     gap = t[change][ok] - dose_t[order][before[ok]]
     P = {k: np.atleast_1d(float(v)) for k, v in typical.items()}
-    M = np.array(system_matrices(model.n_cpt, model.oral, P).eval())[0]
+    # evaluated once at build time: Python mode, not a compiled function (0.01 vs ~0.6 s)
+    M = np.array(system_matrices(model.n_cpt, model.oral, P).eval(mode="FAST_COMPILE"))[0]
     rate = np.min(-np.linalg.eigvals(M).real)
     return float(np.exp(-0.5 * rate * gap.min()))
