@@ -280,39 +280,41 @@ def _run_sampler(
     """
     skip = ("phi_",) if start is None else ("z_", "phi_")
     pop = {rv for rv in bare.free_RVs if not rv.name.startswith(skip)}
-    with pytensor.config.change_flags(traceback__limit=0), compile_settings():
-        if sampler == "nutpie":
-            import nutpie
+    quiet = pytensor.config.change_flags(traceback__limit=0)
+    if sampler == "nutpie":
+        import nutpie
 
-            jax = {"backend": "jax", "gradient_backend": "jax"} if backend == "jax" else {}
+        jax = {"backend": "jax", "gradient_backend": "jax"} if backend == "jax" else {}
+        with quiet, compile_settings():
             compiled = nutpie.compile_pymc_model(bare, initial_points=start, jitter_rvs=pop, **jax)
-            run = functools.partial(
-                nutpie.sample,
-                compiled,
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                cores=cores,
-                seed=seed,
-                save_warmup=False,
-                progress_bar=progressbar,
-                target_accept=target_accept,
-                adaptation=adaptation,
-            )
-            return sample_with_guard(run, stall_seconds)
-        with bare:
-            return pm.sample(
-                nuts_sampler="pymc",  # PyMC >= 6 would pick nutpie when it is installed
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                random_seed=seed,
-                target_accept=target_accept,
-                progressbar=progressbar,
-                cores=cores,
-                compute_convergence_checks=False,
-                initvals=start,
-            )
+        run = functools.partial(
+            nutpie.sample,
+            compiled,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=cores,
+            seed=seed,
+            save_warmup=False,
+            progress_bar=progressbar,
+            target_accept=target_accept,
+            adaptation=adaptation,
+        )
+        return sample_with_guard(run, stall_seconds)
+    # PyMC's NUTS compiles inside pm.sample and then samples in Python: the collector stays on
+    with quiet, compile_settings(pause_gc=False), bare:
+        return pm.sample(
+            nuts_sampler="pymc",  # PyMC >= 6 would pick nutpie when it is installed
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=seed,
+            target_accept=target_accept,
+            progressbar=progressbar,
+            cores=cores,
+            compute_convergence_checks=False,
+            initvals=start,
+        )
 
 
 def _add_marginal_or_warn(result: FitResult, *, marginal_loo: bool, n_sim: int, seed) -> None:
