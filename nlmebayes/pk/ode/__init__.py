@@ -34,9 +34,10 @@ default backend is numba and a JAX Op would only dispatch in JAX mode.
 The right-hand side, its Jacobians and the sensitivity equations are generated as one unrolled,
 allocation-free numba kernel (symbolic derivatives of the expression tree,
 :func:`~.expressions.derivative`). Speed: a theophylline gradient (12 subjects, rtol 1e-6)
-costs ~135 us against ~17 us for the closed form. :class:`ODESolve` has a cache key, so
-PyTensor keeps compiled ODE models on disk and a new process loads them instead of compiling
-again (~15 s saved per model and data set).
+costs ~110 us against ~10 us for the closed form. The solver of a system is compiled once (about
+25 s for a one-compartment model) behind a C signature and kept on disk, independent of the data;
+a model's code calls it by a symbol, so compiling a model (for nutpie too) does not compile the
+solver again (:mod:`.op`).
 
 Dosing: bolus doses add to their state; infusions (RATE > 0) are piecewise-constant inputs; TLAG
 and F (if the model has them) act on doses into ``dose_state`` (the first state by default), F

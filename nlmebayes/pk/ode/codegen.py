@@ -102,7 +102,8 @@ def _logit(p):
 def njit_source(source: str, name: str):
     """Compile generated Python ``source`` and return its function ``name`` jitted by numba.
 
-    No fast-math, no numba cache: the PyTensor Op caches the compiled model instead.
+    No fast-math, no numba cache of its own: the solver that calls it is cached whole
+    (:func:`~.solver.c_solver`).
     """
     # The functions the expression language allows (expressions.FUNCTIONS); abs, min, max and
     # pow are builtins numba compiles.

@@ -15,10 +15,12 @@ The functions here are templates: :func:`~.solver.make_solver` compiles a copy o
 numba for one model, with the model's generated ``kernel`` (or ``rhs`` and ``jac`` for
 Rosenbrock), its sizes and ``max_steps`` bound as compile-time globals (see
 :func:`~.solver.specialise`). Bound as globals, the calls are direct and the sizes are constants, as in a
-closure, and PyTensor can cache the compiled model on disk; jitted functions passed as arguments
+closure, and the compiled solver can be cached on disk; jitted functions passed as arguments
 would become function pointers, slower and not cacheable. Beyond ``max_steps`` steps per
 segment a solve returns NaN, which the sampler rejects (this bounds the cost of extreme
-parameter values met during warm-up). None of this uses fast-math.
+parameter values met during warm-up). None of this uses fast-math: with it (even without its
+no-NaN assumption), a freshly compiled solver and the same one loaded from the disk cache gave
+results that differed in the last bits.
 """
 
 from __future__ import annotations
@@ -60,14 +62,15 @@ def error_norm(e, z, zn, rtol, atol, scale):
     ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units).
     """
     acc = 0.0
-    for i in range(N):
-        if i < n_states:
-            w = atol + rtol * max(abs(z[i]), abs(zn[i]))
-            acc += (e[i] / w) ** 2
-        else:
-            sc = scale[(i - n_states) % n_p]
-            w = atol + rtol * sc * max(abs(z[i]), abs(zn[i]))
-            acc += (sc * e[i] / w) ** 2
+    for i in range(n_states):
+        w = atol + rtol * max(abs(z[i]), abs(zn[i]))
+        acc += (e[i] / w) ** 2
+    for i in range(n_states):
+        for j in range(n_p):
+            k = n_states + i * n_p + j
+            sc = scale[j]
+            w = atol + rtol * sc * max(abs(z[k]), abs(zn[k]))
+            acc += (sc * e[k] / w) ** 2
     return np.sqrt(acc / N)
 
 

@@ -21,7 +21,15 @@ import numpy as np
 
 from nlmebayes.pk.ode import integrators
 
-__all__ = ["make_solver", "specialise", "solve_segments"]
+__all__ = [
+    "make_solver",
+    "specialise",
+    "solve_segments",
+    "solve_into",
+    "c_solver",
+    "pack_schedule",
+    "C_SIGNATURE",
+]
 
 # Event kinds, and their order at equal times: an SS start, doses, infusion ends, observations,
 # then a change of parameters (the next period's, which hold from this time on).
@@ -94,9 +102,10 @@ def make_solver(
 
     Returns
     -------
-    numba function
-        :func:`solve_segments` for this system: its arguments are the subjects' parameters
-        ``P`` (n_rows x n_p), the arrays of :func:`~.schedule.schedule` and the tolerances.
+    dict
+        The namespace of the compiled functions: ``solve_segments`` (arguments: the subjects'
+        parameters ``P`` (n_rows x n_p), the arrays of :func:`~.schedule.schedule` and the
+        tolerances) and ``solve_into``, which :func:`c_solver` puts behind a C signature.
     """
     if n_rows > 1 and method == "rosenbrock23":
         raise NotImplementedError(
@@ -108,7 +117,23 @@ def make_solver(
                  N=n_states * (1 + width), max_steps=max_steps, i_clock=i_clock)  # fmt: skip
     ns = specialise(integrators.TEMPLATES + TEMPLATES, bound)
     ns["step_to"] = ns["rosenbrock23" if method == "rosenbrock23" else "dopri5"]
-    return ns["solve_segments"]
+    return ns
+
+
+def c_solver(ns: dict, cache_key: str):
+    """:func:`c_solve` of the system compiled in ``ns`` (:func:`make_solver`) as a numba cfunc.
+
+    Called by address, the solver stays out of the compiled model's own code: nutpie's final
+    compile then neither optimises nor generates it again (which took ~2.5 s of every ODE fit's
+    compile). It is cached on disk in PyTensor's numba cache under ``cache_key`` (which must
+    name everything the namespace binds), so a new process loads it instead of compiling it
+    (~25 s for a one-compartment model).
+    """
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+
+    fn = types.FunctionType(c_solve.__code__, ns, "c_solve")
+    CACHED_SRC_FUNCTIONS[fn] = cache_key
+    return numba.cfunc(C_SIGNATURE, cache=True, fastmath=False)(fn)
 
 
 def rate_of(y, p, r):
@@ -332,19 +357,34 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
     """Solve every segment: amounts and sensitivities at the observations, and step counters.
 
     Returns ``A`` (n_obs, n_states), ``SA`` (n_obs, n_states, n_p) and the counters (steps,
-    rejected, steps of the last segment). Each reset segment (a subject's records up to a reset,
-    EVID 3/4) starts from the initial amounts at its first record's time, with the parameters of
-    its first row; at each change (``chg_t``) the next row's hold (``chg_k``: its place among the
-    segment's rows ``seg_rows[row_start[g]:]``, whose sensitivities are the columns
-    ``k n_par ...``). Observations wait in a queue until the next dose, change or the end is
-    integrated to, so that the integrator can interpolate them.
-
-    One numba loop over segments and events, kept whole (about 70 lines of code): split further
-    it would pass the same arrays to a function per event.
+    rejected, steps of the last segment); :func:`solve_into` does the work.
     """
     n_obs = obs_t.shape[0]
     A = np.zeros((n_obs, n_states))
     SA = np.zeros((n_obs, n_states, n_p))
+    counters = solve_into(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
+                          seg_t0, i_lag, i_f, ss_ii, ss_add, row_start, seg_rows, dose_k, chg_t, chg_k,
+                          chg_start, i_d, rtol, atol, A, SA)  # fmt: skip
+    return A, SA, counters
+
+
+def solve_into(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dose_lagf, dose_start,
+               seg_t0, i_lag, i_f, ss_ii, ss_add, row_start, seg_rows, dose_k, chg_t, chg_k, chg_start,
+               i_d, rtol, atol, A, SA):  # fmt: skip
+    """Solve every segment into ``A`` (n_obs, n_states) and ``SA`` (n_obs, n_states, n_p).
+
+    Returns the counters (steps, rejected, steps of the last segment). Each reset segment (a
+    subject's records up to a reset, EVID 3/4) starts from the initial amounts at its first
+    record's time, with the parameters of its first row; at each change (``chg_t``) the next
+    row's hold (``chg_k``: its place among the segment's rows ``seg_rows[row_start[g]:]``, whose
+    sensitivities are the columns ``k n_par ...``). Observations wait in a queue until the next
+    dose, change or the end is integrated to, so that the integrator can interpolate them.
+
+    One numba loop over segments and events, kept whole (about 70 lines of code): split further
+    it would pass the same arrays to a function per event.
+    """
+    A[:] = 0.0
+    SA[:] = 0.0
     counters = np.zeros(3, dtype=np.int64)  # steps, rejected steps, steps of this segment
     for g in range(seg_t0.shape[0]):
         counters[2] = 0
@@ -414,8 +454,89 @@ def solve_segments(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state,
             if h <= 0.0 or h > q_t[nq - 1] - t:
                 h = q_t[nq - 1] - t
             step_to(t, q_t[nq - 1], y, S, p, r, rtol, a_tol, h, scale, counters, q_t, q_k, nq, A, SA)
-    return A, SA, counters
+    return counters
+
+
+def c_solve(P_ptr, n_rows, F_ptr, I_ptr, rtol, atol, A_ptr, SA_ptr):
+    """:func:`solve_into` behind a C signature (:data:`C_SIGNATURE`), for a call by address.
+
+    The schedule comes packed (:func:`pack_schedule`): float arrays in ``F``, integer and
+    boolean arrays and the three indices in ``I``, whose first ``2 + 2 * 20`` entries are the
+    lengths of ``I`` and ``F`` and each argument's (start, stop).
+    """
+    n_i = numba.carray(I_ptr, (2,))
+    I = numba.carray(I_ptr, (n_i[0],))
+    F = numba.carray(F_ptr, (n_i[1],))
+    h = I[2:]
+    obs_t = F[h[0] : h[1]]
+    n_obs = obs_t.shape[0]
+    A = numba.carray(A_ptr, (n_obs, n_states))
+    SA = numba.carray(SA_ptr, (n_obs, n_states, n_p))
+    try:
+        solve_into(numba.carray(P_ptr, (n_rows, n_par)), obs_t, I[h[2]:h[3]], F[h[4]:h[5]], F[h[6]:h[7]],
+                   F[h[8]:h[9]], I[h[10]:h[11]], I[h[12]:h[13]] != 0, I[h[14]:h[15]], F[h[16]:h[17]],
+                   I[h[18]], I[h[20]], F[h[22]:h[23]], I[h[24]:h[25]] != 0, I[h[26]:h[27]], I[h[28]:h[29]],
+                   I[h[30]:h[31]], F[h[32]:h[33]], I[h[34]:h[35]], I[h[36]:h[37]], I[h[38]], rtol, atol, A,
+                   SA)  # fmt: skip
+    except Exception:  # noqa: BLE001
+        # A C function cannot raise: an error (0 ** -x, a singular Rosenbrock matrix at extreme
+        # parameter values) becomes NaN amounts, which the sampler rejects as it did the exception
+        A[:] = np.nan
+        SA[:] = np.nan
+
+
+#: The C signature of :func:`c_solve`: P, its rows, the packed schedule (F, I), rtol, atol, A, SA.
+C_SIGNATURE = numba.types.void(
+    numba.types.CPointer(numba.types.float64),
+    numba.types.int64,
+    numba.types.CPointer(numba.types.float64),
+    numba.types.CPointer(numba.types.int64),
+    numba.types.float64,
+    numba.types.float64,
+    numba.types.CPointer(numba.types.float64),
+    numba.types.CPointer(numba.types.float64),
+)
+
+
+def pack_schedule(args) -> tuple[np.ndarray, np.ndarray]:
+    """The 20 arrays and indices of :func:`~.schedule.schedule` as one float and one int64 array.
+
+    Float arrays go into ``F``; integer and boolean arrays and the scalar indices into ``I``,
+    after a header: the lengths of ``I`` and ``F``, then each argument's (start, stop) in its array
+    (the layout :func:`c_solve` reads).
+
+    Examples
+    --------
+    >>> F, I = pack_schedule((np.array([0.5, 1.0]), np.int64(-1)) + (np.zeros(0),) * 18)
+    >>> F.tolist(), I[:2].tolist(), I[2:4].tolist(), I[I[4]:I[5]].tolist()
+    ([0.5, 1.0], [43, 2], [0, 2], [-1])
+    """
+    head = 2 + 2 * len(args)
+    floats, ints, spans = [], [], []
+    n_f, n_i = 0, head
+    for a in args:
+        a = np.asarray(a)
+        if a.dtype.kind == "f":
+            floats.append(a.ravel())
+            spans += [n_f, n_f + a.size]
+            n_f += a.size
+        else:
+            ints.append(a.astype(np.int64).ravel())
+            spans += [n_i, n_i + a.size]
+            n_i += a.size
+    I = np.concatenate([np.array([n_i, n_f] + spans, dtype=np.int64), *ints])
+    F = np.concatenate(floats) if floats else np.zeros(0)
+    return np.ascontiguousarray(F, dtype=float), I
 
 
 #: The event-loop templates, in the order they are specialised (callees first).
-TEMPLATES = (rate_of, segment_events, apply_dose_event, ss_cycle, steady_state, segment_rows, solve_segments)
+TEMPLATES = (
+    rate_of,
+    segment_events,
+    apply_dose_event,
+    ss_cycle,
+    steady_state,
+    segment_rows,
+    solve_into,
+    solve_segments,
+)
