@@ -579,3 +579,41 @@ def test_ode_steady_state_doses_match_analytic(name):
     np.testing.assert_allclose(o[0], a[0], rtol=1e-6, atol=1e-9 * scale)
     for name_, ga, go in zip(values, a[1:], o[1:], strict=True):
         np.testing.assert_allclose(go, ga, rtol=1e-6, atol=1e-8 * np.abs(ga).max(), err_msg=name_)
+
+
+_SOLVER_BITS_SCRIPT = """
+import hashlib
+import numpy as np, pytensor, pytensor.tensor as pt
+from nlmebayes import datasets
+from nlmebayes.pk.ode import ODE_MODELS, ODESolve, ODESystem
+data = datasets.theophylline()
+system = ODESystem.from_spec(ODE_MODELS["1cpt_oral_ode"])
+op = ODESolve(system, data, ("KA", "CL", "V"), system.rtol, system.atol)
+P = np.array([1.5, 2.7, 31.5]) * np.exp(np.random.default_rng(0).normal(0, 0.3, (data.n_subjects, 3)))
+x = pt.dmatrix("P")
+linked = pytensor.function([x], op(x), mode="NUMBA")(P)  # the model's code, calling the symbol
+direct = op.solve(P)  # Python mode, through ctypes
+digest = [hashlib.sha1(a.tobytes() + s.tobytes()).hexdigest() for a, s in (linked, direct)]
+print(digest[0] == digest[1], digest[0])
+"""
+
+
+def test_compiled_solver_gives_the_same_bits_fresh_and_from_the_disk_cache(tmp_path):
+    """The solver of a system is compiled once and cached on disk (pk.ode.solver.c_solver); the
+    model's code calls it by symbol and Python mode through ctypes. Two processes share a cache
+    directory that starts empty: the first compiles the solver, the second loads it. Amounts and
+    sensitivities must agree bit for bit between the two calls and the two processes (with
+    fast-math on the solver, a fresh and a cached build differed in the last bits)."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"PYTENSOR_FLAGS": f"base_compiledir={tmp_path / 'pytensor'}"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _SOLVER_BITS_SCRIPT], env=env, check=True, capture_output=True, text=True
+        ).stdout.split()[-2:]
+        for _ in range(2)
+    ]
+    assert runs[0][0] == runs[1][0] == "True"  # the symbol and ctypes paths agree in each process
+    assert runs[0][1] == runs[1][1]  # the cold and the warm process agree
