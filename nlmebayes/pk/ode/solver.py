@@ -127,13 +127,18 @@ def c_solver(ns: dict, cache_key: str):
     compile then neither optimises nor generates it again (which took ~2.5 s of every ODE fit's
     compile). It is cached on disk in PyTensor's numba cache under ``cache_key`` (which must
     name everything the namespace binds), so a new process loads it instead of compiling it
-    (~25 s for a one-compartment model).
+    (~25 s for a one-compartment model). With PyTensor's numba cache switched off it is compiled
+    in every process.
     """
+    import pytensor
     from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
 
     fn = types.FunctionType(c_solve.__code__, ns, "c_solve")
     CACHED_SRC_FUNCTIONS[fn] = cache_key
-    return numba.cfunc(C_SIGNATURE, cache=True, fastmath=False)(fn)
+    # Only PyTensor's locator tells systems apart (by cache_key): numba's own would file every
+    # system's c_solve (same code, other globals) under one name and load the wrong one
+    cache = bool(pytensor.config.numba__cache)
+    return numba.cfunc(C_SIGNATURE, cache=cache, fastmath=False)(fn)
 
 
 def rate_of(y, p, r):
