@@ -310,6 +310,36 @@ def test_initial_amounts_and_two_outputs():
         assert g[0] == pytest.approx(fd, rel=1e-5, abs=1e-8), k
 
 
+def test_structural_zero_sensitivities_are_left_out():
+    """The solver integrates only the sensitivities that can be non-zero (the gradients of the
+    test above go through that reduced system). The pattern follows the equations through the
+    states they depend on, the initial amounts, and the dosing parameters (TLAG, F, D jump in
+    every state at a dose); parameters that change within a subject keep every column."""
+    from nlmebayes.pk.ode.codegen import sensitivity_pattern
+
+    params = ("CL", "E0", "IC50", "KA", "KOUT", "V")
+    pattern = sensitivity_pattern(_TURNOVER.states, _TURNOVER.rhs, _TURNOVER.initial, params)
+    assert pattern.astype(int).tolist() == [
+        [0, 0, 0, 1, 0, 0],  # depot: KA only
+        [1, 0, 0, 1, 0, 1],  # central: KA through the depot, CL and V
+        [1, 1, 1, 1, 1, 1],  # effect: everything, through central and its own equation
+    ]
+    oral = ODE_MODELS["2cpt_oral_ode"]
+    params = ("CL", "KA", "Q", "V", "V2", "F", "TLAG")
+    pattern = sensitivity_pattern(oral.states, oral.rhs, {}, params)
+    assert pattern[0].tolist() == [False, True, False, False, False, True, True]
+    assert pattern[1:].all()
+    # the compiled kernel of the one-compartment depot model writes 2 + 4 entries, not 2 + 6
+    system = get_model("1cpt_oral_ode")
+    from nlmebayes.pk.ode.codegen import kernel_source
+
+    active = sensitivity_pattern(system.states, dict(system.rhs), {}, ("KA", "CL", "V"))
+    src = kernel_source(system.states, dict(system.rhs), ("KA", "CL", "V"), active=active)
+    assert [line.split("=")[0].strip() for line in src.splitlines() if "out[" in line] == [
+        f"out[{k}]" for k in range(6)
+    ]
+
+
 def test_multiple_outputs_need_one_error_each_and_known_dvids():
     params = {"KA": 1.0, "CL": 0.1, "V": 8.0, "E0": 100.0, "KOUT": 0.05, "IC50": 1.0}
     errors = {"cp": ResidualError("proportional", prop=0.1), "pd": ResidualError("additive", add=3)}

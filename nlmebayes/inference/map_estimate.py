@@ -45,7 +45,8 @@ def map_estimate(spec: ModelSpec, data: EventData, *, seed: int | None = 0, maxe
     2.8...
     """
     built = build_model(spec, data)
-    with built.model, compile_settings():
+    # find_MAP compiles and then optimises in a Python loop: the collector keeps running
+    with built.model, compile_settings(pause_gc=False):
         # every option PyMC plans to change is given explicitly: no FutureWarnings on the console
         tree = pm.find_MAP(
             method="L-BFGS-B",

@@ -15,13 +15,60 @@ import numpy as np
 
 from nlmebayes.pk.ode.expressions import derivative
 
-__all__ = ["kernel_source", "initial_source", "njit_source", "compile_kernel"]
+__all__ = ["sensitivity_pattern", "kernel_source", "initial_source", "njit_source", "compile_kernel"]
+
+#: Parameters that act through the doses (lag time, bioavailability, modelled duration): their
+#: sensitivities jump at a dose in every state (:func:`~.solver.apply_dose_event`).
+DOSING_PARAMETERS = ("TLAG", "F", "D")
 
 
-def kernel_source(states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False) -> str:
+def sensitivity_pattern(states, rhs, initial, param_names) -> np.ndarray:
+    """Which sensitivities d state_i / d p_j can be non-zero: a boolean (n_states, n_p) matrix.
+
+    ``S_ij`` is a structural zero when neither state ``i``'s equation nor its initial amount
+    depends on ``p_j``, directly or through the states it depends on, and ``p_j`` is not a dosing
+    parameter (TLAG, F, D: conservatively non-zero in every state). A depot emptied at rate
+    ``KA * depot`` has no sensitivity to CL or V: the solver leaves such entries out of the
+    integrated system (they stay 0) instead of integrating zeros.
+
+    Examples
+    --------
+    >>> sensitivity_pattern(("depot", "central"), {"depot": "-KA * depot",
+    ...     "central": "KA * depot - CL / V * central"}, {}, ("KA", "CL", "V")).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 1]]
+    """
+    trees = {s: ast.parse(rhs[s], mode="eval").body for s in states}
+    init = {s: ast.parse(initial[s], mode="eval").body for s in states if s in initial}
+    direct = np.array(
+        [
+            [
+                q in DOSING_PARAMETERS
+                or derivative(trees[s], q) is not None
+                or (s in init and derivative(init[s], q) is not None)
+                for q in param_names
+            ]
+            for s in states
+        ],
+        dtype=bool,
+    ).reshape(len(states), len(param_names))
+    feeds = [[derivative(trees[s], u) is not None for u in states] for s in states]
+    active = direct.copy()
+    for _ in states:  # each pass follows the dependencies one state further
+        for i in range(len(states)):
+            for k in range(len(states)):
+                if feeds[i][k]:
+                    active[i] |= active[k]
+    return active
+
+
+def kernel_source(
+    states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False, active=None
+) -> str:
     """Python source of ``kernel(z, p, r, out)``.
 
     ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, allocation-free.
+    With ``active`` (the :func:`sensitivity_pattern`, one row of parameters only), ``S`` holds
+    only its active entries, in row-major order, in ``z`` and ``out``; ``r`` keeps the full layout.
     ``S`` has ``width`` columns (default: one per parameter, unrolled). A wider ``S`` holds the
     sensitivities to several rows of parameters (periods, :mod:`nlmebayes.data.periods`):
     ``p`` then carries, after the parameters, the first column of the current row's block, where
@@ -31,6 +78,12 @@ def kernel_source(states, rhs, param_names, width: int | None = None, rate_sensi
     """
     n, m = len(states), len(param_names)
     w = m if width is None else width
+    if active is None:
+        active = np.ones((n, w), dtype=bool)
+    elif w != m:
+        raise ValueError("a sensitivity pattern needs one row of parameters")
+    pos = np.full((n, w), -1)
+    pos[active] = n + np.arange(int(active.sum()))
     trees = [ast.parse(rhs[s], mode="eval").body for s in states]
     lines = ["def kernel(z, p, r, out):"]
     lines += [f"    {s} = z[{i}]" for i, s in enumerate(states)]
@@ -57,12 +110,14 @@ def kernel_source(states, rhs, param_names, width: int | None = None, rate_sensi
             ]
             continue
         for j in range(m):
-            terms = [f"jy{k} * z[{n + k * m + j}]" for k, e in enumerate(dy) if e is not None]
+            if not active[i, j]:
+                continue
+            terms = [f"jy{k} * z[{pos[k, j]}]" for k, e in enumerate(dy) if e is not None and active[k, j]]
             if dp[j] is not None:
                 terms.append(f"({ast.unparse(dp[j])})")
             if rate_sensitivity:
                 terms.append(f"r[{n + i * m + j}]")
-            lines.append(f"    out[{n + i * m + j}] = {' + '.join(terms) or '0.0'}")
+            lines.append(f"    out[{pos[i, j]}] = {' + '.join(terms) or '0.0'}")
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +170,8 @@ def njit_source(source: str, name: str):
     return numba.njit(cache=False, fastmath=False)(namespace[name])
 
 
-def compile_kernel(states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False):
+def compile_kernel(
+    states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False, active=None
+):
     """The jitted kernel of :func:`kernel_source`."""
-    return njit_source(kernel_source(states, rhs, param_names, width, rate_sensitivity), "kernel")
+    return njit_source(kernel_source(states, rhs, param_names, width, rate_sensitivity, active), "kernel")

@@ -1,8 +1,11 @@
 """Adaptive integrators of the state + sensitivity system, as module-level numba functions.
 
-The system is flat: ``z = (y, S.ravel())`` with ``n_states`` amounts ``y`` and their
-sensitivities ``S`` (``n_states x n_p``) to the subject's parameters. Both methods control the
-error of the states and of the (log-scaled) sensitivities (:func:`error_norm`):
+The system is flat: ``z = (y, S[ACT_I, ACT_J])`` with ``n_states`` amounts ``y`` and the ``NA``
+sensitivities ``S`` (``n_states x n_p``) to the subject's parameters that can be non-zero (in
+row-major order; :func:`~.codegen.sensitivity_pattern`; all of them for the Rosenbrock method
+and for parameters that change within a subject). The others stay 0 and are not integrated.
+Both methods control the error of the states and of the (log-scaled) sensitivities
+(:func:`error_norm`):
 
 * :func:`dopri5`: Dormand-Prince 5(4), explicit, for non-stiff systems. It takes the generated
   kernel (:mod:`.codegen`), steps over observation times and interpolates them with its order-4
@@ -32,11 +35,14 @@ __all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to", 
 # Bound per model by solver.specialise(): the generated right-hand side + sensitivity kernel;
 # for the Rosenbrock method the plain right-hand side and the augmented Jacobian; the number of
 # states, of sensitivity columns n_p and of parameters n_par (n_p = n_par with one row of
-# parameters per segment), the flat system's size N = n_states * (1 + n_p), and the step budget.
+# parameters per segment), the integrated sensitivities (NA of them, at rows ACT_I and columns
+# ACT_J of S), the flat system's size N = n_states + NA, the full size NR = n_states * (1 + n_p)
+# (of the inputs r, which keep every sensitivity's slot), and the step budget.
 # The parameter vector p carries one more entry (the current row's first column, see
 # codegen.kernel_source), which the Rosenbrock method's compiled functions do not take.
 kernel = rhs = jac = None
-n_states = n_p = n_par = N = max_steps = 0
+n_states = n_p = n_par = N = NA = NR = max_steps = 0
+ACT_I = ACT_J = np.zeros(0, dtype=np.int64)
 
 
 # Dormand-Prince 5(4) tableau, error weights and the CONTD5 dense-output coefficients.
@@ -59,27 +65,45 @@ def error_norm(e, z, zn, rtol, atol, scale):
     """RMS of the local error ``e`` of the flat state + sensitivity vector.
 
     Each entry is weighted by ``atol + rtol * |value|``; sensitivities to p_j are scaled by
-    ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units).
+    ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units). The mean is over
+    all ``NR`` states and sensitivities, the structural zeros (no error) included.
     """
     acc = 0.0
     for i in range(n_states):
         w = atol + rtol * max(abs(z[i]), abs(zn[i]))
         acc += (e[i] / w) ** 2
-    for i in range(n_states):
-        for j in range(n_p):
-            k = n_states + i * n_p + j
-            sc = scale[j]
-            w = atol + rtol * sc * max(abs(z[k]), abs(zn[k]))
-            acc += (sc * e[k] / w) ** 2
-    return np.sqrt(acc / N)
+    for a in range(NA):
+        k = n_states + a
+        sc = scale[ACT_J[a]]
+        w = atol + rtol * sc * max(abs(z[k]), abs(zn[k]))
+        acc += (sc * e[k] / w) ** 2
+    return np.sqrt(acc / NR)
 
 
 def record(k, z, A, SA):
-    """Write the flat state ``z`` into row ``k`` of the amounts ``A`` and sensitivities ``SA``."""
+    """Write the flat state ``z`` into row ``k`` of the amounts ``A`` and sensitivities ``SA``.
+
+    The structural zeros of ``SA`` are left as they are (the solver zeroes ``SA`` first).
+    """
     for i in range(n_states):
         A[k, i] = z[i]
-        for j in range(n_p):
-            SA[k, i, j] = z[n_states + i * n_p + j]
+    for a in range(NA):
+        SA[k, ACT_I[a], ACT_J[a]] = z[n_states + a]
+
+
+def pack(y, S, z):
+    """The flat state ``z`` from the amounts ``y`` and the integrated sensitivities of ``S``."""
+    z[:n_states] = y
+    for a in range(NA):
+        z[n_states + a] = S[ACT_I[a], ACT_J[a]]
+
+
+def unpack(z):
+    """The amounts and the sensitivity matrix (structural zeros filled in) of the flat state."""
+    S = np.zeros((n_states, n_p))
+    for a in range(NA):
+        S[ACT_I[a], ACT_J[a]] = z[n_states + a]
+    return z[:n_states].copy(), S
 
 
 def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, SA):
@@ -93,8 +117,7 @@ def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, 
     """
     t = t0
     z = np.empty(N)
-    z[:n_states] = y
-    z[n_states:] = S.ravel()
+    pack(y, S, z)
     k1, k2, k3, k4 = np.empty(N), np.empty(N), np.empty(N), np.empty(N)
     k5, k6, k7 = np.empty(N), np.empty(N), np.empty(N)
     zt, zn = np.empty(N), np.empty(N)
@@ -157,7 +180,8 @@ def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, 
     while jq < nq:  # at t1 itself (rounding), or NaN after a runaway solve
         record(q_k[jq], z, A, SA)
         jq += 1
-    return z[:n_states].copy(), z[n_states:].copy().reshape((n_states, n_p)), h
+    y, S = unpack(z)
+    return y, S, h
 
 
 def augmented(z, p, r):
@@ -232,4 +256,4 @@ def rosenbrock23(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, n
 
 
 #: The integrator templates, in the order they are specialised (callees first).
-TEMPLATES = (error_norm, record, dopri5, augmented, rosenbrock23_to, rosenbrock23)
+TEMPLATES = (error_norm, record, pack, unpack, dopri5, augmented, rosenbrock23_to, rosenbrock23)

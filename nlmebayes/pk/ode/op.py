@@ -41,12 +41,12 @@ from pytensor.graph.replace import _vectorize_node
 from pytensor.link.numba.dispatch.basic import numba_njit, register_funcify_and_cache_key
 
 from nlmebayes.data import EventData
-from nlmebayes.pk.ode.codegen import compile_kernel, initial_source, njit_source
+from nlmebayes.pk.ode.codegen import compile_kernel, initial_source, njit_source, sensitivity_pattern
 from nlmebayes.pk.ode.expressions import CLOCK
 from nlmebayes.pk.ode.schedule import schedule
 from nlmebayes.pk.ode.solver import c_solver, make_solver, pack_schedule
 
-__all__ = ["ODESolve", "ODESolveBatch"]
+__all__ = ["ODESolve", "ODESolveGrad", "ODESolveBatch"]
 
 
 class ODESolve(Op):
@@ -65,6 +65,7 @@ class ODESolve(Op):
         self.n_p = len(self.param_names)
         self.rtol, self.atol = float(rtol), float(atol)
         self.args = schedule(system, data, self.param_names, rows)
+        self.n_obs = len(self.args[0])
         row_start, seg_rows = self.args[13], self.args[14]
         self.n_rows = int(np.max(np.diff(row_start))) if len(row_start) > 1 else 1
         self.obs_rows = _observation_rows(self.args[1], row_start, seg_rows, self.n_rows)
@@ -79,9 +80,9 @@ class ODESolve(Op):
 
         (An Op unpickled in a new process has not been through ``__init__`` there.)
         """
-        if self.solver_key not in _C_SOLVERS:
+        if self.solver_key not in _SOLVERS:
             _solver(self.system, self.param_names, self.n_rows, self.modelled)
-        return _C_SOLVERS[self.solver_key]
+        return _SOLVERS[self.solver_key][1]
 
     def cache_key(self) -> str:
         """What the compiled function bakes in.
@@ -110,9 +111,8 @@ class ODESolve(Op):
         Written into ``A`` and ``S`` when given (C-contiguous float arrays of the output shapes).
         """
         P = np.ascontiguousarray(P, dtype=float)
-        n_obs = len(self.args[0])
-        A = np.empty((n_obs, self.n_states)) if A is None else A
-        S = np.empty((n_obs, self.n_states, self.width)) if S is None else S
+        A = np.empty((self.n_obs, self.n_states)) if A is None else A
+        S = np.empty((self.n_obs, self.n_states, self.width)) if S is None else S
         F, I = self.packed
         ptr = [_pointer(x) for x in (P, F, I, A, S)]
         # ctypes lets go of the GIL for the call: ODESolveBatch solves draws in threads
@@ -128,12 +128,84 @@ class ODESolve(Op):
             return [pytensor.gradient.grad_not_implemented(self, 0, P, "second-order sensitivities")]
         if isinstance(gA.type, NullType | pytensor.gradient.DisconnectedType):
             return [pt.zeros_like(P)]
-        contrib = pt.sum(gA[:, :, None] * S, axis=1).reshape((-1, self.n_rows, self.n_p))
-        return [pt.inc_subtensor(pt.zeros_like(P)[self.obs_rows], contrib)]
+        return [ODESolveGrad(self)(P, gA, S)]
 
     def connection_pattern(self, node):
         """Both outputs depend on the parameters."""
         return [[True, True]]
+
+
+class ODESolveGrad(Op):
+    """The vector-Jacobian product of an :class:`ODESolve`: ``gP`` from ``gA`` and the sensitivities.
+
+    ``gP[row, j] += sum_i gA[o, i] S[o, i, k n_p + j]`` over the observations ``o`` and the
+    parameter rows ``row = obs_rows[o, k]`` of their segments. One node with a numba loop, where
+    the same written with PyTensor's ops (a product, a sum, a reshape and an advanced increment
+    into zeros) made the compiled model's final LLVM module larger and its compile slower.
+    """
+
+    def __init__(self, solve: ODESolve):
+        self.obs_rows = np.ascontiguousarray(solve.obs_rows, dtype=np.int64)
+        self.n_p = solve.n_p
+        self.key = hashlib.sha256(
+            self.obs_rows.tobytes() + repr((self.obs_rows.shape, self.n_p)).encode()
+        ).hexdigest()
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.key == self.key
+
+    def __hash__(self):
+        return hash((type(self), self.key))
+
+    def make_node(self, P, gA, S):
+        """``P`` (n_rows x n_p), ``gA`` (n_obs x n_states), ``S`` (n_obs x n_states x width)."""
+        P, gA, S = (pt.as_tensor_variable(x) for x in (P, gA, S))
+        return Apply(self, [P, gA, S], [P.type()])
+
+    def perform(self, node, inputs, outputs):
+        """The same product in NumPy."""
+        P, gA, S = inputs
+        contrib = np.einsum("oi,oic->oc", gA, S).reshape((len(S), -1, self.n_p))
+        g = np.zeros_like(P)
+        np.add.at(g, self.obs_rows, contrib)
+        outputs[0][0] = g
+
+    def pullback(self, inputs, outputs, output_grads):
+        """Linear in ``gA``: its pullback is the forward product ``S v``.
+
+        Forward mode (``pushforward``, which the EBE search uses) goes through it. ``P`` gives the
+        shape only; ``S`` would need the second-order sensitivities.
+        """
+        P, gA, S = inputs
+        (v,) = output_grads
+        v_rows = v[self.obs_rows].reshape((S.shape[0], S.shape[2]))
+        return [
+            pytensor.gradient.disconnected_type(),
+            pt.sum(S * v_rows[:, None, :], axis=2),
+            pytensor.gradient.grad_not_implemented(self, 2, S, "second-order sensitivities"),
+        ]
+
+    def connection_pattern(self, node):
+        """``gP`` depends on ``gA`` and ``S``; on ``P`` for its shape only."""
+        return [[False], [True], [True]]
+
+
+@register_funcify_and_cache_key(ODESolveGrad)
+def _numba_ode_grad(op, node, **kwargs):
+    rows, n_p = op.obs_rows, op.n_p
+
+    @numba_njit(fastmath=False)
+    def ode_grad(P, gA, S):
+        g = np.zeros_like(P)
+        for o in range(S.shape[0]):
+            for c in range(S.shape[2]):
+                acc = 0.0
+                for i in range(S.shape[1]):
+                    acc += gA[o, i] * S[o, i, c]
+                g[rows[o, c // n_p], c % n_p] += acc
+        return g
+
+    return ode_grad, f"nlmebayes_ode_grad_{op.key}"
 
 
 class ODESolveBatch(Op):
@@ -163,9 +235,8 @@ class ODESolveBatch(Op):
         P = np.asarray(inputs[0], dtype=float)
         flat = P.reshape((-1, *P.shape[-2:]))
         core = self.core
-        n_obs = len(core.args[0])
-        A = np.empty((len(flat), n_obs, core.n_states))
-        S = np.empty((len(flat), n_obs, core.n_states, core.width))
+        A = np.empty((len(flat), core.n_obs, core.n_states))
+        S = np.empty((len(flat), core.n_obs, core.n_states, core.width))
         with ThreadPoolExecutor(max_workers=max(1, min(len(flat), _n_threads()))) as pool:
             list(pool.map(lambda b: core.solve(flat[b], A[b], S[b]), range(len(flat))))
         outputs[0][0] = A.reshape(P.shape[:-2] + A.shape[1:])
@@ -190,9 +261,9 @@ def _n_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: The compiled solvers of this process by symbol: (the namespace of the numba functions, the
+#: solver behind its C signature, solver.c_solver).
 _SOLVERS: dict = {}
-#: The solvers compiled behind their C signature (solver.c_solver), by solver key.
-_C_SOLVERS: dict = {}
 
 
 def _pointer(a: np.ndarray):
@@ -201,7 +272,7 @@ def _pointer(a: np.ndarray):
 
 def _register(symbol: str) -> None:
     """Make ``symbol`` name the compiled solver for the JIT, which links the models' code to it."""
-    llvm_binding.add_symbol(symbol, _C_SOLVERS[symbol].address)
+    llvm_binding.add_symbol(symbol, _SOLVERS[symbol][1].address)
 
 
 def _source_hash() -> bytes:
@@ -250,9 +321,15 @@ def _solver(system, param_names, n_rows: int = 1, rate_sensitivity: bool = False
         rate_sensitivity,
         system.clock,
     )
-    if key not in _SOLVERS:
+    h = hashlib.sha256(repr(key).encode())
+    h.update(_SOURCE_HASH)
+    name = f"nlmebayes_ode_solver_{h.hexdigest()}"
+    if name not in _SOLVERS:
         width = len(param_names) * n_rows
-        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width, rate_sensitivity)
+        active = None  # every sensitivity (Rosenbrock's Jacobian, and the period blocks, are dense)
+        if system.method == "dopri5" and n_rows == 1:
+            active = sensitivity_pattern(system.states, dict(system.rhs), dict(system.initial), param_names)
+        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width, rate_sensitivity, active)
         init = njit_source(initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
@@ -260,15 +337,11 @@ def _solver(system, param_names, n_rows: int = 1, rate_sensitivity: bool = False
         i_clock = system.states.index(CLOCK) if system.clock else -1
         n_states, n_p = len(system.states), len(param_names)
         ns = make_solver(
-            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock, n_rows
+            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock, n_rows, active
         )
-        h = hashlib.sha256(repr(key).encode())
-        h.update(_SOURCE_HASH)
-        name = f"nlmebayes_ode_solver_{h.hexdigest()}"
-        _C_SOLVERS[name] = c_solver(ns, name)
+        _SOLVERS[name] = (ns, c_solver(ns, name))
         _register(name)
-        _SOLVERS[key] = (name, ns)
-    return _SOLVERS[key]
+    return name, _SOLVERS[name][0]
 
 
 @numba.extending.intrinsic
@@ -305,7 +378,7 @@ def _call_solver(typingctx, symbol, P, F, I, rtol, atol, A, S):
 def _numba_ode_solve(op, node, **kwargs):
     F, I = op.packed
     rtol, atol = op.rtol, op.atol
-    n_obs, n_states, width = len(op.args[0]), op.n_states, op.width
+    n_obs, n_states, width = op.n_obs, op.n_states, op.width
     symbol = op.solver_key
     op.c_solver()  # registered under its symbol before the JIT links this code to it
 

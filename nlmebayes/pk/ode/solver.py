@@ -36,9 +36,10 @@ __all__ = [
 _OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END, _SS_START, _CHANGE = 0, 1, 2, 3, 4, 5
 
 # Bound per model by specialise() (see make_solver): n_par parameters per row, n_p sensitivity
-# columns (n_par per row of a segment, for the most rows any segment has).
+# columns (n_par per row of a segment, for the most rows any segment has), the sizes of the
+# integrated flat state N and of the inputs r, NR (see integrators).
 kernel = init = step_to = None
-n_states = n_p = n_par = N = 0
+n_states = n_p = n_par = N = NR = 0
 i_clock = -1
 
 
@@ -51,7 +52,9 @@ def specialise(templates, bound: dict) -> dict:
 
     Examples
     --------
-    >>> ns = specialise([integrators.error_norm], {"n_states": 1, "n_p": 1, "N": 2})
+    >>> act = np.zeros(1, dtype=np.int64)
+    >>> ns = specialise([integrators.error_norm], {"n_states": 1, "n_p": 1, "N": 2, "NA": 1, "NR": 2,
+    ...                                            "ACT_J": act})
     >>> z = np.ones(2)
     >>> float(ns["error_norm"](np.zeros(2), z, z, 1e-6, 1e-8, np.ones(1)))
     0.0
@@ -78,6 +81,7 @@ def make_solver(
     max_steps: int = 100_000,
     i_clock: int = -1,
     n_rows: int = 1,
+    active=None,
 ):
     """The compiled ``solve(P, *schedule, rtol, atol) -> (A, SA, counters)`` of one ODE system.
 
@@ -99,6 +103,9 @@ def make_solver(
     n_rows : int
         The most rows of parameters (periods) in one segment; the kernel must have
         ``n_rows * n_p`` sensitivity columns.
+    active : ndarray of bool, optional
+        The sensitivities integrated (:func:`~.codegen.sensitivity_pattern`, the one the kernel
+        was generated with); default all.
 
     Returns
     -------
@@ -113,8 +120,15 @@ def make_solver(
             "method='dopri5'; the Rosenbrock method does not support them yet"
         )
     width = n_rows * n_p
+    if active is None:
+        active = np.ones((n_states, width), dtype=bool)
+    if method == "rosenbrock23" and not active.all():
+        raise ValueError("the Rosenbrock method integrates every sensitivity")
+    act_i, act_j = np.nonzero(active)  # row-major, the kernel's order
     bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=width, n_par=n_p,
-                 N=n_states * (1 + width), max_steps=max_steps, i_clock=i_clock)  # fmt: skip
+                 N=n_states + len(act_i), NA=len(act_i), NR=n_states * (1 + width),
+                 ACT_I=act_i.astype(np.int64), ACT_J=act_j.astype(np.int64), max_steps=max_steps,
+                 i_clock=i_clock)  # fmt: skip
     ns = specialise(integrators.TEMPLATES + TEMPLATES, bound)
     ns["step_to"] = ns["rosenbrock23" if method == "rosenbrock23" else "dopri5"]
     return ns
@@ -305,7 +319,7 @@ def steady_state(k, t, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_k, A, S
                            dose_state, dose_lagf, dose_amt, dose_rate, i_f)  # fmt: skip
     if applies and i_lag >= 0:
         S = S.copy()
-        S[:, int(pd[n_par]) + i_lag] -= rate_of(y, pd, np.zeros(N))
+        S[:, int(pd[n_par]) + i_lag] -= rate_of(y, pd, np.zeros(NR))
     if ss_add[k]:
         y = y + y_before
         S = S + S_before
@@ -320,7 +334,7 @@ def ss_cycle(k, t, span, dur, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_
 
     The end of an infusion moves with F: its sensitivity jumps there (:func:`apply_dose_event`).
     """
-    r = np.zeros(N)
+    r = np.zeros(NR)
     if dur > 0.0:
         y, S, r = apply_dose_event(
             _INFUSION_START, k, y, S, pd, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, -1, i_f, -1
@@ -415,7 +429,7 @@ def solve_into(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dos
         et, kind, idx, order, m = segment_events(ps, dose_k, o0, o1, d0, d1, obs_t, dose_t, dose_amt,
                                                  dose_rate, dose_lagf, i_lag, i_f, ss_ii, c0, c1,
                                                  chg_t, i_d)  # fmt: skip
-        r = np.zeros(N)
+        r = np.zeros(NR)
         t = seg_t0[g]
         h = 1e-3
         q_t = np.empty(m)
@@ -449,7 +463,7 @@ def solve_into(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dos
                                        ss_ii, ss_add, dose_state, dose_lagf, dose_amt, dose_rate,
                                        i_lag, i_f)  # fmt: skip
                 if not ss_add[k]:
-                    r = np.zeros(N)  # SS=1 resets: no infusion runs on
+                    r = np.zeros(NR)  # SS=1 resets: no infusion runs on
                 continue
             y, S, r = apply_dose_event(
                 kind[e], k, y, S, p, pd, r, dose_state, dose_lagf, dose_amt, dose_rate, i_lag, i_f, i_d
