@@ -623,8 +623,15 @@ P = np.array([1.5, 2.7, 31.5]) * np.exp(np.random.default_rng(0).normal(0, 0.3, 
 x = pt.dmatrix("P")
 linked = pytensor.function([x], op(x), mode="NUMBA")(P)  # the model's code, calling the symbol
 direct = op.solve(P)  # Python mode, through ctypes
+# draws solved as a batch (ODESolveBatch: blocks of draws per thread, one call each)
+from pytensor.graph.replace import vectorize_graph
+Ps = P * np.exp(np.random.default_rng(1).normal(0, 0.3, (5, 1, 3)))
+y = pt.tensor3("Ps")
+batched = pytensor.function([y], vectorize_graph(list(op(x)), {x: y}))(Ps)
+one_by_one = [op.solve(p) for p in Ps]
+same = all(np.array_equal(batched[k][b], one_by_one[b][k]) for b in range(5) for k in (0, 1))
 digest = [hashlib.sha1(a.tobytes() + s.tobytes()).hexdigest() for a, s in (linked, direct)]
-print(digest[0] == digest[1], digest[0])
+print(digest[0] == digest[1] and same, digest[0])
 """
 
 
@@ -633,7 +640,8 @@ def test_compiled_solver_gives_the_same_bits_fresh_and_from_the_disk_cache(tmp_p
     model's code calls it by symbol and Python mode through ctypes. Two processes share a cache
     directory that starts empty: the first compiles the solver, the second loads it. Amounts and
     sensitivities must agree bit for bit between the two calls and the two processes (with
-    fast-math on the solver, a fresh and a cached build differed in the last bits)."""
+    fast-math on the solver, a fresh and a cached build differed in the last bits), and a batch
+    of draws solved in one call per thread must equal the draws solved one by one."""
     import os
     import subprocess
     import sys
@@ -645,5 +653,5 @@ def test_compiled_solver_gives_the_same_bits_fresh_and_from_the_disk_cache(tmp_p
         ).stdout.split()[-2:]
         for _ in range(2)
     ]
-    assert runs[0][0] == runs[1][0] == "True"  # the symbol and ctypes paths agree in each process
+    assert runs[0][0] == runs[1][0] == "True"  # symbol, ctypes and batch paths agree in each process
     assert runs[0][1] == runs[1][1]  # the cold and the warm process agree

@@ -68,16 +68,17 @@ def error_norm(e, z, zn, rtol, atol, scale):
     ``|p_j|`` (so they are compared as d amount / d log p_j, in amount units). The mean is over
     all ``NR`` states and sensitivities, the structural zeros (no error) included.
     """
-    acc = 0.0
+    acc_y = 0.0  # two sums, not one running total: half the chain of dependent additions
     for i in range(n_states):
         w = atol + rtol * max(abs(z[i]), abs(zn[i]))
-        acc += (e[i] / w) ** 2
+        acc_y += (e[i] / w) ** 2
+    acc_s = 0.0
     for a in range(NA):
         k = n_states + a
         sc = scale[ACT_J[a]]
         w = atol + rtol * sc * max(abs(z[k]), abs(zn[k]))
-        acc += (sc * e[k] / w) ** 2
-    return np.sqrt(acc / NR)
+        acc_s += (sc * e[k] / w) ** 2
+    return np.sqrt((acc_y + acc_s) / NR)
 
 
 def record(k, z, A, SA):
@@ -125,26 +126,49 @@ def dopri5(t0, t1, y, S, p, r, rtol, atol, h, scale, counters, q_t, q_k, nq, A, 
     jq = 0
     while t1 - t > 1e-13 * max(abs(t1), 1.0):
         h = min(h, t1 - t)
+        # Each stage adds its terms oldest first, the coefficients scaled by h beforehand: the
+        # newest stage (the one the next waits for) enters through one product and one sum.
         for i in range(N):
-            zt[i] = z[i] + h * A21 * k1[i]
+            zt[i] = z[i] + (h * A21) * k1[i]
         kernel(zt, p, r, k2)
         for i in range(N):
-            zt[i] = z[i] + h * (A31 * k1[i] + A32 * k2[i])
+            zt[i] = z[i] + (h * A31) * k1[i] + (h * A32) * k2[i]
         kernel(zt, p, r, k3)
         for i in range(N):
-            zt[i] = z[i] + h * (A41 * k1[i] + A42 * k2[i] + A43 * k3[i])
+            zt[i] = z[i] + (h * A41) * k1[i] + (h * A42) * k2[i] + (h * A43) * k3[i]
         kernel(zt, p, r, k4)
         for i in range(N):
-            zt[i] = z[i] + h * (A51 * k1[i] + A52 * k2[i] + A53 * k3[i] + A54 * k4[i])
+            zt[i] = z[i] + (h * A51) * k1[i] + (h * A52) * k2[i] + (h * A53) * k3[i] + (h * A54) * k4[i]
         kernel(zt, p, r, k5)
         for i in range(N):
-            zt[i] = z[i] + h * (A61 * k1[i] + A62 * k2[i] + A63 * k3[i] + A64 * k4[i] + A65 * k5[i])
+            zt[i] = (
+                z[i]
+                + (h * A61) * k1[i]
+                + (h * A62) * k2[i]
+                + (h * A63) * k3[i]
+                + (h * A64) * k4[i]
+                + (h * A65) * k5[i]
+            )
         kernel(zt, p, r, k6)
         for i in range(N):
-            zn[i] = z[i] + h * (B1 * k1[i] + B3 * k3[i] + B4 * k4[i] + B5 * k5[i] + B6 * k6[i])
+            zn[i] = (
+                z[i]
+                + (h * B1) * k1[i]
+                + (h * B3) * k3[i]
+                + (h * B4) * k4[i]
+                + (h * B5) * k5[i]
+                + (h * B6) * k6[i]
+            )
         kernel(zn, p, r, k7)
         for i in range(N):  # the local error estimate, in zt (free until the next step)
-            zt[i] = h * (E1 * k1[i] + E3 * k3[i] + E4 * k4[i] + E5 * k5[i] + E6 * k6[i] + E7 * k7[i])
+            zt[i] = (
+                (h * E1) * k1[i]
+                + (h * E3) * k3[i]
+                + (h * E4) * k4[i]
+                + (h * E5) * k5[i]
+                + (h * E6) * k6[i]
+                + (h * E7) * k7[i]
+            )
         err = error_norm(zt, z, zn, rtol, atol, scale)
         counters[0] += 1
         if not np.isfinite(err) and h < 1e-10 * max(abs(t), 1.0):

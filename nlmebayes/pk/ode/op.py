@@ -108,15 +108,18 @@ class ODESolve(Op):
     def solve(self, P, A=None, S=None):
         """Amounts and sensitivities for the parameter matrix ``P`` (NumPy), by the compiled solver.
 
+        ``P`` is one matrix (n_rows x n_p) or a stack of them (draws first), solved in one call.
         Written into ``A`` and ``S`` when given (C-contiguous float arrays of the output shapes).
         """
         P = np.ascontiguousarray(P, dtype=float)
-        A = np.empty((self.n_obs, self.n_states)) if A is None else A
-        S = np.empty((self.n_obs, self.n_states, self.width)) if S is None else S
+        batch = P.shape[:-2]
+        A = np.empty((*batch, self.n_obs, self.n_states)) if A is None else A
+        S = np.empty((*batch, self.n_obs, self.n_states, self.width)) if S is None else S
         F, I = self.packed
         ptr = [_pointer(x) for x in (P, F, I, A, S)]
+        n_batch, n_rows = int(np.prod(batch)), P.shape[-2]
         # ctypes lets go of the GIL for the call: ODESolveBatch solves draws in threads
-        self.c_solver().ctypes(ptr[0], P.shape[0], ptr[1], ptr[2], self.rtol, self.atol, ptr[3], ptr[4])
+        self.c_solver().ctypes(ptr[0], n_batch, n_rows, ptr[1], ptr[2], self.rtol, self.atol, ptr[3], ptr[4])
         return A, S
 
     def pullback(self, inputs, outputs, output_grads):
@@ -231,14 +234,17 @@ class ODESolveBatch(Op):
         return Apply(self, [P], outs)
 
     def perform(self, node, inputs, outputs):
-        """Solve each batch element in a pool of threads."""
-        P = np.asarray(inputs[0], dtype=float)
+        """Solve the batch in a pool of threads, one block of consecutive draws (one call) each."""
+        P = np.ascontiguousarray(inputs[0], dtype=float)
         flat = P.reshape((-1, *P.shape[-2:]))
         core = self.core
         A = np.empty((len(flat), core.n_obs, core.n_states))
         S = np.empty((len(flat), core.n_obs, core.n_states, core.width))
-        with ThreadPoolExecutor(max_workers=max(1, min(len(flat), _n_threads()))) as pool:
-            list(pool.map(lambda b: core.solve(flat[b], A[b], S[b]), range(len(flat))))
+        n_threads = max(1, min(len(flat), _n_threads()))
+        edges = np.linspace(0, len(flat), n_threads + 1).astype(int)
+        blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(lambda b: core.solve(flat[b], A[b], S[b]), blocks))
         outputs[0][0] = A.reshape(P.shape[:-2] + A.shape[1:])
         outputs[1][0] = S.reshape(P.shape[:-2] + S.shape[1:])
 
@@ -364,11 +370,12 @@ def _call_solver(typingctx, symbol, P, F, I, rtol, atol, A, S):
                          zip(ty[1:4] + ty[6:], (P_, F_, I_, A_, S_), strict=True))  # fmt: skip
         f64, i64 = llvm_ir.DoubleType(), llvm_ir.IntType(64)
         f64p = f64.as_pointer()
-        args = [f64p, i64, f64p, i64.as_pointer(), f64, f64, f64p, f64p]  # solver.C_SIGNATURE
+        args = [f64p, i64, i64, f64p, i64.as_pointer(), f64, f64, f64p, f64p]  # solver.C_SIGNATURE
         fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), args)
         fn = cgutils.get_or_insert_function(builder.module, fnty, symbol.literal_value)
         n_rows = builder.extract_value(P.shape, 0)
-        builder.call(fn, [P.data, n_rows, F.data, I.data, rtol_, atol_, A.data, S.data])
+        one = llvm_ir.Constant(i64, 1)  # one draw: the model's density
+        builder.call(fn, [P.data, one, n_rows, F.data, I.data, rtol_, atol_, A.data, S.data])
         return context.get_dummy_value()
 
     return sig, codegen

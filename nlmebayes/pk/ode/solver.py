@@ -476,12 +476,14 @@ def solve_into(P, obs_t, obs_start, dose_t, dose_amt, dose_rate, dose_state, dos
     return counters
 
 
-def c_solve(P_ptr, n_rows, F_ptr, I_ptr, rtol, atol, A_ptr, SA_ptr):
+def c_solve(P_ptr, n_batch, n_rows, F_ptr, I_ptr, rtol, atol, A_ptr, SA_ptr):
     """:func:`solve_into` behind a C signature (:data:`C_SIGNATURE`), for a call by address.
 
-    The schedule comes packed (:func:`pack_schedule`): float arrays in ``F``, integer and
-    boolean arrays and the three indices in ``I``, whose first ``2 + 2 * 20`` entries are the
-    lengths of ``I`` and ``F`` and each argument's (start, stop).
+    Solves ``n_batch`` parameter matrices (posterior draws, one after the other in ``P``, each
+    ``n_rows x n_par``) into as many blocks of ``A`` and ``SA``: a batch of draws costs one call
+    (a model's own density passes one). The schedule comes packed (:func:`pack_schedule`): float
+    arrays in ``F``, integer and boolean arrays and the three indices in ``I``, whose first
+    ``2 + 2 * 20`` entries are the lengths of ``I`` and ``F`` and each argument's (start, stop).
     """
     n_i = numba.carray(I_ptr, (2,))
     I = numba.carray(I_ptr, (n_i[0],))
@@ -489,24 +491,31 @@ def c_solve(P_ptr, n_rows, F_ptr, I_ptr, rtol, atol, A_ptr, SA_ptr):
     h = I[2:]
     obs_t = F[h[0] : h[1]]
     n_obs = obs_t.shape[0]
-    A = numba.carray(A_ptr, (n_obs, n_states))
-    SA = numba.carray(SA_ptr, (n_obs, n_states, n_p))
-    try:
-        solve_into(numba.carray(P_ptr, (n_rows, n_par)), obs_t, I[h[2]:h[3]], F[h[4]:h[5]], F[h[6]:h[7]],
-                   F[h[8]:h[9]], I[h[10]:h[11]], I[h[12]:h[13]] != 0, I[h[14]:h[15]], F[h[16]:h[17]],
-                   I[h[18]], I[h[20]], F[h[22]:h[23]], I[h[24]:h[25]] != 0, I[h[26]:h[27]], I[h[28]:h[29]],
-                   I[h[30]:h[31]], F[h[32]:h[33]], I[h[34]:h[35]], I[h[36]:h[37]], I[h[38]], rtol, atol, A,
-                   SA)  # fmt: skip
-    except Exception:  # noqa: BLE001
-        # A C function cannot raise: an error (0 ** -x, a singular Rosenbrock matrix at extreme
-        # parameter values) becomes NaN amounts, which the sampler rejects as it did the exception
-        A[:] = np.nan
-        SA[:] = np.nan
+    Ps = numba.carray(P_ptr, (n_batch, n_rows, n_par))
+    As = numba.carray(A_ptr, (n_batch, n_obs, n_states))
+    SAs = numba.carray(SA_ptr, (n_batch, n_obs, n_states, n_p))
+    dose_lagf, ss_add = I[h[12] : h[13]] != 0, I[h[24] : h[25]] != 0
+    for b in range(n_batch):
+        A, SA = As[b], SAs[b]
+        try:
+            solve_into(Ps[b], obs_t, I[h[2]:h[3]], F[h[4]:h[5]], F[h[6]:h[7]], F[h[8]:h[9]],
+                       I[h[10]:h[11]], dose_lagf, I[h[14]:h[15]], F[h[16]:h[17]], I[h[18]], I[h[20]],
+                       F[h[22]:h[23]], ss_add, I[h[26]:h[27]], I[h[28]:h[29]], I[h[30]:h[31]],
+                       F[h[32]:h[33]], I[h[34]:h[35]], I[h[36]:h[37]], I[h[38]], rtol, atol, A,
+                       SA)  # fmt: skip
+        except Exception:  # noqa: BLE001
+            # A C function cannot raise: an error (0 ** -x, a singular Rosenbrock matrix at
+            # extreme parameter values) becomes NaN amounts, which the sampler rejects as it did
+            # the exception
+            A[:] = np.nan
+            SA[:] = np.nan
 
 
-#: The C signature of :func:`c_solve`: P, its rows, the packed schedule (F, I), rtol, atol, A, SA.
+#: The C signature of :func:`c_solve`: P, the number of draws in it, its rows per draw, the
+#: packed schedule (F, I), rtol, atol, A, SA.
 C_SIGNATURE = numba.types.void(
     numba.types.CPointer(numba.types.float64),
+    numba.types.int64,
     numba.types.int64,
     numba.types.CPointer(numba.types.float64),
     numba.types.CPointer(numba.types.int64),
