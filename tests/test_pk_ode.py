@@ -340,6 +340,25 @@ def test_structural_zero_sensitivities_are_left_out():
     ]
 
 
+def test_a_parameter_matrix_shorter_than_the_schedule_is_refused():
+    """The compiled solver reads the rows of P the schedule names; a P with fewer rows (or other
+    columns) is an error in Python mode and in the compiled model, not a read past its end."""
+    from nlmebayes import datasets
+
+    data = datasets.theophylline()
+    system = get_model("1cpt_oral_ode")
+    op = ODESolve(system, data, ("KA", "CL", "V"), system.rtol, system.atol)
+    P = np.tile([1.5, 2.7, 31.5], (data.n_subjects, 1))
+    assert np.isfinite(op.solve(P)[0]).all()
+    with pytest.raises(ValueError, match="P has shape"):
+        op.solve(P[:5])
+    x = pt.dmatrix("P")
+    f = pytensor.function([x], op(x)[0], mode="NUMBA")
+    np.testing.assert_array_equal(f(P), op.solve(P)[0])
+    with pytest.raises(ValueError, match="fewer rows"):
+        f(P[:5])
+
+
 def test_multiple_outputs_need_one_error_each_and_known_dvids():
     params = {"KA": 1.0, "CL": 0.1, "V": 8.0, "E0": 100.0, "KOUT": 0.05, "IC50": 1.0}
     errors = {"cp": ResidualError("proportional", prop=0.1), "pd": ResidualError("additive", add=3)}

@@ -69,6 +69,8 @@ class ODESolve(Op):
         row_start, seg_rows = self.args[13], self.args[14]
         self.n_rows = int(np.max(np.diff(row_start))) if len(row_start) > 1 else 1
         self.obs_rows = _observation_rows(self.args[1], row_start, seg_rows, self.n_rows)
+        # the rows of P the schedule reads: a shorter P is refused (the solver would read past it)
+        self.min_rows = int(seg_rows.max()) + 1 if seg_rows.size else 0
         self.modelled = bool(np.any(self.args[4] == -2.0))  # RATE = -2: rate sensitivities in the kernel
         self.solver_key, ns = _solver(system, self.param_names, self.n_rows, self.modelled)
         self.solver = ns["solve_segments"]  # the same solver called from Python (with step counters)
@@ -112,6 +114,8 @@ class ODESolve(Op):
         Written into ``A`` and ``S`` when given (C-contiguous float arrays of the output shapes).
         """
         P = np.ascontiguousarray(P, dtype=float)
+        if P.shape[-2] < self.min_rows or P.shape[-1] != self.n_p:
+            raise ValueError(f"ODESolve: P has shape {P.shape[-2:]}, needs ({self.min_rows}, {self.n_p})")
         batch = P.shape[:-2]
         A = np.empty((*batch, self.n_obs, self.n_states)) if A is None else A
         S = np.empty((*batch, self.n_obs, self.n_states, self.width)) if S is None else S
@@ -386,6 +390,7 @@ def _numba_ode_solve(op, node, **kwargs):
     F, I = op.packed
     rtol, atol = op.rtol, op.atol
     n_obs, n_states, width = op.n_obs, op.n_states, op.width
+    min_rows, n_p = op.min_rows, op.n_p
     symbol = op.solver_key
     op.c_solver()  # registered under its symbol before the JIT links this code to it
 
@@ -393,6 +398,8 @@ def _numba_ode_solve(op, node, **kwargs):
     # loaded from the disk cache gave Theoph ODE log-densities that differed in the last bit.
     @numba_njit(fastmath=False)
     def ode_solve(P):
+        if P.shape[0] < min_rows or P.shape[1] != n_p:
+            raise ValueError("ODESolve: P has fewer rows or other columns than the schedule needs")
         Pc = np.ascontiguousarray(P)
         A = np.empty((n_obs, n_states))
         S = np.empty((n_obs, n_states, width))

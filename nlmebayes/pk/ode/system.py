@@ -214,7 +214,8 @@ class ODESystem:
             raise ValueError("the data have RATE = -2 (modelled duration): the model needs D")
         n_rows = rows.n_rows if rows is not None else data.n_subjects
         obs_row = rows.obs_rows(data) if rows is not None else data.obs_subject
-        P = pt.stack([pt.as_tensor_variable(params[n]) * pt.ones(n_rows) for n in names], axis=1)
+        cols = [pt.as_tensor_variable(params[n]) for n in names]
+        P = pt.stack([c if c.ndim == 1 else c * pt.ones(n_rows) for c in cols], axis=1)
         op = ODESolve(self, data, names, self.rtol, self.atol, rows)
         A, _ = op(P)
 
