@@ -66,6 +66,32 @@ def test_iov_ofv_importance_sampling_and_the_approximations_on_40_subjects():
     assert 0 < ofv["laplace"] - ofv["importance"] < 4.0
 
 
+@pytest.mark.parametrize("sim_seed", [2, 3])
+def test_iov_laplace_and_importance_sampling_agree_on_a_rich_40_subject_design(sim_seed):
+    """The issue's check, 40 subjects x 3 occasions, on a design where Laplace's approximation is
+    good: 12 samples per occasion (0.25-24 h) and 3% proportional error. Laplace's excess over
+    the exact marginal likelihood shrinks as (residual SD)^2 / (samples per occasion): measured
+    3.1 at 4 samples and 8%, 0.57 at 12 and 5%, 0.28-0.33 here over simulation seeds 1-4 (the
+    limit is 0.5). Importance sampling's two seeds differ by 0.07-0.13 here (0.3 allowed). So
+    Laplace's IOV code agrees with an estimator that does not depend on its Gaussian
+    approximation (importance sampling is exact up to Monte Carlo error); the test above and the
+    quadrature below show that the gap on sparse designs is Laplace's own."""
+    times = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24)
+    spec, _, _ = iov_case()
+    pv = dataclasses.replace(TRUTH, sigma={"prop": 0.03})
+    sim = simulate(
+        spec, _occasions_design(40, times), typical=pv.typical, omega=pv.omega, pi=pv.pi_sd, sigma=pv.sigma,
+        seed=sim_seed,
+    )  # fmt: skip
+    cm = ConditionalModel(spec, sim)
+    imp = [
+        marginal_likelihood(spec, sim, pv, method="importance", conditional=cm, seed=s).ofv for s in (0, 1)
+    ]
+    laplace = marginal_likelihood(spec, sim, pv, method="laplace", conditional=cm).ofv
+    assert abs(imp[0] - imp[1]) < 0.3
+    assert abs(laplace - imp[0]) < 0.5
+
+
 def _quadrature_m2ll(data, pv, subject, n_points=15):
     """-2 log p(y_i) of one subject by adaptive Gauss-Hermite quadrature, written independently
     of nlmebayes' graph: the 1-cpt IV bolus in closed form with CL_ik = CL exp(eta + kappa_k),
