@@ -340,6 +340,35 @@ def test_structural_zero_sensitivities_are_left_out():
     ]
 
 
+def test_subexpressions_of_parameters_are_computed_once_per_row():
+    """The generated kernel reads ``CL / V``, ``Q / V2``, ... from slots that ``derive`` fills once
+    per row of parameters: no division or power is left in the kernel of the 2-cpt oral system
+    (they made its solve 26% slower, 200 -> 148 us on Theophylline's 12 subjects), a repeated
+    subexpression has one slot, and the kernel's right-hand side equals the equations evaluated
+    by Python (the same operations in the same order: 1e-15 allows pow against x * x)."""
+    from nlmebayes.pk.ode.codegen import compile_kernel, kernel_source
+
+    system = get_model("2cpt_oral_ode")
+    params = ("CL", "KA", "Q", "V", "V2")
+    src = kernel_source(system.states, dict(system.rhs), params)
+    kernel_body, derive_body = src.split("def derive(p):")
+    body = [line for line in kernel_body.splitlines() if "out[" in line or "jy" in line]
+    assert not any("/" in line or "**" in line for line in body)
+    # Q / V: in the peripheral equation and its Jacobian entry; Q / V2: in two equations
+    assert derive_body.count("= Q / V\n") == 1 and derive_body.count("= Q / V2\n") == 1
+    kernel, derive, n_const = compile_kernel(system.states, dict(system.rhs), params)
+    n, m = len(system.states), len(params)
+    rng = np.random.default_rng(1)
+    values = np.array([2.7, 1.5, 1.0, 20.0, 15.0])
+    p = np.r_[values, 0.0, np.zeros(n_const)]
+    derive(p)
+    z, r, out = rng.uniform(1, 100, n * (1 + m)), rng.uniform(0, 1, n * (1 + m)), np.empty(n * (1 + m))
+    kernel(z, p, r, out)
+    scope = dict(zip(params, values, strict=True)) | dict(zip(system.states, z[:n], strict=True))
+    expected = [eval(rhs, {}, scope) for _, rhs in system.rhs]  # the spec's own equations
+    np.testing.assert_allclose(out[:n], np.array(expected) + r[:n], rtol=1e-15)
+
+
 def test_a_parameter_matrix_shorter_than_the_schedule_is_refused():
     """The compiled solver reads the rows of P the schedule names; a P with fewer rows (or other
     columns) is an error in Python mode and in the compiled model, not a read past its end."""

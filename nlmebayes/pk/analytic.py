@@ -36,7 +36,7 @@ import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData, check_compartments
 from nlmebayes.data.periods import ParameterRows
-from nlmebayes.pk.base import register_model
+from nlmebayes.pk.base import DOSING_PARAMETERS, register_model
 from nlmebayes.pk.piecewise import occasion_carry_over, piecewise_concentration
 
 __all__ = ["Compartmental", "MODELS", "disposition", "log_sinhc", "exp_diff", "phi"]
@@ -259,7 +259,7 @@ class Compartmental:
         p = ("CL", "V", "Q", "V2", "Q3", "V3")[: 2 * self.n_cpt]
         return p + (("KA",) if self.oral else ())
 
-    optional_parameters: tuple[str, ...] = ("TLAG", "F", "D")
+    optional_parameters: tuple[str, ...] = DOSING_PARAMETERS
     #: Takes :class:`~nlmebayes.data.periods.ParameterRows` (parameters that change between
     #: records, solved by matrix exponentials: :mod:`nlmebayes.pk.piecewise`).
     piecewise_parameters = True

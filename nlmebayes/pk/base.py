@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from nlmebayes.data import EventData
 
-__all__ = ["StructuralModel", "register_model", "get_model", "model_names"]
+__all__ = ["DOSING_PARAMETERS", "StructuralModel", "register_model", "get_model", "model_names"]
+
+#: Parameters that act through the dose records, which every built-in model takes when the spec
+#: has them: lag time, bioavailability and modelled infusion duration (RATE = -2).
+DOSING_PARAMETERS = ("TLAG", "F", "D")
 
 
 @runtime_checkable

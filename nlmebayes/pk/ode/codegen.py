@@ -8,18 +8,16 @@ initial amounts with their sensitivities.
 from __future__ import annotations
 
 import ast
+import copy
 import math
 
 import numba
 import numpy as np
 
+from nlmebayes.pk.base import DOSING_PARAMETERS
 from nlmebayes.pk.ode.expressions import derivative
 
 __all__ = ["sensitivity_pattern", "kernel_source", "initial_source", "njit_source", "compile_kernel"]
-
-#: Parameters that act through the doses (lag time, bioavailability, modelled duration): their
-#: sensitivities jump at a dose in every state (:func:`~.solver.apply_dose_event`).
-DOSING_PARAMETERS = ("TLAG", "F", "D")
 
 
 def sensitivity_pattern(states, rhs, initial, param_names) -> np.ndarray:
@@ -42,7 +40,7 @@ def sensitivity_pattern(states, rhs, initial, param_names) -> np.ndarray:
     direct = np.array(
         [
             [
-                q in DOSING_PARAMETERS
+                q in DOSING_PARAMETERS  # their sensitivities jump at a dose in every state
                 or derivative(trees[s], q) is not None
                 or (s in init and derivative(init[s], q) is not None)
                 for q in param_names
@@ -61,10 +59,86 @@ def sensitivity_pattern(states, rhs, initial, param_names) -> np.ndarray:
     return active
 
 
+class _Hoist(ast.NodeTransformer):
+    """Replace each largest subexpression of parameters only (``CL / V``) by a name ``_c0, _c1, ...``.
+
+    Such a subexpression is the same at every stage of every step: the solver evaluates it once
+    per row of parameters (the kernel's ``derive``) instead of in each call of the kernel, where
+    its divisions and powers sat on the step's critical path. Identical subexpressions share one
+    name. The operations and their order are those of the expression, so the values are the same
+    to the bit. Works on copies: the derivatives are taken of the original trees.
+    """
+
+    def __init__(self, param_names):
+        self.params = set(param_names)
+        self.constants: dict[str, str] = {}  # source -> name, in the order met
+
+    def __call__(self, tree) -> str:
+        return ast.unparse(self.visit(copy.deepcopy(tree)))
+
+    def visit(self, node):
+        if isinstance(node, ast.expr) and not isinstance(node, ast.Name | ast.Constant):
+            funcs = [c.func for c in ast.walk(node) if isinstance(c, ast.Call)]  # exp, np.exp
+            calls = {n.id for f in funcs for n in ast.walk(f) if isinstance(n, ast.Name)}
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - calls
+            if names and names <= self.params:
+                name = self.constants.setdefault(ast.unparse(node), f"_c{len(self.constants)}")
+                return ast.Name(name, ast.Load())
+        return self.generic_visit(node)
+
+
+def _kernel(states, rhs, param_names, width, rate_sensitivity, active) -> tuple[str, int]:
+    """:func:`kernel_source` and the number of subexpressions ``derive`` writes."""
+    n, m = len(states), len(param_names)
+    w = m if width is None else width
+    if active is None:
+        active = np.ones((n, w), dtype=bool)
+    elif w != m:
+        raise ValueError("a sensitivity pattern needs one row of parameters")
+    pos = np.full((n, w), -1)
+    pos[active] = n + np.arange(int(active.sum()))
+    trees = [ast.parse(rhs[s], mode="eval").body for s in states]
+    u = _Hoist(param_names)
+    body = []
+    if w != m:
+        body.append(f"    o = int(p[{m}])")
+    for i, tree in enumerate(trees):
+        body.append(f"    out[{i}] = ({u(tree)}) + r[{i}]")
+    for i, tree in enumerate(trees):
+        dy = [derivative(tree, s) for s in states]
+        dp = [derivative(tree, q) for q in param_names]
+        for k, e in enumerate(dy):
+            if e is not None:
+                body.append(f"    jy{k} = {u(e)}")
+        if w != m:
+            terms = [f"jy{k} * z[{n + k * w} + c]" for k, e in enumerate(dy) if e is not None]
+            terms += [f"r[{n + i * w} + c]"] if rate_sensitivity else []
+            body.append(f"    for c in range({w}):")
+            body.append(f"        out[{n + i * w} + c] = {' + '.join(terms) or '0.0'}")
+            body += [f"    out[{n + i * w} + o + {j}] += {u(e)}" for j, e in enumerate(dp) if e is not None]
+            continue
+        for j in range(m):
+            if not active[i, j]:
+                continue
+            terms = [f"jy{k} * z[{pos[k, j]}]" for k, e in enumerate(dy) if e is not None and active[k, j]]
+            if dp[j] is not None:
+                terms.append(f"({u(dp[j])})")
+            if rate_sensitivity:
+                terms.append(f"r[{n + i * m + j}]")
+            body.append(f"    out[{pos[i, j]}] = {' + '.join(terms) or '0.0'}")
+    loads = [f"    {s} = z[{i}]" for i, s in enumerate(states)]
+    loads += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    loads += [f"    {c} = p[{m + 1 + k}]" for k, c in enumerate(u.constants.values())]
+    derive = [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
+    derive += [f"    p[{m + 1 + k}] = {e}" for k, e in enumerate(u.constants)] or ["    return"]
+    source = "\n".join(["def kernel(z, p, r, out):", *loads, *body, "def derive(p):", *derive]) + "\n"
+    return source, len(u.constants)
+
+
 def kernel_source(
     states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False, active=None
 ) -> str:
-    """Python source of ``kernel(z, p, r, out)``.
+    """Python source of ``kernel(z, p, r, out)`` and of ``derive(p)``.
 
     ``z = (y, S.ravel())`` and ``out = (f(y) + r, (df/dy S + df/dp).ravel())``, allocation-free.
     With ``active`` (the :func:`sensitivity_pattern`, one row of parameters only), ``S`` holds
@@ -75,50 +149,33 @@ def kernel_source(
     ``df/dp`` enters; the other columns follow ``df/dy S`` only. ``r`` holds the inputs (infusion
     rates) and, after them, their derivatives in the parameters (``n_states x width``), which enter
     the sensitivities with ``rate_sensitivity`` (modelled durations, RATE = -2).
+
+    The subexpressions of parameters only (:class:`_Hoist`) are read from ``p`` after that column;
+    ``derive(p)`` writes them there from the parameters, once per row.
+
+    Examples
+    --------
+    >>> print(kernel_source(("central",), {"central": "-CL / V * central"}, ("CL", "V")))
+    def kernel(z, p, r, out):
+        central = z[0]
+        CL = p[0]
+        V = p[1]
+        _c0 = p[3]
+        _c1 = p[4]
+        _c2 = p[5]
+        out[0] = (_c0 * central) + r[0]
+        jy0 = _c0
+        out[1] = jy0 * z[1] + (_c1 * central)
+        out[2] = jy0 * z[2] + (_c2 * central)
+    def derive(p):
+        CL = p[0]
+        V = p[1]
+        p[3] = -CL / V
+        p[4] = -1.0 / V
+        p[5] = -(-CL / V ** 2.0)
+    <BLANKLINE>
     """
-    n, m = len(states), len(param_names)
-    w = m if width is None else width
-    if active is None:
-        active = np.ones((n, w), dtype=bool)
-    elif w != m:
-        raise ValueError("a sensitivity pattern needs one row of parameters")
-    pos = np.full((n, w), -1)
-    pos[active] = n + np.arange(int(active.sum()))
-    trees = [ast.parse(rhs[s], mode="eval").body for s in states]
-    lines = ["def kernel(z, p, r, out):"]
-    lines += [f"    {s} = z[{i}]" for i, s in enumerate(states)]
-    lines += [f"    {q} = p[{k}]" for k, q in enumerate(param_names)]
-    if w != m:
-        lines.append(f"    o = int(p[{m}])")
-    for i, tree in enumerate(trees):
-        lines.append(f"    out[{i}] = ({ast.unparse(tree)}) + r[{i}]")
-    for i, tree in enumerate(trees):
-        dy = [derivative(tree, s) for s in states]
-        dp = [derivative(tree, q) for q in param_names]
-        for k, e in enumerate(dy):
-            if e is not None:
-                lines.append(f"    jy{k} = {ast.unparse(e)}")
-        if w != m:
-            terms = [f"jy{k} * z[{n + k * w} + c]" for k, e in enumerate(dy) if e is not None]
-            terms += [f"r[{n + i * w} + c]"] if rate_sensitivity else []
-            lines.append(f"    for c in range({w}):")
-            lines.append(f"        out[{n + i * w} + c] = {' + '.join(terms) or '0.0'}")
-            lines += [
-                f"    out[{n + i * w} + o + {j}] += {ast.unparse(e)}"
-                for j, e in enumerate(dp)
-                if e is not None
-            ]
-            continue
-        for j in range(m):
-            if not active[i, j]:
-                continue
-            terms = [f"jy{k} * z[{pos[k, j]}]" for k, e in enumerate(dy) if e is not None and active[k, j]]
-            if dp[j] is not None:
-                terms.append(f"({ast.unparse(dp[j])})")
-            if rate_sensitivity:
-                terms.append(f"r[{n + i * m + j}]")
-            lines.append(f"    out[{pos[i, j]}] = {' + '.join(terms) or '0.0'}")
-    return "\n".join(lines) + "\n"
+    return _kernel(states, rhs, param_names, width, rate_sensitivity, active)[0]
 
 
 def initial_source(states, initial, param_names) -> str:
@@ -173,5 +230,9 @@ def njit_source(source: str, name: str):
 def compile_kernel(
     states, rhs, param_names, width: int | None = None, rate_sensitivity: bool = False, active=None
 ):
-    """The jitted kernel of :func:`kernel_source`."""
-    return njit_source(kernel_source(states, rhs, param_names, width, rate_sensitivity, active), "kernel")
+    """The jitted ``kernel`` and ``derive`` of :func:`kernel_source`, and ``derive``'s count.
+
+    (How many values ``derive`` writes after the parameters and the block column.)
+    """
+    source, n_const = _kernel(states, rhs, param_names, width, rate_sensitivity, active)
+    return njit_source(source, "kernel"), njit_source(source, "derive"), n_const

@@ -38,8 +38,9 @@ __all__ = ["error_norm", "record", "dopri5", "rosenbrock23", "rosenbrock23_to", 
 # parameters per segment), the integrated sensitivities (NA of them, at rows ACT_I and columns
 # ACT_J of S), the flat system's size N = n_states + NA, the full size NR = n_states * (1 + n_p)
 # (of the inputs r, which keep every sensitivity's slot), and the step budget.
-# The parameter vector p carries one more entry (the current row's first column, see
-# codegen.kernel_source), which the Rosenbrock method's compiled functions do not take.
+# The parameter vector p carries more entries (the current row's first column, then the kernel's
+# subexpressions of parameters; see codegen.kernel_source), which the Rosenbrock method's
+# compiled functions do not take.
 kernel = rhs = jac = None
 n_states = n_p = n_par = N = NA = NR = max_steps = 0
 ACT_I = ACT_J = np.zeros(0, dtype=np.int64)

@@ -76,6 +76,7 @@ class ODESolve(Op):
         self.solver = ns["solve_segments"]  # the same solver called from Python (with step counters)
         self.packed = pack_schedule(self.args)
         self.width = self.n_rows * self.n_p
+        self.grad_op = ODESolveGrad(self)  # built once: it hashes obs_rows
 
     def c_solver(self):
         """The compiled solver behind its C signature, compiled or loaded in this process if need be.
@@ -135,7 +136,7 @@ class ODESolve(Op):
             return [pytensor.gradient.grad_not_implemented(self, 0, P, "second-order sensitivities")]
         if isinstance(gA.type, NullType | pytensor.gradient.DisconnectedType):
             return [pt.zeros_like(P)]
-        return [ODESolveGrad(self)(P, gA, S)]
+        return [self.grad_op(P, gA, S)]
 
     def connection_pattern(self, node):
         """Both outputs depend on the parameters."""
@@ -339,7 +340,9 @@ def _solver(system, param_names, n_rows: int = 1, rate_sensitivity: bool = False
         active = None  # every sensitivity (Rosenbrock's Jacobian, and the period blocks, are dense)
         if system.method == "dopri5" and n_rows == 1:
             active = sensitivity_pattern(system.states, dict(system.rhs), dict(system.initial), param_names)
-        kernel = compile_kernel(system.states, dict(system.rhs), param_names, width, rate_sensitivity, active)
+        kernel, derive, n_const = compile_kernel(
+            system.states, dict(system.rhs), param_names, width, rate_sensitivity, active
+        )
         init = njit_source(initial_source(system.states, dict(system.initial), param_names), "init")
         rhs = jac = None
         if system.method == "rosenbrock23":
@@ -347,7 +350,19 @@ def _solver(system, param_names, n_rows: int = 1, rate_sensitivity: bool = False
         i_clock = system.states.index(CLOCK) if system.clock else -1
         n_states, n_p = len(system.states), len(param_names)
         ns = make_solver(
-            system.method, n_states, n_p, kernel, init, rhs, jac, system.max_steps, i_clock, n_rows, active
+            system.method,
+            n_states,
+            n_p,
+            kernel,
+            init,
+            derive,
+            n_const,
+            rhs,
+            jac,
+            system.max_steps,
+            i_clock,
+            n_rows,
+            active,
         )
         _SOLVERS[name] = (ns, c_solver(ns, name))
         _register(name)

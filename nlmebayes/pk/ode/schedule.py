@@ -7,6 +7,7 @@ import pandas as pd
 
 from nlmebayes.data import EventData
 from nlmebayes.data.periods import ParameterRows, segment_runs
+from nlmebayes.pk.base import DOSING_PARAMETERS
 
 __all__ = ["schedule"]
 
@@ -36,9 +37,7 @@ def schedule(system, data: EventData, param_names, rows: ParameterRows | None = 
     dose_state_idx = system.states.index(system.dose_state)
     state = np.where(cmt == 0, dose_state_idx, cmt - 1).astype(np.int64)
     lagf = state == dose_state_idx
-    i_lag = param_names.index("TLAG") if "TLAG" in param_names else -1
-    i_f = param_names.index("F") if "F" in param_names else -1
-    i_d = param_names.index("D") if "D" in param_names else -1
+    i_lag, i_f, i_d = (param_names.index(q) if q in param_names else -1 for q in DOSING_PARAMETERS)
     # SS doses: their dosing interval (the state before them is the periodic steady state, for
     # SS=2 added to the current one)
     ss_ii = np.where(data.dose_ss[order] > 0, data.dose_ii[order], 0.0).astype(float)

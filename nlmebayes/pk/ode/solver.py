@@ -37,9 +37,10 @@ _OBSERVATION, _BOLUS, _INFUSION_START, _INFUSION_END, _SS_START, _CHANGE = 0, 1,
 
 # Bound per model by specialise() (see make_solver): n_par parameters per row, n_p sensitivity
 # columns (n_par per row of a segment, for the most rows any segment has), the sizes of the
-# integrated flat state N and of the inputs r, NR (see integrators).
-kernel = init = step_to = None
-n_states = n_p = n_par = N = NR = 0
+# integrated flat state N and of the inputs r, NR (see integrators); the kernel's ``derive`` and
+# the number of parameter subexpressions it writes after each row's block column, n_const.
+kernel = derive = init = step_to = None
+n_states = n_p = n_par = N = NR = n_const = 0
 i_clock = -1
 
 
@@ -76,6 +77,8 @@ def make_solver(
     n_p: int,
     kernel,
     init,
+    derive,
+    n_const: int,
     rhs=None,
     jac=None,
     max_steps: int = 100_000,
@@ -91,8 +94,11 @@ def make_solver(
         The integrator.
     n_states, n_p : int
         Number of states and of parameters (per row).
-    kernel, init : numba functions
-        The generated right-hand side + sensitivity kernel and initial amounts (:mod:`.codegen`).
+    kernel, init, derive : numba functions
+        The generated right-hand side + sensitivity kernel, initial amounts and the kernel's
+        parameter subexpressions (:mod:`.codegen`).
+    n_const : int
+        How many values ``derive`` writes after each row's parameters and block column.
     rhs, jac : numba functions, optional
         ``(y, p) -> (f, df/dy, df/dp)`` and the augmented system's Jacobian (Rosenbrock only).
     max_steps : int
@@ -125,7 +131,8 @@ def make_solver(
     if method == "rosenbrock23" and not active.all():
         raise ValueError("the Rosenbrock method integrates every sensitivity")
     act_i, act_j = np.nonzero(active)  # row-major, the kernel's order
-    bound = dict(kernel=kernel, init=init, rhs=rhs, jac=jac, n_states=n_states, n_p=width, n_par=n_p,
+    bound = dict(kernel=kernel, derive=derive, n_const=n_const, init=init, rhs=rhs, jac=jac,
+                 n_states=n_states, n_p=width, n_par=n_p,
                  N=n_states + len(act_i), NA=len(act_i), NR=n_states * (1 + width),
                  ACT_I=act_i.astype(np.int64), ACT_J=act_j.astype(np.int64), max_steps=max_steps,
                  i_clock=i_clock)  # fmt: skip
@@ -357,12 +364,17 @@ def ss_cycle(k, t, span, dur, y, S, pd, h, rtol, a_tol, scale, counters, q_t, q_
 
 
 def segment_rows(P, g, row_start, seg_rows):
-    """The parameter rows of segment ``g``, each followed by its first sensitivity column."""
+    """The parameter rows of segment ``g``, each with its first column and kernel constants.
+
+    After a row's parameters: its first sensitivity column, then the kernel's subexpressions of
+    its parameters (``derive``).
+    """
     K = row_start[g + 1] - row_start[g]
-    ps = np.zeros((K, n_par + 1))
+    ps = np.zeros((K, n_par + 1 + n_const))
     for k in range(K):
         ps[k, :n_par] = P[seg_rows[row_start[g] + k]]
         ps[k, n_par] = k * n_par
+        derive(ps[k])
     scale = np.ones(n_p)  # sensitivities are compared as d amount / d log p (error_norm)
     for k in range(K):
         for j in range(n_par):

@@ -22,7 +22,7 @@ import pytensor.tensor as pt
 
 from nlmebayes.data import DataError, EventData, check_compartments
 from nlmebayes.data.periods import ParameterRows
-from nlmebayes.pk.base import register_model
+from nlmebayes.pk.base import DOSING_PARAMETERS, register_model
 from nlmebayes.pk.ode.expressions import CLOCK, expression_names, parse_expression
 from nlmebayes.pk.ode.op import ODESolve
 
@@ -50,7 +50,7 @@ class ODESystem:
     method: str = "dopri5"
     max_steps: int = 100_000
     clock: bool = False  # the last state is the time t (right-hand sides or outputs use t)
-    optional_parameters: tuple = ("TLAG", "F", "D")
+    optional_parameters: tuple = DOSING_PARAMETERS
     alternatives = {}
     #: Parameters may change between records (periods, :mod:`nlmebayes.data.periods`).
     piecewise_parameters = True
