@@ -13,8 +13,8 @@ import xarray as xr
 from nlmebayes import IIV, Covariate, ModelSpec, ResidualError, datasets, fit
 from nlmebayes.diagnostics import subject_flip_flop_warning
 from nlmebayes.inference.parameterisation import (
-    CENTRING_THRESHOLD,
     centred_parameters,
+    centring_threshold,
     initial_point,
     noncentred_draws,
     run_pilot,
@@ -180,10 +180,11 @@ RICH = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 6, 8, 12, 24, 48]
 
 def test_pilot_centres_what_the_data_inform():
     """Twelve samples per subject pin CL, V, Q, V2 (conditional SD / omega 0.10 to 0.41, below
-    the 0.5 that centres); one late sample per subject says almost nothing about V (ratio near 1).
-    Explicit choices override the pilot."""
+    the 0.5 that centres at any number of subjects); one late sample per subject says almost
+    nothing about V (ratio near 1). Explicit choices override the pilot."""
     rich = run_pilot(_iv_spec(), _iv_data(30, RICH))
-    assert max(rich.ratios.values()) < CENTRING_THRESHOLD, rich.ratios
+    assert rich.n_subjects == 30
+    assert max(rich.ratios.values()) < 0.5 <= centring_threshold(30), rich.ratios
     assert centred_parameters(_iv_spec(), rich) == ["CL", "V", "Q", "V2"]
     sparse = run_pilot(_iv_spec(), _iv_data(30, [24.0]))
     assert sparse.ratios["V"] > 0.9, sparse.ratios
@@ -259,7 +260,8 @@ def test_rich_design_default_fit_centres_and_converges():
 @pytest.mark.sampling
 def test_rich_oral_replicated_theophylline_converges_by_default():
     """Theophylline's design x 4 (48 subjects), simulated from its model with IIV on KA: each
-    subject could settle in its own flip-flop mode; started at the EBEs the two chains agree."""
+    subject could settle in its own flip-flop mode; started at the EBEs the two chains agree.
+    V's ratio (0.60) is centred at 48 subjects (threshold 0.70), not at Theophylline's 12 (0.5)."""
     design = replicate_subjects(datasets.theophylline(), 4)
     data = simulate(
         THEO,
@@ -270,5 +272,8 @@ def test_rich_oral_replicated_theophylline_converges_by_default():
         seed=5,
     )
     res = fit(THEO, data, draws=400, tune=400, chains=2, seed=6, diagnostics=False)
+    assert res.idata.attrs["nlmebayes_centered"] == ["KA", "CL", "V"]
     assert_converged(res)
     assert "flip-flop" not in res.report()
+    theo = fit(THEO, datasets.theophylline(), draws=50, tune=50, chains=1, seed=6, diagnostics=False)
+    assert theo.idata.attrs["nlmebayes_centered"] == ["KA", "CL"]
