@@ -83,8 +83,6 @@ class Pilot:
     ----------
     ratios : dict
         IIV parameter -> median over subjects of conditional SD / omega.
-    n_subjects : int
-        The data's subjects (the centring threshold depends on them).
     eta : array (subject, iiv)
         Conditional modes of the etas (EBEs), in ``spec.iiv_parameters`` order.
     pop : dict
@@ -94,7 +92,6 @@ class Pilot:
     ratios: dict
     eta: np.ndarray
     pop: dict
-    n_subjects: int
 
 
 def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
@@ -145,8 +142,7 @@ def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
         _, _, H, _ = JointObjective(cm, pop, np.diag(sd**2)).derivatives(eta)
     cond_sd = np.sqrt(np.diagonal(np.linalg.inv(H), axis1=1, axis2=2))[:, :q]
     ratio = np.median(cond_sd / sd[:q], axis=0)
-    ratios = dict(zip(core.iiv_parameters[:q], map(float, ratio), strict=True))
-    return Pilot(ratios, eta[:, :q], pop, data.n_subjects)
+    return Pilot(dict(zip(core.iiv_parameters[:q], map(float, ratio), strict=True)), eta[:, :q], pop)
 
 
 def centred_parameters(spec: ModelSpec, pilot: Pilot | None) -> list[str]:
@@ -160,7 +156,8 @@ def centred_parameters(spec: ModelSpec, pilot: Pilot | None) -> list[str]:
         if b.parameterisation == "centered":
             out += b.parameters
         elif b.parameterisation == "auto" and pilot is not None:
-            ok = [pilot.ratios[p] < centring_threshold(pilot.n_subjects) for p in b.parameters]
+            threshold = centring_threshold(len(pilot.eta))  # one row of etas per subject
+            ok = [pilot.ratios[p] < threshold for p in b.parameters]
             if b.block:
                 out += b.parameters if 2 * sum(ok) > len(ok) else []
             else:
