@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-__all__ = ["FUNCTIONS", "expression_names", "check_call"]
+__all__ = ["FUNCTIONS", "expression_names", "tree_names", "check_call"]
 
 #: The functions expressions may call, with their number of arguments.
 FUNCTIONS = {
@@ -36,11 +36,23 @@ def expression_names(text: str) -> set[str]:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise ValueError(f"cannot read the expression {text!r}: {e.msg}") from None
-    called = set()
     for n in ast.walk(tree):
         if isinstance(n, ast.Call):
             check_call(n, text)
-            called.add(id(n.func))
+    return tree_names(tree)
+
+
+def tree_names(tree: ast.AST) -> set[str]:
+    """Names a parsed expression uses, without the functions it calls.
+
+    A function may be a name (``exp``) or, in the generated derivatives, an attribute (``np.exp``).
+
+    Examples
+    --------
+    >>> sorted(tree_names(ast.parse("np.exp(-KA * t) * max(A, 0)", mode="eval")))
+    ['A', 'KA', 't']
+    """
+    called = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Call) for n in ast.walk(c.func)}
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
 
 

@@ -14,6 +14,7 @@ import math
 import numba
 import numpy as np
 
+from nlmebayes.model.expressions import tree_names
 from nlmebayes.pk.base import DOSING_PARAMETERS
 from nlmebayes.pk.ode.expressions import derivative
 
@@ -78,9 +79,7 @@ class _Hoist(ast.NodeTransformer):
 
     def visit(self, node):
         if isinstance(node, ast.expr) and not isinstance(node, ast.Name | ast.Constant):
-            funcs = [c.func for c in ast.walk(node) if isinstance(c, ast.Call)]  # exp, np.exp
-            calls = {n.id for f in funcs for n in ast.walk(f) if isinstance(n, ast.Name)}
-            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} - calls
+            names = tree_names(node)
             if names and names <= self.params:
                 name = self.constants.setdefault(ast.unparse(node), f"_c{len(self.constants)}")
                 return ast.Name(name, ast.Load())
