@@ -19,9 +19,14 @@ other inputs with a derivative fallback near the tie.
 
 Superposition over doses happens on flat arrays: the dose-observation pairs of
 :class:`nlmebayes.data.EventData` carry the per-pair parameters, and the pair contributions
-are summed per observation. Parameters are named as pharmacometricians do: CL, V (central),
-Q, V2 (first peripheral), Q3, V3 (second peripheral), KA, plus optional TLAG (absorption lag),
-F (bioavailability) and D (modelled infusion duration, for RATE = -2 records).
+are summed per observation. What depends on the parameters alone (the exponents and
+coefficients, ``1 / V``, ``1 / (KA - lambda_m)``) is computed once per parameter row (subject,
+or period) and then taken per pair: no division is left in the pairs' hot loop but the
+response's own, and the gradient flows back through the rows' few divisions.
+
+Parameters are named as pharmacometricians do: CL, V (central), Q, V2 (first peripheral), Q3,
+V3 (second peripheral), KA, plus optional TLAG (absorption lag), F (bioavailability) and D
+(modelled infusion duration, for RATE = -2 records).
 """
 
 from __future__ import annotations
@@ -60,19 +65,24 @@ def phi(z):
     return pt.exp(-0.5 * z + log_sinhc(0.5 * z))
 
 
-def exp_diff(a, b, x):
+def exp_diff(a, b, x, inv_gap=None):
     """``(exp(-a x) - exp(-b x)) / (b - a)`` for x >= 0, smooth through a = b (``x e^{-ax}``).
 
     Equal to ``x exp(-a x) phi((b - a) x)`` with ``phi(z) = (1 - exp(-z)) / z``. Where
     ``|b - a| x >= 1e-3`` the plain difference is used (cancellation costs at most ~2e-13
     relative), else phi's series to z^3 (truncation z^4/120 < 1e-14). Both branches share
     ``exp(-a x)``: two exponentials per term, as this is the hot path of every oral model.
+    ``inv_gap``, if given, is ``1 / (b - a)`` wherever ``b != a`` (see :func:`_inverse_gap`),
+    computed once per parameter row rather than once per dose-observation pair.
     """
     z = (b - a) * x
     close = pt.abs(z) < 1e-3
     b_far = pt.switch(close, a + 1.0, b)  # keeps the unused branch free of 0/0 (and its gradient)
     ea = pt.exp(-a * x)
-    far = (ea - pt.exp(-b_far * x)) / (b_far - a)
+    if inv_gap is None:
+        far = (ea - pt.exp(-b_far * x)) / (b_far - a)
+    else:
+        far = (ea - pt.exp(-b_far * x)) * pt.switch(close, 1.0, inv_gap)
     near = x * ea * (1.0 + z * (-0.5 + z * (1.0 / 6.0 - z / 24.0)))
     return pt.switch(close, near, far)
 
@@ -155,17 +165,25 @@ def _u_infusion_ss(lam, x, D, tau):
     )
 
 
-def _divided_difference(u, a, b, x, D, tau, span=None):
+def _inverse_gap(ka, lam):
+    """``1 / (KA - lambda_m)``, with 1 where they are equal (there the callers use a series)."""
+    gap = pt.shape_padright(ka, 1) - lam
+    return 1.0 / pt.switch(pt.eq(gap, 0.0), 1.0, gap)
+
+
+def _divided_difference(u, a, b, x, D, tau, span=None, inv_gap=None):
     """``(u(a) - u(b)) / (b - a)``.
 
     When ``|b - a| * (x + D + span)`` is tiny, ``-u'((a+b)/2)`` (error O((b-a)^2)), so neither branch
     ever divides 0 by 0. ``span`` (default II) is how far back the doses in ``u`` reach: a train of
     m doses reaches back ``m * tau``, and the midpoint rule's error grows with its square.
+    ``inv_gap`` is :func:`exp_diff`'s.
     """
     scale = x + D + (tau if span is None else span) + 1e-300
     close = pt.abs(b - a) * scale < _DD_TOL
     b_far = pt.switch(close, a + 1.0 / scale, b)
-    far = (u(a, x, D, tau) - u(b_far, x, D, tau)) / (b_far - a)
+    diff = u(a, x, D, tau) - u(b_far, x, D, tau)
+    far = diff / (b_far - a) if inv_gap is None else diff * pt.switch(close, scale, inv_gap)
     mid = 0.5 * (a + b)
     du = pytensor.grad(pt.sum(u(mid, x, D, tau)), mid)
     return pt.switch(close, -du, far)
@@ -188,7 +206,14 @@ def _take(v, idx: np.ndarray):
     return pt.as_tensor_variable(v)[pt.as_tensor_variable(np.asarray(idx, dtype="int64"))]
 
 
-def _pair_amounts(pairs: dict, lam, coef, ka):
+def _per_pair_row(v, rows: np.ndarray, row_axis: bool):
+    """Row ``rows[j]`` of ``v`` for every pair j, or ``v`` for all pairs if it has no row axis."""
+    if row_axis:
+        return _take(v, rows)
+    return pt.ones((len(rows),) + (1,) * v.ndim) * v
+
+
+def _pair_amounts(pairs: dict, lam, coef, ka, inv_gap=None):
     """Central amount each dose-observation pair contributes (before division by V).
 
     Pairs are grouped by input kind (into the depot or central, bolus or infusion, single or
@@ -221,9 +246,9 @@ def _pair_amounts(pairs: dict, lam, coef, ka):
         else:
             kas = pt.shape_padright(_take(ka, sel), 1)
             if not inf and not is_ss and not is_train:
-                dd = exp_diff(ls, kas, xs)
+                dd = exp_diff(ls, kas, xs, _take(inv_gap, sel))
             else:
-                dd = _divided_difference(u, ls, kas, xs, Ds, taus, span)
+                dd = _divided_difference(u, ls, kas, xs, Ds, taus, span, _take(inv_gap, sel))
             resp = kas * dd
         amount = pt.sum(_take(coef, sel) * resp, axis=-1)
         scale = _take(R, sel) if inf else _take(F, sel) * _take(amt, sel)
@@ -348,16 +373,24 @@ class Compartmental:
             v = pt.as_tensor_variable(v)
             return v * pt.ones(len(pd_idx)) if v.ndim == 0 else _take(v, pd_idx)
 
-        P = {k: per_pair(k) for k in self.parameters}
-        lam, coef = disposition(
-            self.n_cpt, P["CL"], P["V"], P.get("Q"), P.get("V2"), P.get("Q3"), P.get("V3")
-        )
+        # Exponents, coefficients and 1 / V per parameter row, then taken per pair: a subject
+        # has far fewer rows than dose-observation pairs, and its divisions (and the 2-/3-cpt
+        # roots) would otherwise be repeated, with their gradients, for every pair.
+        # float64 throughout: PyTensor would store a Python 10.0 as a float32 constant
+        rows = {k: pt.as_tensor_variable(params[k]).astype("float64") for k in self.parameters}
+        lam, coef = disposition(self.n_cpt, *(rows.get(k) for k in ("CL", "V", "Q", "V2", "Q3", "V3")))
+        inv_gap = None
+        if self.oral:
+            inv_gap = _inverse_gap(rows["KA"], lam)
+            inv_gap = _per_pair_row(inv_gap, pd_idx, inv_gap.ndim == 2)
+        lam, coef = (_per_pair_row(v, pd_idx, v.ndim == 2) for v in (lam, coef))
+        inv_v = _per_pair_row(1.0 / rows["V"], pd_idx, rows["V"].ndim == 1)
         pairs = self._pair_inputs(data, params, per_pair)
         ka = per_pair("KA") if self.oral else None
-        contrib = _pair_amounts(pairs, lam, coef, ka)
+        contrib = _pair_amounts(pairs, lam, coef, ka, inv_gap)
         if pairs["started"] is not None:
             contrib = pt.switch(pairs["started"], contrib, 0.0)
-        contrib = contrib / P["V"]
+        contrib = contrib * inv_v
         n_obs = data.n_obs
         if np.array_equal(data.pair_obs, np.arange(n_obs)):
             return contrib  # one dose per observation (single-dose data): nothing to add up
