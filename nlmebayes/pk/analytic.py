@@ -207,10 +207,17 @@ def _take(v, idx: np.ndarray):
 
 
 def _per_pair_row(v, rows: np.ndarray, row_axis: bool):
-    """Row ``rows[j]`` of ``v`` for every pair j, or ``v`` for all pairs if it has no row axis."""
-    if row_axis:
-        return _take(v, rows)
-    return pt.ones((len(rows),) + (1,) * v.ndim) * v
+    """Row ``rows[j]`` of ``v`` for every pair j, or ``v`` for all pairs if it has no row axis.
+
+    A one-column table is taken as a vector: PyTensor fuses a vector's gather into the loop
+    that uses it (a smaller graph, which compiles faster), a table's it does not. Wider tables
+    (2-/3-cpt) are taken whole: column by column and stacked after, they cost more per gradient.
+    """
+    if not row_axis:
+        return pt.ones((len(rows),) + (1,) * v.ndim) * v
+    if v.ndim == 2 and v.type.shape[-1] == 1:
+        return pt.shape_padright(_take(v[:, 0], rows), 1)
+    return _take(v, rows)
 
 
 def _pair_amounts(pairs: dict, lam, coef, ka, inv_gap=None):
