@@ -364,6 +364,7 @@ class Compartmental:
         self.check(data)
         if isinstance(index, ParameterRows):
             return piecewise_concentration(self, data, params, index)
+        per_subject = index is None  # parameter rows are the subjects
         index = data.dose_subject if index is None else np.asarray(index)
         pd_idx = index[data.pair_dose]
         if data.pair_first is not None and not np.array_equal(index[data.pair_first], pd_idx):
@@ -391,16 +392,22 @@ class Compartmental:
             inv_gap = _inverse_gap(rows["KA"], lam)
             inv_gap = _per_pair_row(inv_gap, pd_idx, inv_gap.ndim == 2)
         lam, coef = (_per_pair_row(v, pd_idx, v.ndim == 2) for v in (lam, coef))
-        inv_v = _per_pair_row(1.0 / rows["V"], pd_idx, rows["V"].ndim == 1)
+        inv_v, has_rows = 1.0 / rows["V"], rows["V"].ndim == 1
         pairs = self._pair_inputs(data, params, per_pair)
         ka = per_pair("KA") if self.oral else None
         contrib = _pair_amounts(pairs, lam, coef, ka, inv_gap)
         if pairs["started"] is not None:
             contrib = pt.switch(pairs["started"], contrib, 0.0)
-        contrib = contrib * inv_v
         n_obs = data.n_obs
         if np.array_equal(data.pair_obs, np.arange(n_obs)):
-            return contrib  # one dose per observation (single-dose data): nothing to add up
+            # one dose per observation (single-dose data): nothing to add up
+            return contrib * _per_pair_row(inv_v, pd_idx, has_rows)
+        if per_subject:
+            # Every pair of an observation has the subject's V: divide after adding them up
+            # (one gather per observation, not per pair; 1,000 subjects x 180 irregular doses).
+            amount = pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), contrib)
+            return amount * _per_pair_row(inv_v, data.obs_subject, has_rows)
+        contrib = contrib * _per_pair_row(inv_v, pd_idx, has_rows)
         return pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), contrib)
 
     def _pair_inputs(self, data: EventData, params: dict, per_pair) -> dict:
