@@ -171,19 +171,18 @@ def _inverse_gap(ka, lam):
     return 1.0 / pt.switch(pt.eq(gap, 0.0), 1.0, gap)
 
 
-def _divided_difference(u, a, b, x, D, tau, span=None, inv_gap=None):
+def _divided_difference(u, a, b, x, D, tau, inv_gap, span=None):
     """``(u(a) - u(b)) / (b - a)``.
 
     When ``|b - a| * (x + D + span)`` is tiny, ``-u'((a+b)/2)`` (error O((b-a)^2)), so neither branch
     ever divides 0 by 0. ``span`` (default II) is how far back the doses in ``u`` reach: a train of
     m doses reaches back ``m * tau``, and the midpoint rule's error grows with its square.
-    ``inv_gap`` is :func:`exp_diff`'s.
+    ``inv_gap`` is ``1 / (b - a)`` where ``b != a``, as for :func:`exp_diff`.
     """
     scale = x + D + (tau if span is None else span) + 1e-300
     close = pt.abs(b - a) * scale < _DD_TOL
     b_far = pt.switch(close, a + 1.0 / scale, b)
-    diff = u(a, x, D, tau) - u(b_far, x, D, tau)
-    far = diff / (b_far - a) if inv_gap is None else diff * pt.switch(close, scale, inv_gap)
+    far = (u(a, x, D, tau) - u(b_far, x, D, tau)) * pt.switch(close, scale, inv_gap)
     mid = 0.5 * (a + b)
     du = pytensor.grad(pt.sum(u(mid, x, D, tau)), mid)
     return pt.switch(close, -du, far)
@@ -206,8 +205,8 @@ def _take(v, idx: np.ndarray):
     return pt.as_tensor_variable(v)[pt.as_tensor_variable(np.asarray(idx, dtype="int64"))]
 
 
-def _per_pair_row(v, rows: np.ndarray, row_axis: bool):
-    """Row ``rows[j]`` of ``v`` for every pair j, or ``v`` for all pairs if it has no row axis.
+def _take_rows(v, rows: np.ndarray, row_axis: bool):
+    """Row ``rows[j]`` of ``v`` for each pair or observation j; ``v`` itself if it has no rows.
 
     A one-column table is taken as a vector: PyTensor fuses a vector's gather into the loop
     that uses it (a smaller graph, which compiles faster), a table's it does not. Wider tables
@@ -220,7 +219,7 @@ def _per_pair_row(v, rows: np.ndarray, row_axis: bool):
     return _take(v, rows)
 
 
-def _pair_amounts(pairs: dict, lam, coef, ka, inv_gap=None):
+def _pair_amounts(pairs: dict, lam, coef, ka, inv_gap):
     """Central amount each dose-observation pair contributes (before division by V).
 
     Pairs are grouped by input kind (into the depot or central, bolus or infusion, single or
@@ -255,7 +254,7 @@ def _pair_amounts(pairs: dict, lam, coef, ka, inv_gap=None):
             if not inf and not is_ss and not is_train:
                 dd = exp_diff(ls, kas, xs, _take(inv_gap, sel))
             else:
-                dd = _divided_difference(u, ls, kas, xs, Ds, taus, span, _take(inv_gap, sel))
+                dd = _divided_difference(u, ls, kas, xs, Ds, taus, _take(inv_gap, sel), span)
             resp = kas * dd
         amount = pt.sum(_take(coef, sel) * resp, axis=-1)
         scale = _take(R, sel) if inf else _take(F, sel) * _take(amt, sel)
@@ -390,8 +389,8 @@ class Compartmental:
         inv_gap = None
         if self.oral:
             inv_gap = _inverse_gap(rows["KA"], lam)
-            inv_gap = _per_pair_row(inv_gap, pd_idx, inv_gap.ndim == 2)
-        lam, coef = (_per_pair_row(v, pd_idx, v.ndim == 2) for v in (lam, coef))
+            inv_gap = _take_rows(inv_gap, pd_idx, inv_gap.ndim == 2)
+        lam, coef = (_take_rows(v, pd_idx, v.ndim == 2) for v in (lam, coef))
         inv_v, has_rows = 1.0 / rows["V"], rows["V"].ndim == 1
         pairs = self._pair_inputs(data, params, per_pair)
         ka = per_pair("KA") if self.oral else None
@@ -399,16 +398,16 @@ class Compartmental:
         if pairs["started"] is not None:
             contrib = pt.switch(pairs["started"], contrib, 0.0)
         n_obs = data.n_obs
-        if np.array_equal(data.pair_obs, np.arange(n_obs)):
-            # one dose per observation (single-dose data): nothing to add up
-            return contrib * _per_pair_row(inv_v, pd_idx, has_rows)
-        if per_subject:
+        one_per_obs = np.array_equal(data.pair_obs, np.arange(n_obs))  # single doses
+
+        def add_up(c):
+            return c if one_per_obs else pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), c)
+
+        if per_subject and not one_per_obs:
             # Every pair of an observation has the subject's V: divide after adding them up
             # (one gather per observation, not per pair; 1,000 subjects x 180 irregular doses).
-            amount = pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), contrib)
-            return amount * _per_pair_row(inv_v, data.obs_subject, has_rows)
-        contrib = contrib * _per_pair_row(inv_v, pd_idx, has_rows)
-        return pt.inc_subtensor(_take(pt.zeros(n_obs), data.pair_obs), contrib)
+            return add_up(contrib) * _take_rows(inv_v, data.obs_subject, has_rows)
+        return add_up(contrib * _take_rows(inv_v, pd_idx, has_rows))
 
     def _pair_inputs(self, data: EventData, params: dict, per_pair) -> dict:
         """Inputs of each dose-observation pair.
