@@ -1,4 +1,4 @@
-"""Default fit vs the pre-0.4 sampler set-up on two rich designs (issue 13).
+"""Default fit vs the pre-0.4 sampler set-up on two rich designs, and partial centring on a mixed one.
 
 For each design (120 rich oral subjects, 120 rich 2-cpt IV subjects) and simulation seed, fits
 the data twice with 4 chains x 1000 draws: the default (etas centred where the pilot finds the data
@@ -7,6 +7,10 @@ informative, chains started at the pilot's EBEs) and the old behaviour, reached 
 the population parameters, the sampling time and min ESS/s; then per design the median ratio of
 min ESS/s, new / old. ``--chains 2 --draws 300`` is the set-up of the issue's report, in which
 the old behaviour split the rich oral chains between flip-flop modes.
+
+The mixed design (``--designs mixed``: 400 subjects, a quarter rich after one dose, the rest with
+2-3 samples at steady state) also fits the spec as the default chose before partial centring
+(:func:`designs.without_partial`) and prints the ratio of min ESS/s, default / without partial.
 
 Run: .venv/bin/python benchmarks/sampling.py [--seeds 5] [--draws 1000] [--chains 4]
 """
@@ -40,7 +44,15 @@ def one(spec, data, draws, chains, seed, **options):
         res = fit(spec, data, draws=draws, tune=draws, chains=chains, seed=seed, diagnostics=False, **options)
     r, e = population_diagnostics(res)
     wall = res.idata.attrs["nlmebayes_sampling_seconds"]
-    return r, e, wall, e / wall, res.idata.attrs["nlmebayes_centered"]
+    attrs = res.idata.attrs
+    partial = list(attrs["nlmebayes_partial_weights"])
+    return (
+        r,
+        e,
+        wall,
+        e / wall,
+        f"{attrs['nlmebayes_centered']}" + (f", partially {partial}" if partial else ""),
+    )
 
 
 def main():
@@ -54,16 +66,23 @@ def main():
     cases = {
         "oral": ("rich oral 120", designs.rich_oral, designs.ORAL),
         "iv": ("rich 2-cpt IV 120", designs.rich_iv, designs.IV),
+        "mixed": ("mixed rich/sparse oral 400", designs.mixed_oral, designs.MIXED),
     }
     for name, make, spec in (cases[d] for d in args.designs):
-        ratios, ok = [], 0
+        ratios, partial, ok = [], [], 0
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             data = make(seed)
             new = one(spec, data, args.draws, args.chains, seed)
+            fits = [("default", new)]
+            if spec is designs.MIXED:
+                plain = one(designs.without_partial(spec, data), data, args.draws, args.chains, seed)
+                partial.append(new[3] / plain[3])
+                fits.append(("without partial", plain))
             old = one(designs.old_default(spec), data, args.draws, args.chains, seed, init="jitter")
+            fits.append(("old", old))
             ok += new[0] <= 1.01 and new[1] >= 400
             ratios.append(new[3] / old[3])
-            for label, (r, e, wall, eps, cen) in (("default", new), ("old", old)):
+            for label, (r, e, wall, eps, cen) in fits:
                 print(
                     f"{name} seed {seed} {label:7s}: max R-hat {r:.3f}, min bulk ESS {e:.0f}, "
                     f"sampling {wall:.1f} s, min ESS/s {eps:.1f}, centred {cen}"
@@ -71,6 +90,12 @@ def main():
         print(f"{name}: default meets R-hat <= 1.01 and ESS >= 400 in {ok} of {args.seeds} seeds")
         per_seed = ", ".join(f"{x:.1f}" for x in ratios)
         print(f"{name}: ESS/s default / old = {np.median(ratios):.1f} (median; per seed {per_seed})")
+        if partial:
+            per_seed = ", ".join(f"{x:.2f}" for x in partial)
+            print(
+                f"{name}: ESS/s default / without partial = {np.median(partial):.2f} "
+                f"(median; per seed {per_seed})"
+            )
 
 
 if __name__ == "__main__":

@@ -5,18 +5,22 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 import pytest
 import xarray as xr
 
-from nlmebayes import IIV, Covariate, ModelSpec, ResidualError, datasets, fit
+from nlmebayes import IIV, Covariate, FitResult, ModelSpec, ResidualError, datasets, fit, read_nonmem
 from nlmebayes.diagnostics import subject_flip_flop_warning
 from nlmebayes.inference.parameterisation import (
+    PARTIAL_SPREAD,
     centred_parameters,
     centring_threshold,
+    centring_weights,
     initial_point,
     noncentred_draws,
+    partially_centred,
     run_pilot,
 )
 from nlmebayes.model import build_model
@@ -76,24 +80,41 @@ def _values(spec, data, rng):
 
 
 @pytest.mark.parametrize(
-    ("spec", "centred"),
+    ("spec", "centred", "partial"),
     [
-        (THEO, ["KA", "CL", "V"]),
-        (THEO, ["CL"]),
-        (BLOCK, ["CL", "V"]),
-        (BLOCK, ["KA"]),
-        (COVARIATES, ["KA", "CL"]),
+        (THEO, ["KA", "CL", "V"], []),
+        (THEO, ["CL"], []),
+        (BLOCK, ["CL", "V"], []),
+        (BLOCK, ["KA"], []),
+        (COVARIATES, ["KA", "CL"], []),
+        (THEO, [], ["KA", "CL", "V"]),
+        (THEO, ["CL"], ["V"]),
+        (BLOCK, ["CL", "V"], ["KA"]),
+        (COVARIATES, ["V"], ["KA", "CL"]),
     ],
-    ids=["all", "one of a diagonal block", "block omega", "beside a block", "covariates"],
+    ids=[
+        "all",
+        "one of a diagonal block",
+        "block omega",
+        "beside a block",
+        "covariates",
+        "all partial",
+        "centred, partial and non-centred",
+        "partial beside a block",
+        "partial with covariates",
+    ],
 )
-def test_centred_model_is_the_same_density_and_gives_back_z(spec, centred):
+def test_centred_model_is_the_same_density_and_gives_back_z(spec, centred, partial):
     """phi = log TV_i + eta is a shift and scaling of z: the centred log density equals the
     non-centred one minus log|d phi / d z| = sum over subjects of log omega (log det L for a block),
-    to rounding; and the stored draws, turned back into z, are the z they came from."""
+    to rounding; and the stored draws, turned back into z, are the z they came from. A partially
+    centred psi = w mu + omega**w z (mu = log TV_i) has log|d psi / d z| = sum of w log omega;
+    the weights include 0 and 1, the non-centred and centred ends."""
     data = datasets.theophylline()
     rng = np.random.default_rng(0)
     nc, values = _values(spec, data, rng)
-    cen = build_model(spec, data, centered=centred)
+    weights = {p: np.r_[0.0, 1.0, rng.uniform(0, 1, data.n_subjects - 2)] for p in partial}
+    cen = build_model(spec, data, centered=centred, partial=weights)
     # phi from z through the non-centred graph's own eta and typical values
     eta = nc.model["eta"]
     fn = pm.compile(
@@ -109,11 +130,24 @@ def test_centred_model_is_the_same_density_and_gives_back_z(spec, centred):
         ps = block.parameters
         z = values[f"z_{k}"]
         cen_ps = [p for p in ps if p in centred]
-        if not cen_ps:
+        par_ps = [p for p in ps if p in partial]
+        if not cen_ps and not par_ps:
             c_values[f"z_{k}"] = z
             continue
-        c_values[f"phi_{k}"] = np.log(np.stack([ind[cols[p]] for p in cen_ps], axis=1))
-        nc_ps = [j for j, p in enumerate(ps) if p not in centred]
+        if cen_ps:
+            c_values[f"phi_{k}"] = np.log(np.stack([ind[cols[p]] for p in cen_ps], axis=1))
+        for p in par_ps:
+            log_jac += np.sum(weights[p]) * np.log(values[f"omega_sd_{k}_{p}"])
+        if par_ps:
+            c_values[f"psi_{k}"] = np.stack(
+                [
+                    weights[p] * (np.log(ind[cols[p]]) - eta_v[:, cols[p]])
+                    + values[f"omega_sd_{k}_{p}"] ** weights[p] * z[:, ps.index(p)]
+                    for p in par_ps
+                ],
+                axis=1,
+            )
+        nc_ps = [j for j, p in enumerate(ps) if p not in centred and p not in partial]
         if nc_ps:
             c_values[f"z_{k}"] = z[:, nc_ps]
         if block.block:
@@ -139,7 +173,7 @@ def test_centred_model_is_the_same_density_and_gives_back_z(spec, centred):
     idata = xr.DataTree.from_dict({"posterior": post})
     noncentred_draws(cen, idata)
     back = idata["posterior"].to_dataset()
-    assert not [v for v in back.data_vars if v.startswith("phi_")]
+    assert not [v for v in back.data_vars if v.startswith(("phi_", "psi_"))]
     for k in range(len(spec.iiv)):
         np.testing.assert_allclose(back[f"z_{k}"].values[0, 0], values[f"z_{k}"], atol=1e-10)
         assert back[f"z_{k}"].dims == ("chain", "draw", "subject", f"iiv_{k}")
@@ -195,6 +229,79 @@ def test_pilot_centres_what_the_data_inform():
     assert centred_parameters(_iv_spec(), None) == []
 
 
+def _mixed_data(n_rich=10, n_sparse=30, seed=4):
+    """Theophylline's model; ``n_rich`` subjects with 11 samples after one dose, ``n_sparse`` with
+    two samples in the last of ten 12-hourly doses (ADDL): subjects that differ in what their
+    data say about KA and V."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_rich + n_sparse):
+        rich = i < n_rich
+        dose = dict(ID=i + 1, TIME=0.0, DV=0.0, AMT=320.0, EVID=1, MDV=1, CMT=1)
+        rows.append({**dose, "II": 0.0 if rich else 12.0, "ADDL": 0 if rich else 9})
+        times = [0.25, 0.5, 1, 2, 3.5, 5, 7, 9, 12, 24, 36] if rich else np.sort(rng.uniform(108, 120, 2))
+        for t in times:
+            rows.append(dict(ID=i + 1, TIME=float(t), DV=1.0, AMT=0.0, EVID=0, MDV=0, CMT=2, II=0.0, ADDL=0))
+    design = read_nonmem(pd.DataFrame(rows))
+    return simulate(
+        THEO,
+        design,
+        typical={"KA": 1.5, "CL": 2.7, "V": 31.5},
+        omega=np.diag([0.36, 0.09, 0.04]),
+        sigma={"add": 0.7},
+        seed=seed,
+    )
+
+
+def test_pilot_centres_partially_where_subjects_differ():
+    """Rich subjects pin KA (weights near 1), two samples at steady state say little about it
+    (near 0): KA's weights spread beyond PARTIAL_SPREAD and it is sampled partially centred, not
+    centred or non-centred. Theophylline's alike subjects get no partial centring. Explicit
+    choices override the pilot; a block Omega is never partial; without a pilot, none."""
+    data = _mixed_data()
+    pilot = run_pilot(THEO, data)
+    partial = partially_centred(THEO, pilot)
+    assert "KA" in partial, pilot.ratios
+    w = partial["KA"]
+    assert np.median(w[:10]) > 0.7 and np.median(w[10:]) < 0.3, (w[:10], w[10:])
+    assert np.subtract(*np.quantile(w, [0.75, 0.25])) > PARTIAL_SPREAD
+    assert not set(partial) & set(centred_parameters(THEO, pilot))
+    np.testing.assert_allclose(
+        w, centring_weights(pilot.subject_ratios[:, 0], data.n_subjects), rtol=0, atol=0
+    )
+    forced = dataclasses.replace(
+        THEO, iiv=IIV(["KA", "CL", "V"], sd=[0.6, 0.3, 0.1], parameterisation="partial")
+    )
+    assert list(partially_centred(forced, pilot)) == ["KA", "CL", "V"]
+    assert centred_parameters(forced, pilot) == []
+    plain = dataclasses.replace(
+        forced, iiv=IIV(["KA", "CL", "V"], sd=[0.6, 0.3, 0.1], parameterisation="noncentered")
+    )
+    assert partially_centred(plain, pilot) == {}
+    assert partially_centred(BLOCK, run_pilot(BLOCK, data)).keys() <= {"KA"}
+    assert partially_centred(THEO, None) == {}
+    assert partially_centred(THEO, run_pilot(THEO, datasets.theophylline())) == {}
+
+
+def test_partial_centring_is_checked():
+    data = datasets.theophylline()
+    ones = np.ones(data.n_subjects)
+    with pytest.raises(ValueError, match="needs a diagonal block"):
+        IIV(["CL", "V"], block=True, parameterisation="partial")
+    with pytest.raises(ValueError, match="'F' has no IIV"):
+        build_model(THEO, data, partial={"F": ones})
+    with pytest.raises(ValueError, match="'CL' is in a block Omega"):
+        build_model(BLOCK, data, partial={"CL": ones})
+    with pytest.raises(ValueError, match="'KA' is also centred"):
+        build_model(THEO, data, centered=["KA"], partial={"KA": ones})
+    with pytest.raises(ValueError, match="expected 12 values"):
+        build_model(THEO, data, partial={"KA": np.ones(3)})
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        build_model(THEO, data, partial={"KA": 2 * ones})
+    spec = dataclasses.replace(THEO, iiv=IIV(["KA"], sd=[0.6], parameterisation="partial"))
+    assert ModelSpec.from_toml(spec.to_toml()) == spec
+
+
 def test_initial_point_puts_etas_at_their_conditional_modes():
     data = datasets.theophylline()
     pilot = run_pilot(THEO, data)
@@ -209,6 +316,12 @@ def test_initial_point_puts_etas_at_their_conditional_modes():
             tv = np.log([1.5, 2.7])
             np.testing.assert_allclose(start["phi_0"], tv + pilot.eta[:, :2])
             np.testing.assert_allclose(start["z_0"], pilot.eta[:, 2:] / 0.1)
+    # partially centred: psi = w log TV + omega**w z with z = eta / omega, so its z is the EBE's
+    w = np.linspace(0, 1, data.n_subjects)
+    built = build_model(THEO, data, deterministics=False, centered=["CL"], partial={"V": w})
+    start = initial_point(built, THEO, pilot)
+    np.testing.assert_allclose(start["psi_0"][:, 0], w * np.log(31.5) + 0.1**w * pilot.eta[:, 2] / 0.1)
+    np.testing.assert_allclose(start["z_0"], pilot.eta[:, :1] / 0.6)
 
 
 def test_parameterisation_round_trips_and_is_checked(tmp_path):
@@ -252,6 +365,26 @@ def test_rich_design_default_fit_centres_and_converges():
     assert "Etas sampled centred CL" in res.report()
     # the stored draws are the non-centred z: eta = omega * z to rounding
     post = res.posterior
+    np.testing.assert_allclose(
+        post["eta"].values, (post["z_0"] * post["omega_sd"].values[..., None, :]).values, atol=1e-12
+    )
+
+
+@pytest.mark.sampling
+def test_mixed_design_default_fit_centres_partially_and_converges(tmp_path):
+    """The mixed rich/sparse design: the default fit samples KA partially centred, converges, and
+    stores the draws as the non-centred z (eta = omega z to rounding, no psi left); the report
+    says so, also after saving and loading."""
+    data = _mixed_data()
+    res = fit(THEO, data, draws=400, tune=400, chains=2, seed=3, diagnostics=False)
+    assert "KA" in res.idata.attrs["nlmebayes_partial_weights"]
+    assert_converged(res)
+    assert "partially centred KA" in res.report()
+    back = FitResult.load(res.save(tmp_path / "mixed.nc"))
+    assert back.idata.attrs["nlmebayes_partial_weights"] == res.idata.attrs["nlmebayes_partial_weights"]
+    assert "partially centred KA" in back.report()
+    post = res.posterior
+    assert not [v for v in post.data_vars if v.startswith(("phi_", "psi_"))]
     np.testing.assert_allclose(
         post["eta"].values, (post["z_0"] * post["omega_sd"].values[..., None, :]).values, atol=1e-12
     )

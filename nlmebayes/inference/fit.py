@@ -8,6 +8,7 @@ import time
 import warnings
 from typing import Literal
 
+import numpy as np
 import pymc as pm
 import pytensor
 
@@ -21,6 +22,7 @@ from nlmebayes.inference.parameterisation import (
     centred_parameters,
     initial_point,
     noncentred_draws,
+    partially_centred,
     run_pilot,
 )
 from nlmebayes.inference.preflight import check_start, sample_with_guard
@@ -152,6 +154,7 @@ def fit(
     t_pilot = time.perf_counter()
     pilot = _pilot(spec, data)
     centered = centred_parameters(spec, pilot)
+    partial = partially_centred(spec, pilot)
     t0 = time.perf_counter()
     settings = dict(
         backend=backend,
@@ -165,7 +168,7 @@ def fit(
         cores=cores,
         stall_seconds=stall_seconds,
     )
-    idata = _sample(spec, data, centered, pilot if init == "pilot" else None, sampler, settings)
+    idata = _sample(spec, data, (centered, partial), pilot if init == "pilot" else None, sampler, settings)
     wall = time.perf_counter() - t0
     add_derived(built.model, idata)
     t_derived = time.perf_counter() - t0 - wall
@@ -184,6 +187,7 @@ def fit(
         nlmebayes_seed=-1 if seed is None else int(seed),
         nlmebayes_design_warnings="\n".join(design),
         nlmebayes_centered=centered,
+        nlmebayes_partial_weights={p: np.quantile(w, [0.25, 0.5, 0.75]).tolist() for p, w in partial.items()},
         nlmebayes_centering_ratios=pilot.ratios if pilot else {},
     )
     result = FitResult.from_sampling(idata, spec, built.data)
@@ -217,7 +221,7 @@ def _pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
 def _sample(
     spec: ModelSpec,
     data: EventData,
-    centered: list,
+    choice: tuple,
     pilot: Pilot | None,
     sampler: str,
     settings: dict,
@@ -230,7 +234,8 @@ def _sample(
     Graph-building stack traces are switched off: they cost ~10% of the compile time and only
     serve PyTensor's error messages.
     """
-    built = build_model(spec, data, deterministics=False, centered=centered)
+    centered, partial = choice
+    built = build_model(spec, data, deterministics=False, centered=centered, partial=partial)
     start = initial_point(built, spec, pilot) if pilot is not None else None
     idata = _run_sampler(built.model, start, sampler, **settings)
     noncentred_draws(built, idata)
@@ -275,10 +280,10 @@ def _run_sampler(
 ):
     """Nutpie or PyMC's NUTS from ``start``; nutpie jitters only the population variables.
 
-    Without a start every variable is jittered except a centred ``phi``, which starts at its
-    typical value: jittered, it can start where the gradient is not finite.
+    Without a start every variable is jittered except a (partially) centred ``phi`` or ``psi``,
+    which starts at its prior mean: jittered, it can start where the gradient is not finite.
     """
-    skip = ("phi_",) if start is None else ("z_", "phi_")
+    skip = ("phi_", "psi_") if start is None else ("z_", "phi_", "psi_")
     pop = {rv for rv in bare.free_RVs if not rv.name.startswith(skip)}
     quiet = pytensor.config.change_flags(traceback__limit=0)
     if sampler == "nutpie":

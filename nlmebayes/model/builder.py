@@ -19,6 +19,8 @@ name                dims                           meaning
 ``z_<k>``           (subject, iiv_<k>)             free: standard-normal etas of block k
 ``phi_<k>``         (subject, iiv_<k>)             free instead of ``z_<k>`` where centred: log P_i
                                                    (log-normal) or P_i (additive)
+``psi_<k>``         (subject, iiv_<k>)             free instead of ``z_<k>`` where partially
+                                                   centred (see below)
 ``eta``             (subject, iiv)                 random effects (non-centred: omega x z)
 ``P``               (subject)                      individual parameter P_i (with time-varying
                                                    covariates: at their reference values)
@@ -39,6 +41,15 @@ variable of a centred parameter is its transformed individual value ``phi`` (Mon
 with a Normal(log TV_i, omega) prior. The builder also returns the expression of the
 standard-normal ``z`` of every such block, so the draws are stored as ``z`` and every later
 computation uses the non-centred graph.
+
+Partially centred etas (``partial=``) give each subject i a weight w_i in [0, 1] between the two
+(Papaspiliopoulos, Roberts & Sköld 2003; Gorinova, Moore & Hoffman 2020): the free variable is
+``psi_i ~ Normal(w_i mu_i, omega**w_i)`` and ``eta_i = omega**(1 - w_i) (psi_i - w_i mu_i)``,
+with ``mu_i`` the centred prior mean (log TV_i). w = 1 is the centred ``phi``, w = 0 the
+non-centred ``z``; in between, a subject whose data say as much as Omega does is neither pinned
+to omega (as ``z`` is) nor to the typical value (as ``phi`` is). For a normal model with known
+variances, ``w_i = 1 - (conditional SD / omega)**2`` makes ``psi_i`` and ``mu`` independent a
+posteriori.
 """
 
 from __future__ import annotations
@@ -89,10 +100,14 @@ class BuiltModel:
         Categorical covariate effect name -> (reference level, other levels in order).
     centered : list of str
         IIV parameters sampled centred.
+    partial : dict
+        IIV parameter -> weights (subject,) of the partially centred ones.
     z_expressions : dict
-        ``z_<k>`` -> its expression in the free variables, for blocks with centred parameters.
+        ``z_<k>`` -> its expression in the free variables, for blocks with (partially) centred
+        parameters.
     phi_means : dict
-        ``phi_<k>`` -> its prior mean (log typical value per subject) as an expression.
+        ``phi_<k>`` and ``psi_<k>`` -> its prior mean as an expression (``phi``: the log typical
+        value per subject; ``psi``: the weights times that).
     starts : dict
         Starting values the builder knows best for some free variables (the horseshoe of
         candidate effects starts with every effect at 0 and its scales at their prior's).
@@ -105,13 +120,14 @@ class BuiltModel:
     dose_index: np.ndarray | None = None
     categorical_levels: dict = field(default_factory=dict)
     centered: list = field(default_factory=list)
+    partial: dict = field(default_factory=dict)
     z_expressions: dict = field(default_factory=dict)
     phi_means: dict = field(default_factory=dict)
     starts: dict = field(default_factory=dict)
 
 
 def build_model(
-    spec: ModelSpec, data: EventData, *, deterministics: bool = True, centered=None
+    spec: ModelSpec, data: EventData, *, deterministics: bool = True, centered=None, partial=None
 ) -> BuiltModel:
     """Build the PyMC model of ``spec`` for ``data``.
 
@@ -133,6 +149,9 @@ def build_model(
         IIV parameters to sample centred (see the module docstring); default none: the
         non-centred graph, which every computation after sampling uses. :func:`~nlmebayes.fit`
         passes the spec's choices (``parameterisation``), ``"auto"`` resolved by a pilot.
+    partial : dict, optional
+        IIV parameter -> weights in [0, 1], one per subject: etas sampled partially centred (see
+        the module docstring). Not for a block Omega, nor for a parameter in ``centered``.
 
     Returns
     -------
@@ -171,6 +190,7 @@ def build_model(
     unknown = set(centered) - set(spec.iiv_parameters)
     if unknown:
         raise ValueError(f"centered parameters {sorted(unknown)} have no IIV")
+    partial = _check_partial(spec, data, partial or {}, centered)
     z_expressions: dict = {}
     phi_means: dict = {}
     starts: dict = {}
@@ -181,7 +201,7 @@ def build_model(
             starts.update(_candidate_effects(spec, data, model, tv_i, det))
         _levels(spec, data, model, tv_i, det)
         params = _inter_individual(
-            spec, model, tv_i, det, deterministics, set(centered), z_expressions, phi_means
+            spec, model, tv_i, det, deterministics, (set(centered), partial), z_expressions, phi_means
         )
         if spec.iov:
             params = _inter_occasion(spec, data, model, params, det, occ_subject, deterministics)
@@ -208,6 +228,7 @@ def build_model(
         dose_index=dose_index,
         categorical_levels=cat_levels,
         centered=[p for p in spec.iiv_parameters if p in set(centered)],
+        partial=partial,
         z_expressions=z_expressions,
         phi_means=phi_means,
         starts=starts,
@@ -536,7 +557,7 @@ def _inter_individual(
     tv_i: dict,
     det,
     store: bool,
-    centered: set,
+    choice: tuple,
     z_expressions: dict,
     phi_means: dict,
 ) -> dict:
@@ -547,12 +568,15 @@ def _inter_individual(
     no column joins between the free variables and the structural model, which halves the
     compiled density of a model like theophylline's (124 -> 64 nodes; compile 4.3 -> 2.6 s).
     With the deterministics (``store``) every parameter goes through the stored ``eta``, which
-    later computations replace by etas of their own.
+    later computations replace by etas of their own. ``choice`` is (centred parameters, partially
+    centred parameter -> weights).
     """
+    centered, partial = choice
     etas, sds, cols = [], [], {}
     for k, block in enumerate(spec.iiv):
         cen = [p in centered for p in block.parameters]
-        if not any(cen):
+        weights = [partial.get(p) for p in block.parameters]
+        if not any(cen) and all(w is None for w in weights):
             # z before omega: the order of the sampler's parameter vector (and so the draws of a
             # seed) is what it was before centring existed
             z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}"))
@@ -562,9 +586,10 @@ def _inter_individual(
         else:
             sd, chol = _omega(model, k, block, det, store)
             kinds = [spec.eta_kind(p) for p in block.parameters]
-            eta, z_expressions[f"z_{k}"], phi_means[f"phi_{k}"], block_cols = _centred_block(
-                model, k, block, cen, tv_i, sd, chol, kinds
+            eta, z_expressions[f"z_{k}"], means, block_cols = _centred_block(
+                model, k, block, (cen, weights), tv_i, sd, chol, kinds
             )
+            phi_means.update(means)
             cols.update(block_cols)
         etas.append(eta)
         sds.append(sd)
@@ -708,55 +733,109 @@ def _inverse_wishart(model: pm.Model, k: int, block, det):
     return sd, chol
 
 
-def _centred_block(model: pm.Model, k: int, block, cen: list, tv_i: dict, sd, chol, kinds: list):
-    """Etas of block ``k`` with the centred parameters' ``phi`` free; the block's ``z``; phi's mean.
+def _centred_block(model: pm.Model, k: int, block, choice: tuple, tv_i: dict, sd, chol, kinds: list):
+    """Etas of block ``k`` with (partially) centred free variables; the block's ``z``; their means.
 
-    ``phi = log TV_i + eta`` (log-normal) or ``TV_i + eta`` (additive). A block Omega is centred as a
-    whole (``phi ~ MvNormal(mean, chol)``); in a diagonal block the non-centred parameters keep
-    their standard-normal ``z``. The returned ``z`` (all parameters of the block, in order) is
-    ``eta / omega`` or ``chol^-1 eta``. Last, per parameter, ``("phi", column)`` for a centred
-    one and ``("eta", column)`` for the others (see :func:`_inter_individual`).
+    ``choice`` is (centred flag, partial weights or None) per parameter. ``phi = log TV_i + eta``
+    (log-normal) or ``TV_i + eta`` (additive). A block Omega is centred as a whole
+    (``phi ~ MvNormal(mean, chol)``); in a diagonal block the centred parameters share ``phi_<k>``,
+    the partially centred ones ``psi_<k>`` (:func:`_partial_columns`), the others keep their
+    standard-normal ``z``. The returned ``z`` (all parameters of the block, in order) is
+    ``eta / omega`` or ``chol^-1 eta``; the means are by free variable name. Last, per parameter,
+    ``("phi", column)`` for a centred one and ``("eta", column)`` for the others (see
+    :func:`_inter_individual`).
     """
+    cen, weights = choice
     if block.block:
-        cen = [True] * len(cen)  # centred as a whole
-    c_idx = [j for j, c in enumerate(cen) if c]
-    n_idx = [j for j, c in enumerate(cen) if not c]
-    # the centred columns only, each taken apart: a stack of all and a slice of it would put a
-    # join and its gradient's split into the compiled density
-    means = [
-        log_of(tv_i[block.parameters[j]]) if kinds[j] == "lognormal" else tv_i[block.parameters[j]]
-        for j in c_idx
-    ]
-    if any(m.ndim for m in means):  # covariates make some per subject
-        means = pt.broadcast_arrays(*means)
-    mean = pt.stack(means, axis=-1)
-    if block.block:
+        mean = _centred_mean(tv_i, block, kinds, range(len(cen)))
         phi = pm.MvNormal(f"phi_{k}", mu=mean, chol=chol, dims=("subject", f"iiv_{k}"))
         eta = phi - mean
         z = pt.linalg.solve_triangular(chol, eta.T, lower=True).T
-        return eta, z, mean, {p: ("phi", phi[:, j]) for j, p in enumerate(block.parameters)}
-    whole = not n_idx
-    if not whole:
-        model.add_coord(f"iiv_{k}_c", [block.parameters[j] for j in c_idx])
-        model.add_coord(f"iiv_{k}_nc", [block.parameters[j] for j in n_idx])
-    phi = pm.Normal(
-        f"phi_{k}",
-        mu=mean,
-        sigma=pt.stack([sd[j] for j in c_idx]),
-        dims=("subject", f"iiv_{k}" if whole else f"iiv_{k}_c"),
-    )
-    cols_eta, cols_z, cols = [None] * len(cen), [None] * len(cen), {}
-    for i, j in enumerate(c_idx):
-        cols_eta[j] = phi[:, i] - mean[..., i]
-        cols_z[j] = cols_eta[j] / sd[j]
-        cols[block.parameters[j]] = ("phi", phi[:, i])
+        return eta, z, {f"phi_{k}": mean}, {p: ("phi", phi[:, j]) for j, p in enumerate(block.parameters)}
+    c_idx = [j for j, c in enumerate(cen) if c]
+    p_idx = [j for j, w in enumerate(weights) if w is not None]
+    n_idx = [j for j in range(len(cen)) if j not in c_idx and j not in p_idx]
+
+    def dim(suffix: str, idx: list) -> str:  # the block's own coordinate when one kind has it all
+        if len(idx) == len(cen):
+            return f"iiv_{k}"
+        model.add_coord(f"iiv_{k}_{suffix}", [block.parameters[j] for j in idx])
+        return f"iiv_{k}_{suffix}"
+
+    cols_eta, cols_z, cols, means = [None] * len(cen), [None] * len(cen), {}, {}
+    if c_idx:
+        # the centred columns only, each taken apart: a stack of all and a slice of it would put a
+        # join and its gradient's split into the compiled density
+        mean = _centred_mean(tv_i, block, kinds, c_idx)
+        phi = pm.Normal(
+            f"phi_{k}", mu=mean, sigma=pt.stack([sd[j] for j in c_idx]), dims=("subject", dim("c", c_idx))
+        )
+        means[f"phi_{k}"] = mean
+        for i, j in enumerate(c_idx):
+            cols_eta[j] = phi[:, i] - mean[..., i]
+            cols_z[j] = cols_eta[j] / sd[j]
+            cols[block.parameters[j]] = ("phi", phi[:, i])
+    if p_idx:
+        mean = _centred_mean(tv_i, block, kinds, p_idx)
+        w = np.stack([weights[j] for j in p_idx], axis=-1)
+        z_p, means[f"psi_{k}"] = _partial_columns(
+            f"psi_{k}", mean, w, [sd[j] for j in p_idx], dim("p", p_idx)
+        )
+        for i, j in enumerate(p_idx):
+            cols_z[j] = z_p[:, i]
+            cols_eta[j] = z_p[:, i] * sd[j]
+            cols[block.parameters[j]] = ("eta", cols_eta[j])
     if n_idx:
-        z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", f"iiv_{k}_nc"))
+        z = pm.Normal(f"z_{k}", 0.0, 1.0, dims=("subject", dim("nc", n_idx)))
         for i, j in enumerate(n_idx):
             cols_eta[j] = z[:, i] * sd[j]
             cols_z[j] = z[:, i]
             cols[block.parameters[j]] = ("eta", cols_eta[j])
-    return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), mean, cols
+    return pt.stack(cols_eta, axis=1), pt.stack(cols_z, axis=1), means, cols
+
+
+def _centred_mean(tv_i: dict, block, kinds: list, idx):
+    """The centred prior mean of the block's columns ``idx``: log TV_i (log-normal) or TV_i."""
+    means = [
+        log_of(tv_i[block.parameters[j]]) if kinds[j] == "lognormal" else tv_i[block.parameters[j]]
+        for j in idx
+    ]
+    if any(m.ndim for m in means):  # covariates make some per subject
+        means = pt.broadcast_arrays(*means)
+    return pt.stack(means, axis=-1)
+
+
+def _partial_columns(name: str, mean, w: np.ndarray, sds: list, dim: str):
+    """Partially centred free variable ``name`` (module docstring); returns its ``z`` and mean.
+
+    ``psi ~ Normal(w mean, omega**w)``, so ``z = (psi - w mean) / omega**w`` is standard normal.
+    ``omega**w`` is written ``exp(w log omega)``: one exponential per element, and its inverse
+    the exponential of the negative instead of a division.
+    """
+    log_scale = w * pt.log(pt.stack(sds))  # (subject, columns)
+    shift = w * mean
+    psi = pm.Normal(name, mu=shift, sigma=pt.exp(log_scale), dims=("subject", dim))
+    return (psi - shift) * pt.exp(-log_scale), shift
+
+
+def _check_partial(spec: ModelSpec, data: EventData, partial: dict, centered) -> dict:
+    """``partial`` of :func:`build_model`, checked: weights as float arrays (subject,)."""
+    in_block = {p for b in spec.iiv if b.block for p in b.parameters}
+    out = {}
+    for p, w in partial.items():
+        if p not in spec.iiv_parameters:
+            raise ValueError(f"partially centred parameter {p!r} has no IIV")
+        if p in in_block or p in set(centered):
+            why = "is in a block Omega" if p in in_block else "is also centred"
+            raise ValueError(f"partially centred parameter {p!r} {why}")
+        w = np.asarray(w, dtype=float)
+        if w.shape != (data.n_subjects,) or not np.all((w >= 0) & (w <= 1)):
+            raise ValueError(
+                f"partial weights of {p!r}: expected {data.n_subjects} values (one per subject) "
+                f"in [0, 1], got shape {w.shape}"
+            )
+        out[p] = w
+    return out
 
 
 def _inter_occasion(

@@ -72,9 +72,10 @@ CovariateKind = Literal["power", "exponential", "linear", "indicator", "categori
 EtaKind = Literal["lognormal", "additive"]
 #: How the sampler sees an IIV block's random effects: ``"noncentered"`` samples standard-normal ``z``
 #: (eta = omega z; right when the data say little about each subject), ``"centered"`` samples the
-#: individual parameter itself around its typical value (right when they say much), ``"auto"``
+#: individual parameter itself around its typical value (right when they say much), ``"partial"``
+#: weighs the two per subject (right when subjects differ: rich and sparse ones), ``"auto"``
 #: chooses per parameter from a pilot (see :mod:`nlmebayes.inference.parameterisation`).
-Parameterisation = Literal["auto", "centered", "noncentered"]
+Parameterisation = Literal["auto", "centered", "noncentered", "partial"]
 #: How a typical value is estimated (see :class:`Parameter`).
 ParameterScale = Literal["log", "linear"]
 #: Residual error models (see :class:`ResidualError`).
@@ -378,11 +379,13 @@ class IIV:
         Degrees of freedom (> q - 1), default q + 2 (weakly informative; finite mean).
     iw_scale : list of lists, optional
         Scale matrix, default ``diag(sd^2) (df - q - 1)`` (prior mean ``diag(sd^2)``).
-    parameterisation : {"auto", "centered", "noncentered"}
+    parameterisation : {"auto", "centered", "noncentered", "partial"}
         How the sampler sees these etas; the model and the results are the same either way (the
         posterior always holds the standard-normal ``z``). ``"auto"`` (default) centres a
-        parameter when a pilot finds the data inform it more than Omega does; a block Omega is
-        centred or not as a whole.
+        parameter when a pilot finds the data inform it more than Omega does, and centres it
+        partially, with a weight per subject, when subjects differ in how much their data say
+        (``"partial"`` forces that; not for a block Omega); a block Omega is centred or not as a
+        whole.
     """
 
     parameters: list[str]
@@ -420,6 +423,11 @@ class IIV:
             raise ValueError(
                 f"IIV parameterisation must be one of {get_args(Parameterisation)}, "
                 f"got {self.parameterisation!r}"
+            )
+        if self.block and self.parameterisation == "partial":
+            raise ValueError(
+                f"IIV on {self.parameters}: a block Omega is centred or non-centred as a whole; "
+                "parameterisation='partial' needs a diagonal block"
             )
 
     def priors(self) -> list[Prior]:

@@ -25,17 +25,30 @@ def _parameterisation_lines(spec, attrs) -> list[str]:
         return []
     centred = list(attrs["nlmebayes_centered"])
     ratios = dict(attrs.get("nlmebayes_centering_ratios") or {})
+    partial = dict(attrs.get("nlmebayes_partial_weights") or {})
 
     def one(p):
         return f"{p} ({ratios[p]:.2f})" if p in ratios else p
 
-    others = [p for p in spec.iiv_parameters if p not in centred]
+    def weighed(p):
+        q1, _, q3 = partial[p]
+        return f"{p} ({ratios[p]:.2f}; weights {q1:.2f}-{q3:.2f})" if p in ratios else p
+
+    others = [p for p in spec.iiv_parameters if p not in centred and p not in partial]
     parts = []
     if centred:
         parts.append("centred " + ", ".join(one(p) for p in centred))
+    if partial:
+        parts.append("partially centred " + ", ".join(weighed(p) for p in partial))
     if others:
         parts.append("non-centred " + ", ".join(one(p) for p in others))
-    return ["Etas sampled " + "; ".join(parts) + (" (pilot conditional SD / omega)" if ratios else "")]
+    lines = ["Etas sampled " + "; ".join(parts) + (" (pilot conditional SD / omega)" if ratios else "")]
+    if partial:
+        lines.append(
+            "  partially centred: each subject weighs centred (1) against non-centred (0) by how much "
+            "its data say; weights of the middle half of the subjects shown"
+        )
+    return lines
 
 
 def report(result, ci: float = 0.95) -> str:
