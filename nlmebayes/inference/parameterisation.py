@@ -105,17 +105,19 @@ def centring_weights(ratios, n_subjects: int) -> np.ndarray:
     subjects (threshold ``1/sqrt(2)``) this is ``1 - ratio**2``, the weight that makes the
     partially centred eta and the typical value independent in a normal model with known
     variances; with fewer subjects the weights are smaller, as the threshold is, because Omega is
-    less certain.
+    less certain. A ratio that is not a number (the pilot's curvature at a subject was not
+    positive definite) gives 0: what is not known to be informed stays non-centred.
 
     Examples
     --------
-    >>> np.round(centring_weights([0.0, 0.3, 0.7071, 1.0], 120), 2).tolist()
-    [1.0, 0.91, 0.5, 0.0]
+    >>> np.round(centring_weights([0.0, 0.3, 0.7071, 1.0, np.nan], 120), 2).tolist()
+    [1.0, 0.91, 0.5, 0.0, 0.0]
     >>> np.round(centring_weights([0.3], 12), 2).tolist()
     [0.82]
     """
     t = centring_threshold(n_subjects)
-    return np.clip(1.0 - 0.5 * (np.asarray(ratios, dtype=float) / t) ** 2, 0.0, 1.0)
+    r = np.nan_to_num(np.asarray(ratios, dtype=float), nan=np.inf)
+    return np.clip(1.0 - 0.5 * (r / t) ** 2, 0.0, 1.0)
 
 
 @dataclass
@@ -188,7 +190,7 @@ def run_pilot(spec: ModelSpec, data: EventData) -> Pilot | None:
         _, _, H, _ = JointObjective(cm, pop, np.diag(sd**2)).derivatives(eta)
     cond_sd = np.sqrt(np.diagonal(np.linalg.inv(H), axis1=1, axis2=2))[:, :q]
     each = cond_sd / sd[:q]
-    ratio = np.median(each, axis=0)
+    ratio = np.nanmedian(each, axis=0)  # a subject whose curvature failed does not decide
     return Pilot(dict(zip(core.iiv_parameters[:q], map(float, ratio), strict=True)), eta[:, :q], pop, each)
 
 
