@@ -50,6 +50,16 @@ def rich_iv(seed: int, n_subjects: int = 120):
     return simulate(IV, design, typical=IV_TRUTH, omega=np.diag(IV_OMEGA2), sigma={"prop": 0.1}, seed=seed)
 
 
+def mixed_iv(seed: int, n_rich: int = 50, n_sparse: int = 150):
+    """The rich IV design's 19 samples for ``n_rich`` subjects, 2 of those times at random for
+    ``n_sparse`` more (IDs after the rich ones), 2-cpt, 10% proportional error."""
+    rich = sampling_design(n_rich, IV_TIMES, amt=1000.0, seed=seed).input_frame()
+    sparse = sampling_design(n_sparse, IV_TIMES, amt=1000.0, per_subject=2, seed=seed + 100).input_frame()
+    sparse["ID"] += n_rich
+    design = read_nonmem(pd.concat([rich, sparse], ignore_index=True))
+    return simulate(IV, design, typical=IV_TRUTH, omega=np.diag(IV_OMEGA2), sigma={"prop": 0.1}, seed=seed)
+
+
 def old_default(spec: ModelSpec) -> ModelSpec:
     """The spec as fit sampled it before issue 13: every eta non-centred, no flip-flop guard."""
     iiv = [dataclasses.replace(b, parameterisation="noncentered") for b in spec.iiv]
