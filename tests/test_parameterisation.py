@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pandas as pd
@@ -368,6 +369,20 @@ def test_rich_design_default_fit_centres_and_converges():
     np.testing.assert_allclose(
         post["eta"].values, (post["z_0"] * post["omega_sd"].values[..., None, :]).values, atol=1e-12
     )
+
+
+@pytest.mark.sampling
+def test_partial_without_a_pilot_warns_and_samples_non_centred(monkeypatch):
+    """Models without a pilot (non-continuous outcomes, a failed pilot) have no per-subject
+    weights: a block that asks for partial centring is sampled non-centred, and fit says so."""
+    spec = dataclasses.replace(
+        THEO, iiv=IIV(["KA", "CL", "V"], sd=[0.6, 0.3, 0.1], parameterisation="partial")
+    )
+    monkeypatch.setattr(sys.modules["nlmebayes.inference.fit"], "_pilot", lambda spec, data: None)
+    with pytest.warns(UserWarning, match=r"parameterisation='partial'.*no pilot.*\['KA', 'CL', 'V'\]"):
+        res = fit(spec, datasets.theophylline(), draws=20, tune=20, chains=1, seed=1, diagnostics=False)
+    assert res.idata.attrs["nlmebayes_partial_weights"] == {}
+    assert res.idata.attrs["nlmebayes_centered"] == []
 
 
 @pytest.mark.sampling

@@ -155,6 +155,13 @@ def fit(
     pilot = _pilot(spec, data)
     centered = centred_parameters(spec, pilot)
     partial = partially_centred(spec, pilot)
+    asked = [p for b in spec.iiv if b.parameterisation == "partial" for p in b.parameters]
+    if asked and pilot is None:
+        warnings.warn(
+            f"parameterisation='partial' weighs each subject by the pilot's conditional SD, and this "
+            f"model has no pilot (non-continuous outcomes, or it failed): {asked} sampled non-centred",
+            stacklevel=2,
+        )
     t0 = time.perf_counter()
     settings = dict(
         backend=backend,

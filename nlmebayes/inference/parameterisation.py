@@ -107,8 +107,8 @@ def centring_weights(ratios, n_subjects: int) -> np.ndarray:
     subjects (threshold ``1/sqrt(2)``) this is ``1 - ratio**2``, the weight that makes the
     partially centred eta and the typical value independent in a normal model with known
     variances; with fewer subjects the weights are smaller, as the threshold is, because Omega is
-    less certain. A ratio that is not a number (the pilot's curvature at a subject was not
-    positive definite) gives 0: what is not known to be informed stays non-centred.
+    less certain. A ratio that is not a number (the pilot's predictions for a subject were not
+    finite) gives 0: what is not known to be informed stays non-centred.
 
     Examples
     --------
