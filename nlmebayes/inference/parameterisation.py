@@ -33,7 +33,7 @@ partially centred it was 1,311-2,106, 2.45 times the ESS per second (median of 5
 ``benchmarks/sampling.py --designs mixed``). On 200 2-cpt IV subjects, 50 with 19 samples and 150
 with 2, it was 3.48 times (3.34-5.30), and the plain choice missed R-hat <= 1.01 in 2 of 5
 seeds. On designs whose subjects are alike (the rich oral and IV designs) partial centring
-measured 0.9-1.0 times the ESS per second of the plain choice, so it is chosen only where the
+measured 0.77-1.02 times the ESS per second of the plain choice, so it is chosen only where the
 weights spread (:data:`PARTIAL_SPREAD`).
 
 The same pilot gives the chains their start (:func:`initial_point`): etas at the conditional

@@ -88,8 +88,10 @@ def compile_settings(pause_gc: bool = True):
     With fast-math, a freshly compiled density and the same one loaded from PyTensor's disk
     cache differ in the last bit, and the same seed gave different draws on a model's first fit
     and on later ones. Without it they are bit-identical. The cost: none measurable on Theoph
-    (2 x 2000 iterations: analytic 7.45 vs 7.54 s, ODE 15.48 vs 15.69 s); 5-12% per log-density and
-    gradient on the 120-subject rich designs of ``benchmarks/sampling.py``. (It was 50% of their
+    (2 x 2000 iterations: analytic 7.45 vs 7.54 s, ODE 15.48 vs 15.69 s); on the 120-subject rich
+    designs of ``benchmarks/sampling.py`` 5-12% per log-density and gradient called from Python,
+    and 18-30% of nutpie's time per gradient, where no call overhead dilutes it (rich oral, 4 x
+    2000 iterations: 39.8 us per gradient and core vs 30.7-33.7 with fast-math). (It was 50% of their
     sampling time while the analytic models divided by V, KA - k, ... once per dose-observation
     pair: fast-math's reciprocals had hidden those divisions. LLVM's ``arcp`` flag alone was
     reproducible and took most of the gain; PyTensor sets all or none.)
