@@ -47,7 +47,7 @@ def rich_oral(seed: int):
 def rich_iv(seed: int, n_subjects: int = 120):
     """120 subjects x 19 samples after a 1000 mg bolus, 2-cpt, 10% proportional error."""
     design = sampling_design(n_subjects, IV_TIMES, amt=1000.0, seed=seed)
-    return simulate(IV, design, typical=IV_TRUTH, omega=np.diag(IV_OMEGA2), sigma={"prop": 0.1}, seed=seed)
+    return _simulate_iv(design, seed)
 
 
 def mixed_iv(seed: int, n_rich: int = 50, n_sparse: int = 150):
@@ -57,6 +57,11 @@ def mixed_iv(seed: int, n_rich: int = 50, n_sparse: int = 150):
     sparse = sampling_design(n_sparse, IV_TIMES, amt=1000.0, per_subject=2, seed=seed + 100).input_frame()
     sparse["ID"] += n_rich
     design = read_nonmem(pd.concat([rich, sparse], ignore_index=True))
+    return _simulate_iv(design, seed)
+
+
+def _simulate_iv(design, seed: int):
+    """The IV design's truth simulated at ``design``'s records."""
     return simulate(IV, design, typical=IV_TRUTH, omega=np.diag(IV_OMEGA2), sigma={"prop": 0.1}, seed=seed)
 
 

@@ -44,16 +44,11 @@ def one(spec, data, draws, chains, seed, **options):
         warnings.simplefilter("ignore")
         res = fit(spec, data, draws=draws, tune=draws, chains=chains, seed=seed, diagnostics=False, **options)
     r, e = population_diagnostics(res)
-    wall = res.idata.attrs["nlmebayes_sampling_seconds"]
     attrs = res.idata.attrs
+    wall = attrs["nlmebayes_sampling_seconds"]
     partial = list(attrs["nlmebayes_partial_weights"])
-    return (
-        r,
-        e,
-        wall,
-        e / wall,
-        f"{attrs['nlmebayes_centered']}" + (f", partially {partial}" if partial else ""),
-    )
+    choice = f"{attrs['nlmebayes_centered']}" + (f", partially {partial}" if partial else "")
+    return r, e, wall, e / wall, choice
 
 
 def main():
