@@ -147,16 +147,24 @@ def test_blq_m3_recovers_what_discarding_biases():
     assert np.isnan(marginal["cwres"].values[m3.data.obs_cens != 0]).all()
 
 
-def test_m3_likelihood_is_the_normal_cdf():
-    """The censored-likelihood terms against scipy at one parameter point."""
+@pytest.mark.parametrize("kind", ["additive", "proportional"])
+@pytest.mark.parametrize(
+    "cens, limit",
+    [([0, 1, 1, -1], [np.nan, np.nan, 0.2, np.nan]), ([0, 1, 0, 1], [np.nan] * 4)],
+    ids=["both-ends", "blq-only"],
+)
+def test_m3_likelihood_is_the_normal_cdf(kind, cens, limit):
+    """The censored-likelihood terms against scipy at one parameter point: with one SD for all
+    samples (additive) and one per sample (proportional), with intervals closed at both ends and
+    with BLQ samples alone (no lower log-CDF in the graph)."""
     df = pd.DataFrame(
         dict(
             ID=1,
             TIME=[0.0, 1, 2, 3, 4],
             AMT=[100.0, 0, 0, 0, 0],
             DV=[0.0, 4.0, 2.0, 1.0, 1.5],
-            CENS=[0, 0, 1, 1, -1],
-            LIMIT=[np.nan, np.nan, np.nan, 0.2, np.nan],
+            CENS=[0, *cens],
+            LIMIT=[np.nan, *limit],
         )
     )
     data = read_nonmem(df)
@@ -164,20 +172,21 @@ def test_m3_likelihood_is_the_normal_cdf():
         name="m3",
         structural="1cpt_iv",
         parameters={"CL": 2.0, "V": 20.0},
-        error=ResidualError("additive", add=0.5),
+        error=ResidualError(kind, **({"add": 0.5} if kind == "additive" else {"prop": 0.2})),
     )
     model = build_model(spec, data).model
-    point = {"log_CL_pop": np.log(2.0), "log_V_pop": np.log(20.0), "sigma_add_log__": np.log(0.5)}
+    sigma = {"sigma_add_log__": np.log(0.5)} if kind == "additive" else {"sigma_prop_log__": np.log(0.2)}
+    point = {"log_CL_pop": np.log(2.0), "log_V_pop": np.log(20.0), **sigma}
     logp = model.compile_fn(model.logp(vars=[model["DV"]], sum=False)[0], mode="FAST_COMPILE")(point)
     t = np.array([1.0, 2, 3, 4])
     f = 100 / 20 * np.exp(-0.1 * t)
-    n = stats.norm(f, 0.5)
-    expected = [
-        n.logpdf([4.0, 0, 0, 0])[0],
-        n.logcdf([0, 2.0, 0, 0])[1],
-        np.log(n.cdf([0, 0, 1.0, 0])[2] - n.cdf([0, 0, 0.2, 0])[2]),
-        n.logsf([0, 0, 0, 1.5])[3],
-    ]
+    n = stats.norm(f, 0.5 if kind == "additive" else 0.2 * f)
+    dv = np.array([4.0, 2.0, 1.0, 1.5])
+    lo = np.where(np.isnan(limit), -np.inf, limit)
+    expected = np.select(
+        [np.equal(cens, 0), np.equal(cens, 1), np.equal(cens, -1)],
+        [n.logpdf(dv), np.log(n.cdf(dv) - n.cdf(lo)), n.logsf(dv)],
+    )
     # PyMC's normal log-CDF evaluates erfc through a series good to ~1e-8 relative.
     np.testing.assert_allclose(logp, expected, rtol=1e-7)
 

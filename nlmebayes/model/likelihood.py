@@ -134,16 +134,17 @@ def _observed(mu, sd, nu, dv, cens, limit):
         return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
     cens = np.asarray(cens)
     lo_end, hi_end = censoring_interval(cens, dv, limit)
-    safe_lo = np.where(np.isfinite(lo_end), lo_end, 0.0)
-    safe_hi = np.where(np.isfinite(hi_end), hi_end, 0.0)
+    rows = np.flatnonzero(cens == 0), np.flatnonzero(cens != 0)
+    back = np.argsort(np.concatenate(rows))  # the two parts, concatenated, back in data order
 
     def logp(value, mu, sd, *nu_):
-        base = _residual_dist(mu, sd, nu_[0] if nu_ else None)
-        dens = pm.logp(base, value)
-        lcdf_hi = pt.switch(np.isfinite(hi_end), pm.logcdf(base, safe_hi), 0.0)
-        lcdf_lo = pt.switch(np.isfinite(lo_end), pm.logcdf(base, safe_lo), -np.inf)
-        interval = pm.math.logdiffexp(lcdf_hi, lcdf_lo)
-        return pt.switch(cens == 0, dens, interval)
+        # Each part on its own rows: the log-CDFs (and their gradients) on every row, selected by
+        # a switch, cost 40% of a 2-cpt density with 5% of its samples censored.
+        nu = nu_[0] if nu_ else None
+        unc, cen = (_residual_dist(_rows_of(mu, i), _rows_of(sd, i), nu) for i in rows)
+        dens = pm.logp(unc, value[rows[0]])
+        interval = _log_interval(cen, lo_end[rows[1]], hi_end[rows[1]])
+        return pt.concatenate([dens, interval])[back]
 
     def random(mu, sd, *nu_, rng=None, size=None):
         # Replicates before censoring: what the assay would have measured.
@@ -153,6 +154,28 @@ def _observed(mu, sd, nu, dv, cens, limit):
 
     args = (mu, sd) if nu is None else (mu, sd, nu)
     return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")
+
+
+def _rows_of(x, idx):
+    """``x[idx]``, or ``x`` itself where it broadcasts (an additive SD is one value for all rows)."""
+    return x if x.ndim == 0 or x.type.shape[-1] == 1 else x[idx]
+
+
+def _log_interval(base, lo, hi):
+    """``log P(lo < y < hi)`` for ``y ~ base``; an open end (``-inf``/``inf``) takes no log-CDF.
+
+    Where every interval is open at the same end, as with BLQ samples alone (``y < LLOQ``), the
+    other end's log-CDF is not in the graph at all.
+    """
+    lcdf_hi = (
+        0.0
+        if not np.any(np.isfinite(hi))
+        else pt.switch(np.isfinite(hi), pm.logcdf(base, np.where(np.isfinite(hi), hi, 0.0)), 0.0)
+    )
+    if not np.any(np.isfinite(lo)):
+        return lcdf_hi
+    lcdf_lo = pt.switch(np.isfinite(lo), pm.logcdf(base, np.where(np.isfinite(lo), lo, 0.0)), -np.inf)
+    return pm.math.logdiffexp(lcdf_hi, lcdf_lo)
 
 
 def observation_params(model: pm.Model) -> tuple:
