@@ -466,3 +466,30 @@ def test_dose_trains_equal_the_doses_one_by_one(name):
     for got, want in zip(*out, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
     assert out[0][0][0] == 0.0 and out[0][0][3] > 0  # before the lag has passed, nothing yet
+
+
+@pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-5, 1e-2])
+def test_dose_trains_through_ka_equal_to_k(gap):
+    """A 10-dose train into the depot with KA = k (1 + gap): the train's divided difference
+    (``_depot_train``, which switches to a series where ``|KA - k| t < 1e-3``) against the 10 doses
+    one by one (``exp_diff``), concentrations and gradients to 1e-10 relative on both sides of
+    the switch, with 2-cpt exponents far from KA beside. Both are exact formulas up to rounding
+    and the series' truncation (< 1e-14)."""
+    records = [dict(ID=1, TIME=0.0, AMT=100.0, II=12.0, ADDL=9, DV=0.0, EVID=1)]
+    obs = [1.0, 50.0, 108.5, 110.0, 119.9, 200.0]
+    records += [dict(ID=1, TIME=t, AMT=0.0, II=0, ADDL=0, DV=1.0, EVID=0) for t in obs]
+    data = read_nonmem(pd.DataFrame(records))
+    assert data.pair_count.tolist() == [1, 5, 10, 10, 10, 10]  # one train pair per sample
+    flat = data.without_trains()
+    for name in ("1cpt_oral", "2cpt_oral"):
+        model = get_model(name)
+        values = {"CL": 3.0, "V": 30.0, "KA": 0.1 * (1 + gap), "Q": 5.0, "V2": 60.0}
+        syms = {k: pt.dvector(k) for k in model.parameters}
+        args = [np.array([values[k]]) for k in syms]
+        out = []
+        for d in (data, flat):
+            conc = model.concentration(d, syms)
+            grads = pytensor.grad(pt.sum(pt.log(conc)), list(syms.values()))
+            out.append(pytensor.function(list(syms.values()), [conc, *grads], mode=MODE)(*args))
+        for got, want in zip(*out, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-10)
