@@ -469,27 +469,40 @@ def test_dose_trains_equal_the_doses_one_by_one(name):
 
 
 @pytest.mark.parametrize("gap", [0.0, 1e-9, 1e-5, 1e-2])
-def test_dose_trains_through_ka_equal_to_k(gap):
-    """A 10-dose train into the depot with KA = k (1 + gap): the train's divided difference
-    (``_depot_train``, which switches to a series where ``|KA - k| t < 1e-3``) against the 10 doses
-    one by one (``exp_diff``), concentrations and gradients to 1e-10 relative on both sides of
-    the switch, with 2-cpt exponents far from KA beside. Both are exact formulas up to rounding
-    and the series' truncation (< 1e-14)."""
-    records = [dict(ID=1, TIME=0.0, AMT=100.0, II=12.0, ADDL=9, DV=0.0, EVID=1)]
+def test_dose_trains_and_steady_state_through_ka_equal_to_k(gap):
+    """Repeated doses into the depot with KA = k (1 + gap), 1- and 2-cpt (exponents far from KA
+    beside), concentrations and gradients to 1e-10 relative on both sides of the switch to a
+    series where ``|KA - k| t < 1e-3`` (``_depot_repeated``):
+
+    - a 10-dose train against the 10 doses one by one (``exp_diff``);
+    - an SS=1 dose against a 100-dose train ending at the same dose (what is left of the doses
+      before it is below exp(-40)).
+
+    The formulas are exact up to rounding and the series' truncation (< 1e-14)."""
     obs = [1.0, 50.0, 108.5, 110.0, 119.9, 200.0]
-    records += [dict(ID=1, TIME=t, AMT=0.0, II=0, ADDL=0, DV=1.0, EVID=0) for t in obs]
-    data = read_nonmem(pd.DataFrame(records))
+    train = [dict(ID=1, TIME=0.0, AMT=100.0, II=12.0, ADDL=9, SS=0, DV=0.0, EVID=1)]
+    train += [dict(ID=1, TIME=t, AMT=0.0, II=0, ADDL=0, SS=0, DV=1.0, EVID=0) for t in obs]
+    data = read_nonmem(pd.DataFrame(train))
     assert data.pair_count.tolist() == [1, 5, 10, 10, 10, 10]  # one train pair per sample
-    flat = data.without_trains()
+    last = 12.0 * 99
+    after = [last + t for t in (0.5, 4.0, 11.9, 30.0)]
+    ss = [dict(ID=1, TIME=last, AMT=100.0, II=12.0, ADDL=0, SS=1, DV=0.0, EVID=1)]
+    long = [dict(ID=1, TIME=0.0, AMT=100.0, II=12.0, ADDL=99, SS=0, DV=0.0, EVID=1)]
+    samples = [dict(ID=1, TIME=t, AMT=0.0, II=0, ADDL=0, SS=0, DV=1.0, EVID=0) for t in after]
+    cases = [
+        (data, data.without_trains()),
+        (read_nonmem(pd.DataFrame(ss + samples)), read_nonmem(pd.DataFrame(long + samples))),
+    ]
+    values = {"CL": 3.0, "V": 30.0, "KA": 0.1 * (1 + gap), "Q": 5.0, "V2": 60.0}
     for name in ("1cpt_oral", "2cpt_oral"):
         model = get_model(name)
-        values = {"CL": 3.0, "V": 30.0, "KA": 0.1 * (1 + gap), "Q": 5.0, "V2": 60.0}
         syms = {k: pt.dvector(k) for k in model.parameters}
         args = [np.array([values[k]]) for k in syms]
-        out = []
-        for d in (data, flat):
-            conc = model.concentration(d, syms)
-            grads = pytensor.grad(pt.sum(pt.log(conc)), list(syms.values()))
-            out.append(pytensor.function(list(syms.values()), [conc, *grads], mode=MODE)(*args))
-        for got, want in zip(*out, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-10)
+        for case in cases:
+            out = []
+            for d in case:
+                conc = model.concentration(d, syms)
+                grads = pytensor.grad(pt.sum(pt.log(conc)), list(syms.values()))
+                out.append(pytensor.function(list(syms.values()), [conc, *grads], mode=MODE)(*args))
+            for got, want in zip(*out, strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-10)
