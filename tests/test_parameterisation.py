@@ -389,9 +389,14 @@ def test_partial_without_a_pilot_warns_and_samples_non_centred(monkeypatch):
 def test_mixed_design_default_fit_centres_partially_and_converges(tmp_path):
     """The mixed rich/sparse design: the default fit samples KA partially centred, converges, and
     stores the draws as the non-centred z (eta = omega z to rounding, no psi left); the report
-    says so, also after saving and loading."""
+    says so, also after saving and loading.
+
+    2 x 1000 draws: with 2 x 400 the min bulk ESS over the population parameters was below the
+    100 that ``assert_converged`` asks in 10 of 20 seeds (11 of 20 before the closed dose-train
+    formula, which moved the draws by rounding only; ESS 40-140), so the test passed by its seed's
+    luck; with 2 x 1000 it was 124-270 in 8 of 8 seeds (R-hat <= 1.022)."""
     data = _mixed_data()
-    res = fit(THEO, data, draws=400, tune=400, chains=2, seed=3, diagnostics=False)
+    res = fit(THEO, data, draws=1000, tune=600, chains=2, seed=3, diagnostics=False)
     assert "KA" in res.idata.attrs["nlmebayes_partial_weights"]
     assert_converged(res)
     assert "partially centred KA" in res.report()
