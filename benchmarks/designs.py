@@ -117,6 +117,62 @@ def mixed_oral(seed: int, n_subjects: int = 400, rich_fraction: float = 0.25):
     )
 
 
+#: A 2-cpt oral drug as a phase 1 + phase 2 analysis meets it (the messy design's truth): WT on
+#: CL and V, a block Omega on CL and V, IIV on KA, combined error, samples below 0.3 censored.
+MESSY_TRUTH = {"CL": 5.0, "V": 50.0, "Q": 8.0, "V2": 100.0, "KA": 1.2}
+MESSY_OMEGA = np.array([[0.09, 0.03, 0.0], [0.03, 0.04, 0.0], [0.0, 0.0, 0.25]])  # corr(CL, V) 0.5
+MESSY = ModelSpec(
+    "messy_2cpt_oral",
+    "2cpt_oral",
+    {k: 1.3 * v for k, v in MESSY_TRUTH.items()},
+    covariates=[
+        Covariate("CL", "WT", "power", reference=70.0, theta=0.75),
+        Covariate("V", "WT", "power", reference=70.0, theta=1.0),
+    ],
+    iiv=[IIV(["CL", "V"], sd=[0.3, 0.2], block=True), IIV(["KA"], sd=[0.5])],
+    error=ResidualError("combined", add=0.05, prop=0.15),
+)
+MESSY_RICH_TIMES = [0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 24, 48]
+
+
+def messy_oral(seed: int, n_subjects: int = 300, rich_fraction: float = 0.2, lloq: float = 0.3):
+    """A fifth of the subjects with 11 samples after one 200 mg dose (times +-5%), the rest with
+    a trough and 1-3 samples in the last of ten 12-hourly doses (ADDL); weights log-normal around
+    75 kg; samples below ``lloq`` censored (CENS = 1, DV = LLOQ: about 5%)."""
+    rng = np.random.default_rng(seed)
+    wt = np.exp(rng.normal(np.log(75.0), 0.25, n_subjects)).round(1)
+    rows = []
+    for i in range(n_subjects):
+        rich = i < rich_fraction * n_subjects
+        base = dict(ID=i + 1, WT=wt[i], II=0.0, ADDL=0)
+        rows.append(
+            {**base, "TIME": 0.0, "DV": 0.0, "AMT": 200.0, "EVID": 1, "MDV": 1, "CMT": 1}
+            | ({} if rich else {"II": 12.0, "ADDL": 9})
+        )
+        times = (
+            np.array(MESSY_RICH_TIMES) * rng.uniform(0.95, 1.05, len(MESSY_RICH_TIMES))
+            if rich
+            else np.sort(np.r_[107.9, rng.uniform(108.2, 120.0, rng.integers(1, 4))])
+        )
+        rows += [
+            {**base, "TIME": round(t, 3), "DV": 1.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 2} for t in times
+        ]
+    sim = simulate(
+        MESSY,
+        read_nonmem(pd.DataFrame(rows)),
+        typical=MESSY_TRUTH,
+        omega=MESSY_OMEGA,
+        thetas={"theta_CL_WT": 0.75, "theta_V_WT": 1.0},
+        sigma={"add": 0.05, "prop": 0.15},
+        seed=seed,
+    )
+    df = sim.input_frame()
+    blq = (df["MDV"] == 0) & (df["DV"] < lloq)
+    df["CENS"] = blq.astype(int)
+    df.loc[blq, "DV"] = lloq
+    return read_nonmem(df)
+
+
 def without_partial(spec: ModelSpec, data) -> ModelSpec:
     """The spec as fit sampled it before partial centring (0.5): each IIV parameter centred or
     not as a whole, by its median subject's conditional SD / omega, written out explicitly (one
