@@ -85,27 +85,39 @@ MIXED = ModelSpec(
 MIXED_RICH_TIMES = [0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 24]
 
 
+def _rich_and_sparse(rng, wt, rich_fraction, amt, rich_times, sparse_times, decimals=None):
+    """A phase-1 and a phase-2 population in one data set: one dose of ``amt`` at 0 into the depot
+    for each subject (``len(wt)``, weights ``wt``), ten 12-hourly (ADDL) for the sparse ones, the
+    first ``rich_fraction`` of them rich; samples at ``rich_times()`` or ``sparse_times()``, called
+    in subject order (they draw from ``rng``), rounded to ``decimals`` if given."""
+    rows = []
+    for i in range(len(wt)):
+        rich = i < rich_fraction * len(wt)
+        base = dict(ID=i + 1, WT=wt[i], II=0.0, ADDL=0)
+        rows.append(
+            {**base, "TIME": 0.0, "DV": 0.0, "AMT": amt, "EVID": 1, "MDV": 1, "CMT": 1}
+            | ({} if rich else {"II": 12.0, "ADDL": 9})
+        )
+        times = rich_times() if rich else sparse_times()
+        times = times if decimals is None else [round(t, decimals) for t in times]
+        rows += [{**base, "TIME": t, "DV": 1.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 2} for t in times]
+    return read_nonmem(pd.DataFrame(rows))
+
+
 def mixed_oral(seed: int, n_subjects: int = 400, rich_fraction: float = 0.25):
     """A phase-1 and a phase-2 population in one analysis: a quarter of the subjects with 11
     samples after one 100 mg dose (times +-5%), the rest with 2-3 samples at random times in the
     last of ten 12-hourly doses (ADDL); weights log-normal around 70 kg."""
     rng = np.random.default_rng(seed)
     wt = np.exp(rng.normal(np.log(70.0), 0.2, n_subjects)).round(1)
-    rows = []
-    for i in range(n_subjects):
-        rich = i < rich_fraction * n_subjects
-        base = dict(ID=i + 1, WT=wt[i], II=0.0, ADDL=0)
-        rows.append(
-            {**base, "TIME": 0.0, "DV": 0.0, "AMT": 100.0, "EVID": 1, "MDV": 1, "CMT": 1}
-            | ({} if rich else {"II": 12.0, "ADDL": 9})
-        )
-        times = (
-            np.array(MIXED_RICH_TIMES) * (1 + rng.uniform(-0.05, 0.05, len(MIXED_RICH_TIMES)))
-            if rich
-            else np.sort(rng.uniform(108.0, 120.0, rng.integers(2, 4)))
-        )
-        rows += [{**base, "TIME": t, "DV": 1.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 2} for t in times]
-    design = read_nonmem(pd.DataFrame(rows))
+    design = _rich_and_sparse(
+        rng,
+        wt,
+        rich_fraction,
+        100.0,
+        lambda: np.array(MIXED_RICH_TIMES) * (1 + rng.uniform(-0.05, 0.05, len(MIXED_RICH_TIMES))),
+        lambda: np.sort(rng.uniform(108.0, 120.0, rng.integers(2, 4))),
+    )
     return simulate(
         MIXED,
         design,
@@ -141,25 +153,18 @@ def messy_oral(seed: int, n_subjects: int = 300, rich_fraction: float = 0.2, llo
     75 kg; samples below ``lloq`` censored (CENS = 1, DV = LLOQ: about 5%)."""
     rng = np.random.default_rng(seed)
     wt = np.exp(rng.normal(np.log(75.0), 0.25, n_subjects)).round(1)
-    rows = []
-    for i in range(n_subjects):
-        rich = i < rich_fraction * n_subjects
-        base = dict(ID=i + 1, WT=wt[i], II=0.0, ADDL=0)
-        rows.append(
-            {**base, "TIME": 0.0, "DV": 0.0, "AMT": 200.0, "EVID": 1, "MDV": 1, "CMT": 1}
-            | ({} if rich else {"II": 12.0, "ADDL": 9})
-        )
-        times = (
-            np.array(MESSY_RICH_TIMES) * rng.uniform(0.95, 1.05, len(MESSY_RICH_TIMES))
-            if rich
-            else np.sort(np.r_[107.9, rng.uniform(108.2, 120.0, rng.integers(1, 4))])
-        )
-        rows += [
-            {**base, "TIME": round(t, 3), "DV": 1.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 2} for t in times
-        ]
+    design = _rich_and_sparse(
+        rng,
+        wt,
+        rich_fraction,
+        200.0,
+        lambda: np.array(MESSY_RICH_TIMES) * rng.uniform(0.95, 1.05, len(MESSY_RICH_TIMES)),
+        lambda: np.sort(np.r_[107.9, rng.uniform(108.2, 120.0, rng.integers(1, 4))]),
+        decimals=3,
+    )
     sim = simulate(
         MESSY,
-        read_nonmem(pd.DataFrame(rows)),
+        design,
         typical=MESSY_TRUTH,
         omega=MESSY_OMEGA,
         thetas={"theta_CL_WT": 0.75, "theta_V_WT": 1.0},
