@@ -178,21 +178,22 @@ def _depot_repeated(lam, ka, x, tau, m, inv_gap):
     one SS dose each 221, now 210; with one dose each 146-154.
     """
     d_lam, d_ka = -pt.expm1(-lam * tau), -pt.expm1(-ka * tau)
-    e = {(lam, tau): 1.0 - d_lam, (ka, tau): 1.0 - d_ka}
-    e |= {(c, x): pt.exp(-c * x) for c in (lam, ka)}
+    exp_ka_x = pt.exp(-ka * x)
 
-    def diff(t):  # exp_diff(lam, KA, t) from the exponentials above
+    def diff(t, exp_lam_t, exp_ka_t):  # E(t) = exp_diff(lam, KA, t), given the two exponentials
         z = (ka - lam) * t
         close = pt.abs(z) < 1e-3
-        near = t * e[lam, t] * (1.0 + z * (-0.5 + z * (1.0 / 6.0 - z / 24.0)))
-        return pt.switch(close, near, (e[lam, t] - e[ka, t]) * pt.switch(close, 1.0, inv_gap))
+        near = t * exp_lam_t * (1.0 + z * (-0.5 + z * (1.0 / 6.0 - z / 24.0)))
+        return pt.switch(close, near, (exp_lam_t - exp_ka_t) * pt.switch(close, 1.0, inv_gap))
 
+    diff_x = diff(x, pt.exp(-lam * x), exp_ka_x)
+    diff_tau = diff(tau, 1.0 - d_lam, 1.0 - d_ka)
     if m is None:  # steady state: N = 1, E(m tau) = 0
-        return (diff(x) + e[ka, x] * diff(tau) / d_ka) / d_lam
+        return (diff_x + exp_ka_x * diff_tau / d_ka) / d_lam
     span = m * tau
-    e |= {(c, span): pt.exp(-c * span) for c in (lam, ka)}
-    dg = ((1.0 - e[ka, span]) * diff(tau) / d_ka - diff(span)) / d_lam
-    return diff(x) * (1.0 - e[lam, span]) / d_lam + e[ka, x] * dg
+    exp_lam_span, exp_ka_span = pt.exp(-lam * span), pt.exp(-ka * span)
+    dg = ((1.0 - exp_ka_span) * diff_tau / d_ka - diff(span, exp_lam_span, exp_ka_span)) / d_lam
+    return diff_x * (1.0 - exp_lam_span) / d_lam + exp_ka_x * dg
 
 
 def _u_infusion_ss(lam, x, D, tau):
