@@ -85,20 +85,23 @@ MIXED = ModelSpec(
 MIXED_RICH_TIMES = [0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 24]
 
 
-def _rich_and_sparse(rng, wt, rich_fraction, amt, rich_times, sparse_times, decimals=None):
+def _rich_and_sparse(seed, n_subjects, weight, rich_fraction, amt, rich_times, sparse_times, decimals=None):
     """A phase-1 and a phase-2 population in one data set: one dose of ``amt`` at 0 into the depot
-    for each subject (``len(wt)``, weights ``wt``), ten 12-hourly (ADDL) for the sparse ones, the
-    first ``rich_fraction`` of them rich; samples at ``rich_times()`` or ``sparse_times()``, called
-    in subject order (they draw from ``rng``), rounded to ``decimals`` if given."""
+    for each subject, ten 12-hourly (ADDL) for the sparse ones, the first ``rich_fraction`` of them
+    rich; weights log-normal (``weight`` = median kg, log SD). Samples at ``rich_times(rng)`` or
+    ``sparse_times(rng)``, called in subject order after the weights are drawn from the seed's
+    generator, rounded to ``decimals`` if given."""
+    rng = np.random.default_rng(seed)
+    wt = np.exp(rng.normal(np.log(weight[0]), weight[1], n_subjects)).round(1)
     rows = []
-    for i in range(len(wt)):
-        rich = i < rich_fraction * len(wt)
+    for i in range(n_subjects):
+        rich = i < rich_fraction * n_subjects
         base = dict(ID=i + 1, WT=wt[i], II=0.0, ADDL=0)
         rows.append(
             {**base, "TIME": 0.0, "DV": 0.0, "AMT": amt, "EVID": 1, "MDV": 1, "CMT": 1}
             | ({} if rich else {"II": 12.0, "ADDL": 9})
         )
-        times = rich_times() if rich else sparse_times()
+        times = rich_times(rng) if rich else sparse_times(rng)
         times = times if decimals is None else [round(t, decimals) for t in times]
         rows += [{**base, "TIME": t, "DV": 1.0, "AMT": 0.0, "EVID": 0, "MDV": 0, "CMT": 2} for t in times]
     return read_nonmem(pd.DataFrame(rows))
@@ -108,15 +111,14 @@ def mixed_oral(seed: int, n_subjects: int = 400, rich_fraction: float = 0.25):
     """A phase-1 and a phase-2 population in one analysis: a quarter of the subjects with 11
     samples after one 100 mg dose (times +-5%), the rest with 2-3 samples at random times in the
     last of ten 12-hourly doses (ADDL); weights log-normal around 70 kg."""
-    rng = np.random.default_rng(seed)
-    wt = np.exp(rng.normal(np.log(70.0), 0.2, n_subjects)).round(1)
     design = _rich_and_sparse(
-        rng,
-        wt,
+        seed,
+        n_subjects,
+        (70.0, 0.2),
         rich_fraction,
         100.0,
-        lambda: np.array(MIXED_RICH_TIMES) * (1 + rng.uniform(-0.05, 0.05, len(MIXED_RICH_TIMES))),
-        lambda: np.sort(rng.uniform(108.0, 120.0, rng.integers(2, 4))),
+        lambda rng: np.array(MIXED_RICH_TIMES) * (1 + rng.uniform(-0.05, 0.05, len(MIXED_RICH_TIMES))),
+        lambda rng: np.sort(rng.uniform(108.0, 120.0, rng.integers(2, 4))),
     )
     return simulate(
         MIXED,
@@ -151,15 +153,14 @@ def messy_oral(seed: int, n_subjects: int = 300, rich_fraction: float = 0.2, llo
     """A fifth of the subjects with 11 samples after one 200 mg dose (times +-5%), the rest with
     a trough and 1-3 samples in the last of ten 12-hourly doses (ADDL); weights log-normal around
     75 kg; samples below ``lloq`` censored (CENS = 1, DV = LLOQ: about 5%)."""
-    rng = np.random.default_rng(seed)
-    wt = np.exp(rng.normal(np.log(75.0), 0.25, n_subjects)).round(1)
     design = _rich_and_sparse(
-        rng,
-        wt,
+        seed,
+        n_subjects,
+        (75.0, 0.25),
         rich_fraction,
         200.0,
-        lambda: np.array(MESSY_RICH_TIMES) * rng.uniform(0.95, 1.05, len(MESSY_RICH_TIMES)),
-        lambda: np.sort(np.r_[107.9, rng.uniform(108.2, 120.0, rng.integers(1, 4))]),
+        lambda rng: np.array(MESSY_RICH_TIMES) * rng.uniform(0.95, 1.05, len(MESSY_RICH_TIMES)),
+        lambda rng: np.sort(np.r_[107.9, rng.uniform(108.2, 120.0, rng.integers(1, 4))]),
         decimals=3,
     )
     sim = simulate(
