@@ -21,34 +21,36 @@ def coverage_pass_probability(n: int, k: int, inner: float = 0.90, outer: float 
 
 
 def assert_calibrated_coverage(
-    result, truth: dict, k: int, outer: float = 0.995, min_probability: float = 0.9
+    result, truth: dict | list[dict], k: int, outer: float = 0.995, min_probability: float = 0.9
 ):
     """At most ``k`` truths outside the 90% intervals and none outside the ``outer`` intervals.
 
-    ``truth`` maps parameter-table names to true values. The probability that a calibrated fit
-    passes must be at least ``min_probability`` (computed, not assumed). The outer guard is
-    99.5% by default: with 99% the guard alone would fail 1 - 0.99^10 = 10% of calibrated fits
-    of ten parameters.
+    ``truth`` maps parameter-table names to true values. ``result`` and ``truth`` may also be
+    lists, one truth dict per fit: the set is pooled (misses are named ``spec:parameter``). The
+    probability that a calibrated fit passes must be at least ``min_probability`` (computed, not
+    assumed). The outer guard is 99.5% by default: with 99% the guard alone would fail
+    1 - 0.99^10 = 10% of calibrated fits of ten parameters.
     """
-    n = len(truth)
+    pairs = list(zip(result, truth, strict=True)) if isinstance(truth, list) else [(result, truth)]
+    n = sum(len(t) for _, t in pairs)
     prob = coverage_pass_probability(n, k, outer=outer)
     assert prob >= min_probability, f"<= {k} of {n} outside 90% passes with P = {prob:.3f} only"
-    t90 = result.parameter_table(ci=0.90).set_index("parameter")
-    t99 = result.parameter_table(ci=outer).set_index("parameter")
-
-    def outside(tab, name, v):
-        return not tab.loc[name, "lower"] < v < tab.loc[name, "upper"]
-
-    miss90 = {
-        p: (v, t90.loc[p, "lower"], t90.loc[p, "upper"]) for p, v in truth.items() if outside(t90, p, v)
-    }
-    miss99 = {
-        p: (v, t99.loc[p, "lower"], t99.loc[p, "upper"]) for p, v in truth.items() if outside(t99, p, v)
-    }
+    named = (lambda res, p: f"{res.spec.name}:{p}") if len(pairs) > 1 else (lambda res, p: p)
+    miss90, miss99 = (
+        {named(res, p): m for res, tru in pairs for p, m in coverage_misses(res, tru, ci).items()}
+        for ci in (0.90, outer)
+    )
     assert len(miss90) <= k and not miss99, (
         f"outside 90%: {miss90}; outside {100 * outer:g}%: {miss99} (allowed {k} and 0: P = {prob:.3f} "
         f"under calibration)"
     )
+
+
+def coverage_misses(result, truth: dict, ci: float) -> dict:
+    """The truths outside their central ``ci`` intervals: {parameter: (truth, lower, upper)}."""
+    tab = result.parameter_table(ci=ci).set_index("parameter")
+    bounds = {p: (v, tab.loc[p, "lower"], tab.loc[p, "upper"]) for p, v in truth.items()}
+    return {p: b for p, b in bounds.items() if not b[1] < b[0] < b[2]}
 
 
 def assert_converged(

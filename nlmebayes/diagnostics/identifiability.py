@@ -44,7 +44,8 @@ def design_warnings(spec: ModelSpec, data: EventData) -> list[str]:
             "eta cannot be told apart from the residual error"
             if not spec.outcomes
             else "eta (a frailty) is told apart from the outcome's own randomness only by the shape of "
-            "its distribution"
+            "its distribution, so omega trades off against the model's other parameters (a hazard's "
+            "shape) and chains may not mix: fix omega, or use repeated observations (events)"
         )
         out.append(
             f"IIV on {', '.join(spec.iiv_parameters)} but no subject has more than one observation: {why}"

@@ -111,10 +111,10 @@ class ClosedFormModel:
                 raise ValueError(
                     f"model {self.name}: a cumulative hazard given as an expression cannot use C"
                 )
-            at = [
-                parse_expression(outcome.cumulative, {**sym, "t": pt.as_tensor_variable(t)}) for t in (t1, t0)
-            ]
-            dh = at[0] - at[1]
+            _check_vanishes_at_zero(outcome.cumulative, self.name)
+            dh = self._cumulative_at(outcome.cumulative, sym, t1) - self._cumulative_at(
+                outcome.cumulative, sym, t0
+            )
         else:
             x, w = np.polynomial.legendre.leggauss(outcome.quadrature)
             half = (t1 - t0)[:, None] / 2.0
@@ -125,6 +125,19 @@ class ClosedFormModel:
                 node_sym["C"] = self._concentration_at(data, per_subject, subj, nodes)
             dh = pt.sum(parse_expression(expr, node_sym) * (w[None, :] * half), axis=1)
         return pt.set_subtensor(pt.zeros(data.n_obs)[rows], dh * pt.ones(len(rows)))
+
+    @staticmethod
+    def _cumulative_at(cumulative: str, sym: dict, t: np.ndarray):
+        """``H(t)`` per row, 0 where ``t`` is 0.
+
+        ``H`` is not evaluated at 0: the gradient of a power of ``t`` there is 0 * inf = NaN
+        (Weibull's ``(t / SCALE)**SHAPE`` with SHAPE < 1).
+        """
+        positive = t > 0
+        if positive.all():
+            return parse_expression(cumulative, {**sym, "t": pt.as_tensor_variable(t)})
+        at = parse_expression(cumulative, {**sym, "t": pt.as_tensor_variable(np.where(positive, t, 1.0))})
+        return pt.switch(positive, at, 0.0)
 
     def _concentration_at(self, data: EventData, params: dict, subj, nodes):
         """The PK model's prediction at ``nodes`` (row j a time-to-event row of subject ``subj[j]``).
@@ -164,3 +177,20 @@ class ClosedFormModel:
             if len(rows):
                 out = pt.set_subtensor(out[rows], output(expr, rows))
         return out
+
+
+def _check_vanishes_at_zero(cumulative: str, model: str) -> None:
+    """Refuse a cumulative hazard that is not 0 at ``t = 0``.
+
+    It is the hazard's integral from 0, and rows starting at 0 are given ``H(0) = 0`` without
+    evaluating it; checked with its other names at two sets of positive values.
+    """
+    names = expression_names(cumulative) - {"t"}
+    for value in (0.7, 1.9):
+        symbols = {n: pt.constant(value) for n in names} | {"t": pt.constant(0.0)}
+        h0 = float(parse_expression(cumulative, symbols).eval(mode="FAST_COMPILE"))
+        if h0 != 0.0:
+            raise ValueError(
+                f"model {model}: the cumulative hazard {cumulative!r} is {h0:g} at t = 0 with its "
+                f"parameters at {value}; it must be the hazard's integral from 0 (0 at t = 0)"
+            )
