@@ -1,12 +1,13 @@
 """Kaplan-Meier visual predictive check of a time-to-event outcome, as numbers.
 
-The observed Kaplan-Meier curve of the time-to-event rows (one per subject: its event or censoring
-time) is compared with the curves of replicates simulated from the posterior: for each of ``n``
-posterior draws, every subject's event time is drawn from its individual hazard by inverting the
-cumulative hazard on a fine grid (``H(T) = -log U``) and censored where the subject's follow-up
-ends (its censoring time, or the last time in the data for a subject with an event). Per time on a
-grid, the observed survival is compared with the 5th-95th percentile band of the simulated ones.
-:func:`nlmebayes.plots.km_vpc_plot` draws the result.
+The observed Kaplan-Meier curve of the time to each subject's first event (its only time-to-event
+row, or the first of repeated events; censored where its follow-up ends without one) is compared
+with the curves of replicates simulated from the posterior: for each of ``n`` posterior draws,
+every subject's first event time is drawn from its individual hazard by inverting the cumulative
+hazard on a fine grid (``H(T) = -log U``) and censored where the subject's follow-up ends (its
+censoring time, or the last time in the data for a subject whose follow-up ends with an event).
+Per time on a grid, the observed survival is compared with the 5th-95th percentile band of the
+simulated ones. :func:`nlmebayes.plots.km_vpc_plot` draws the result.
 """
 
 from __future__ import annotations
@@ -89,10 +90,7 @@ def km_vpc(result, n: int = 200, seed: int = 0, n_grid: int = 100) -> KaplanMeie
         raise ValueError(f"model {spec.name} has no time-to-event outcome")
     out, _ = tte[0]
     rows = np.arange(data.n_obs) if out is None else np.flatnonzero(data.obs_output == out)
-    subj, t_obs, ev = data.obs_subject[rows], data.obs_time[rows], data.obs_dv[rows]
-    if len(np.unique(subj)) != len(subj):
-        raise NotImplementedError("the Kaplan-Meier VPC takes one time-to-event row per subject")
-    follow_up = np.where(ev == 1, t_obs.max(), t_obs)
+    subj, t_obs, ev, follow_up = _first_events(data.obs_subject[rows], data.obs_time[rows], data.obs_dv[rows])
     start = data.records.groupby("_SUBJ", sort=True)["TIME"].min().to_numpy(dtype=float)[subj]
     fine = np.linspace(0.0, 1.0, 401)
     times = start[:, None] + (follow_up - start)[:, None] * fine[None, :]  # (subjects, 401)
@@ -104,10 +102,9 @@ def km_vpc(result, n: int = 200, seed: int = 0, n_grid: int = 100) -> KaplanMeie
     grid = np.linspace(0.0, float(t_obs.max()), n_grid)
     sims = np.empty((n, n_grid))
     for i, d in enumerate(picks):
-        h = hazard(d, times)
-        H = np.concatenate(
-            [np.zeros((len(subj), 1)), np.cumsum(0.5 * (h[:, 1:] + h[:, :-1]) * np.diff(times), 1)], 1
-        )
+        # midpoint rule: a hazard that is infinite at t = 0 (Weibull, SHAPE < 1) stays integrable
+        h = hazard(d, 0.5 * (times[:, 1:] + times[:, :-1]))
+        H = np.concatenate([np.zeros((len(subj), 1)), np.cumsum(h * np.diff(times), 1)], 1)
         target = -np.log(rng.random(len(subj)))
         event = H[:, -1] >= target
         t_sim = np.array(
@@ -121,6 +118,20 @@ def km_vpc(result, n: int = 200, seed: int = 0, n_grid: int = 100) -> KaplanMeie
          "inside": (observed >= lo - 1e-12) & (observed <= hi + 1e-12)}
     )  # fmt: skip
     return KaplanMeierVPC(table=table, n_sim=n)
+
+
+def _first_events(subj, t_obs, ev):
+    """Each subject's first time-to-event row, and how long a simulated first event would be seen.
+
+    The first row is its first event, or its censoring. The time seen is the subject's censoring
+    time when its follow-up ends censored. When it ends with an event (follow-up stopped at a last
+    event, or a single-event design) it is the last time in the data: a first event is never
+    censored by a stop at a later one.
+    """
+    subjects, first = np.unique(subj, return_index=True)
+    last = len(subj) - 1 - np.unique(subj[::-1], return_index=True)[1]
+    follow_up = np.where(ev[last] == 1, t_obs.max(), t_obs[last])
+    return subjects, t_obs[first], ev[first], follow_up
 
 
 def _hazard_function(spec, output, posterior, subj):
@@ -146,7 +157,7 @@ def _hazard_function(spec, output, posterior, subj):
     for n in names:
         da = posterior[n]
         values = da.values.reshape(-1, *da.shape[2:])
-        flat[n] = values if values.ndim == 2 else np.repeat(values[:, None], len(np.unique(subj)), 1)
+        flat[n] = values if values.ndim == 2 else np.repeat(values[:, None], int(subj.max()) + 1, 1)
 
     def hazard(d, times):
         return fn(*[flat[n][d][subj] for n in names], times)
