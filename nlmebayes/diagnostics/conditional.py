@@ -12,12 +12,13 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.gradient import pushforward
 from pytensor.graph.replace import graph_replace
+from scipy import special
 
 from nlmebayes.data import EventData
 from nlmebayes.diagnostics.population import LOG_2PI, unsupported
 from nlmebayes.model.builder import build_model, occasions
 from nlmebayes.model.compile import batched_function, compile_settings
-from nlmebayes.model.likelihood import censoring_interval, observation_params
+from nlmebayes.model.likelihood import censoring_interval, m4_rows, observation_params
 from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["ConditionalModel", "log_interval"]
@@ -138,14 +139,18 @@ class ConditionalModel:
             )
 
     def _censoring(self, spec: ModelSpec) -> None:
-        """Censored observations (M3) and their interval ``(lo, hi)`` on the modelling scale."""
+        """Censored observations (M3, M4) and their interval ``(lo, hi)`` on the modelling scale."""
         cens = self.data.obs_cens if self.data.obs_cens is not None else np.zeros(self.data.n_obs)
         self.censored = np.flatnonzero(cens != 0)
         limit = self.data.obs_limit if self.data.obs_limit is not None else np.full(self.data.n_obs, np.nan)
         if spec.log_scale_error:
             with np.errstate(divide="ignore", invalid="ignore"):
                 limit = np.log(limit)
-        self.lo, self.hi = censoring_interval(cens, self.y, limit)  # as the builder's likelihood
+        # M4 (Beal): rows known positive, P(y > 0) divides their likelihood (see loglik)
+        self.m4 = np.flatnonzero(m4_rows(spec, self.data))
+        self.lo, self.hi = censoring_interval(
+            cens, self.y, limit, m4_rows(spec, self.data)
+        )  # as the builder's
 
     def nu(self, pop: dict):
         """Student-t degrees of freedom at ``pop`` (shaped to broadcast over observations), or None."""
@@ -176,7 +181,21 @@ class ConditionalModel:
             c = self.censored
             s = np.sqrt(R[..., c])
             ll[..., c] = log_interval((self.lo[c] - f[..., c]) / s, (self.hi[c] - f[..., c]) / s)
+        if self.m4.size:
+            m = self.m4
+            ll[..., m] -= special.log_ndtr(f[..., m] / np.sqrt(R[..., m]))  # / P(y > 0)
         return ll
+
+    def m4_score(self, f, R, G, dR):
+        """``d log P(y > 0) / d eta`` of the M4 observations (rows of f, R, G, dR).
+
+        It is ``lambda(z) dz / deta`` with ``z = f / sqrt(R)`` and ``lambda = phi / Phi`` (the
+        inverse Mills ratio).
+        """
+        s = np.sqrt(R)
+        z = f / s
+        mills = np.exp(-0.5 * z**2 - 0.5 * LOG_2PI - special.log_ndtr(z))
+        return mills[:, None] * (G - (z / (2 * s))[:, None] * dR) / s[:, None]
 
     def censored_score(self, f, R, G, dR):
         """``d log P(lo < y < hi) / d eta`` of the censored observations (rows of f, R, G, dR)."""

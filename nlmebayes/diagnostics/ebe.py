@@ -68,6 +68,10 @@ class JointObjective:
             score = self.cm.censored_score(f[c], R[c], G[c], dR[c])
             per_obs[c] = -2.0 * score
             outer[c] = score[:, :, None] * score[:, None, :]
+        m = self.cm.m4
+        if m.size:
+            # M4: each row's log-likelihood less log P(y > 0); the metric keeps its base term
+            per_obs[m] += 2.0 * self.cm.m4_score(f[m], R[m], G[m], dR[m])
         grad = np.stack([self._sum(per_obs[:, k]) for k in range(self.q)], axis=1) + 2 * eta @ self.Oinv
         H = np.zeros((self.n, self.q, self.q))
         np.add.at(H, self.s, outer)

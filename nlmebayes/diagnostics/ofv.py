@@ -32,10 +32,12 @@ importance sampling its prior/proposal ratio integrates to 1. As Pi -> 0 the kap
 ``H_i`` is ``Pi^-1 + O(1)``, and the OFV tends to that of the model without IOV.
 
 Censored observations (M3): the term of a censored observation is ``-2 log P(lo < y < hi | eta)``
-(``P(y < LLOQ)`` for BLQ), as in NONMEM's ``LAPLACIAN`` with the censored likelihood. FOCE-I's
-Hessian is the expectation of Gaussian terms and has no counterpart for a probability, so with
-censored data ``method="focei"`` computes Laplace (``Marginal.method`` says so); the EBE search
-uses the outer product of the censored terms' score as its metric.
+(``P(y < LLOQ)`` for BLQ), as in NONMEM's ``LAPLACIAN`` with the censored likelihood. Under M4
+(``observations.blq = "M4"``) a BLQ interval starts at 0 and every row's term adds
+``2 log P(y > 0 | eta)``. FOCE-I's Hessian is the expectation of Gaussian terms and has no
+counterpart for a probability, so with censored (or M4) data ``method="focei"`` computes
+Laplace (``Marginal.method`` says so); the EBE search uses the outer product of the censored
+terms' score as its metric.
 
 NONMEM reports ``OFV = -2LL - N log(2 pi)`` (N observations); we report both. AIC and BIC count
 parameters as NONMEM does: estimated thetas, omega elements and sigmas.
@@ -218,8 +220,8 @@ def marginal_likelihood(
     if method not in ("focei", "laplace", "importance"):
         raise ValueError(f"method must be 'focei', 'laplace' or 'importance', got {method!r}")
     cm = conditional or ConditionalModel(spec, data)
-    if method == "focei" and cm.censored.size:
-        method = "laplace"  # FOCE-I's expected Hessian is not defined for M3's probabilities
+    if method == "focei" and (cm.censored.size or cm.m4.size):
+        method = "laplace"  # FOCE-I's expected Hessian is not defined for M3's probabilities (or M4's)
     omega = population.covariance(spec, cm.n_slots)  # Omega, then the kappas' occasion slots
     group_m2ll = None
     if spec.levels:

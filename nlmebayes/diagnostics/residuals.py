@@ -50,7 +50,9 @@ def residuals(
     """PRED, IPRED, RES, IWRES, CWRES, PDE and NPDE per observation (dimension ``obs``).
 
     A censored observation (M3) has no residual: IWRES, CWRES, PDE and NPDE are NaN there, and it
-    is left out of its subject's decorrelation.
+    is left out of its subject's decorrelation. Under M4 the measured samples' residuals are those
+    of the normal model, not truncated at 0 (the truncation matters only where the prediction is
+    within a few residual SDs of 0, which is where samples turn BLQ).
 
     Parameters
     ----------

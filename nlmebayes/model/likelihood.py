@@ -1,8 +1,9 @@
 """Residual error and the observation likelihood ``DV`` of the graph (PyMC).
 
 Normal or Student-t per observation; censored observations (M3) contribute the probability of
-their censoring interval. Exponential error is a normal error on log(DV); several outputs
-(DVID) each have their own normal error model.
+their censoring interval; under M4 the measurements are known positive (a normal truncated at
+0). Exponential error is a normal error on log(DV); several outputs (DVID) each have their own
+normal error model.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+from scipy import special
 
 from nlmebayes.data import EventData
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["add_likelihood", "residual_sd", "observation_params", "censoring_interval"]
+__all__ = ["add_likelihood", "residual_sd", "observation_params", "censoring_interval", "m4_rows"]
 
 
 def residual_sd(kind: str, sig: dict, ipred):
@@ -86,7 +88,16 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred, cumhaz=None):
             # A zero prediction (before the first dose) with proportional error has no
             # spread: floor it so the density stays finite.
             mu, sd = ipred, pt.maximum(residual_sd(err.kind, sig, ipred), 1e-8)
-    return _observed(mu, sd, nu, dv, data.obs_cens, limit)
+    return _observed(mu, sd, nu, dv, data.obs_cens, limit, m4_rows(spec, data))
+
+
+def m4_rows(spec: ModelSpec, data: EventData) -> np.ndarray:
+    """Which observations follow Beal's M4 (``observations.blq = "M4"``): the Gaussian ones."""
+    if spec.observations.blq != "M4":
+        return np.zeros(data.n_obs, dtype=bool)
+    if not isinstance(spec.error, dict):
+        return np.ones(data.n_obs, dtype=bool)
+    return ~np.isin(data.obs_output, list(spec.outcomes))
 
 
 def _per_output_sd(spec: ModelSpec, data: EventData, sig: dict, ipred):
@@ -105,11 +116,12 @@ def _residual_dist(mu, sd, nu):
     return pm.Normal.dist(mu, sd) if nu is None else pm.StudentT.dist(nu=nu, mu=mu, sigma=sd)
 
 
-def censoring_interval(cens, dv, limit):
+def censoring_interval(cens, dv, limit, m4=False):
     """Ends ``(lo, hi)`` of each observation's censoring interval (``-inf``/``inf`` where open).
 
     CENS = 1: ``y < DV`` (DV holds the LLOQ); CENS = -1: ``y > DV``; LIMIT, where given, closes
-    the other end. An uncensored observation's ends are not used.
+    the other end; else under M4 (``m4``, per observation) a BLQ interval starts at 0. An
+    uncensored observation's ends are not used.
 
     Examples
     --------
@@ -117,40 +129,53 @@ def censoring_interval(cens, dv, limit):
     >>> lo.tolist(), hi.tolist()
     ([-inf, 9.0], [0.5, 12.0])
     """
-    other = np.where(np.isnan(limit), np.where(cens == 1, -np.inf, np.inf), limit)
+    open_end = np.where(cens == 1, np.where(m4, 0.0, -np.inf), np.inf)
+    other = np.where(np.isnan(limit), open_end, limit)
     return np.where(cens == 1, other, dv), np.where(cens == 1, dv, other)
 
 
-def _observed(mu, sd, nu, dv, cens, limit):
+def _observed(mu, sd, nu, dv, cens, limit, m4):
     """``DV`` per observation.
 
     Normal or Student-t, and for censored observations (M3) the probability of the censoring interval: ``P(y <
     DV)`` for CENS = 1 (BLQ, DV = LLOQ), ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y <
-    LIMIT``) when LIMIT is given.
+    LIMIT``) when LIMIT is given. Rows under M4 (``m4``) start a BLQ interval at 0 and divide by ``P(y > 0)``.
     """
-    if cens is None or not np.any(cens != 0):
+    cens = np.zeros(len(dv), dtype=int) if cens is None else np.asarray(cens)
+    if not np.any(cens != 0) and not np.any(m4):
         if nu is None:
             return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
         return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
-    cens = np.asarray(cens)
-    lo_end, hi_end = censoring_interval(cens, dv, limit)
+    lo_end, hi_end = censoring_interval(cens, dv, limit, m4)
     rows = np.flatnonzero(cens == 0), np.flatnonzero(cens != 0)
     back = np.argsort(np.concatenate(rows))  # the two parts, concatenated, back in data order
+    m4_idx = np.flatnonzero(m4)
 
     def logp(value, mu, sd, *nu_):
         # Each part on its own rows: the log-CDFs (and their gradients) on every row, selected by
         # a switch, cost 40% of a 2-cpt density with 5% of its samples censored.
         nu = nu_[0] if nu_ else None
         unc, cen = (_residual_dist(_rows_of(mu, i), _rows_of(sd, i), nu) for i in rows)
-        dens = pm.logp(unc, value[rows[0]])
-        interval = _log_interval(cen, lo_end[rows[1]], hi_end[rows[1]])
-        return pt.concatenate([dens, interval])[back]
+        dens = pm.logp(unc, value[rows[0]]) if rows[0].size else pt.zeros(0)
+        interval = _log_interval(cen, lo_end[rows[1]], hi_end[rows[1]]) if rows[1].size else pt.zeros(0)
+        out = pt.concatenate([dens, interval * pt.ones(rows[1].size)])[back]
+        if m4_idx.size:  # M4: conditional on y > 0, P(y > 0) = P(-y < 0)
+            positive = pm.logcdf(_residual_dist(-_rows_of(mu, m4_idx), _rows_of(sd, m4_idx), nu), 0.0)
+            out = pt.inc_subtensor(out[m4_idx], -positive)
+        return out
 
     def random(mu, sd, *nu_, rng=None, size=None):
-        # Replicates before censoring: what the assay would have measured.
+        # Replicates before censoring: what the assay would have measured (positive under M4).
         if nu_:
             return mu + sd * rng.standard_t(nu_[0], size=size)
-        return rng.normal(mu, sd, size=size)
+        y = rng.normal(mu, sd, size=size)
+        if m4_idx.size:
+            # inverse CDF of the normal truncated at 0, from its lower tail's probability
+            mu_b, sd_b = np.broadcast_to(mu, y.shape), np.broadcast_to(sd, y.shape)
+            low = special.ndtr(-mu_b / sd_b)
+            u = low + (1.0 - low) * rng.random(size=y.shape)
+            y = np.where(np.broadcast_to(m4, y.shape), mu_b + sd_b * special.ndtri(u), y)
+        return y
 
     args = (mu, sd) if nu is None else (mu, sd, nu)
     return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")

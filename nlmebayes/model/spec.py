@@ -82,8 +82,9 @@ ParameterScale = Literal["log", "linear"]
 ErrorKind = Literal["additive", "proportional", "combined", "combined_sd", "exponential"]
 ResidualDistribution = Literal["normal", "student_t"]
 ODEMethod = Literal["dopri5", "rosenbrock23"]
-#: Censored observations: M3 (censored likelihood) or M1 (discarded, reported).
-BLQMethod = Literal["M3", "M1"]
+#: Censored observations: M3 (censored likelihood), M1 (discarded, reported) or M4 (M3 for
+#: measurements known positive: a normal truncated at 0).
+BLQMethod = Literal["M3", "M1", "M4"]
 # Accepted for EtaKind and read as "lognormal": NONMEM calls TV * EXP(ETA) exponential IIV.
 _ETA_ALIASES = {"exponential": "lognormal"}
 
@@ -683,8 +684,12 @@ class Observations:
     ignore : list of str
         Conditions such as ``"DV == 0"`` (NONMEM's ``IGNORE=(DV.EQ.0)``); matching observations
         leave the likelihood and are reported as excluded.
-    blq : {"M3", "M1"}
-        Censored observations (CENS column): censored likelihood (M3, default) or discarded (M1).
+    blq : {"M3", "M1", "M4"}
+        Censored observations (CENS column): censored likelihood (M3, default), discarded (M1),
+        or Beal's M4 for measurements known to be positive: a BLQ sample's likelihood is
+        ``P(0 < y < LLOQ) / P(y > 0)`` and each measured sample's density is divided by
+        ``P(y > 0)`` (a normal truncated at 0). M4 needs normal errors that are not exponential
+        (log-scale data are positive already: M3 is M4 there).
 
     Examples
     --------
@@ -702,7 +707,8 @@ class Observations:
             parse_condition(cond)  # raises with an example of the expected form
         if self.blq not in get_args(BLQMethod):
             raise ValueError(
-                f"observations.blq must be 'M3' (censored likelihood) or 'M1' (discard), got {self.blq!r}"
+                f"observations.blq must be 'M3' (censored likelihood), 'M1' (discard) or 'M4' "
+                f"(censored likelihood of a positive measurement), got {self.blq!r}"
             )
 
     def to_dict(self) -> dict:
@@ -890,7 +896,7 @@ class ModelSpec:
     observations : Observations or dict
         Which observations the model describes, e.g. ``Observations(dvid="cp")`` or
         ``{"dvid": "cp"}``; ``blq="M1"`` discards censored observations (CENS column) instead of
-        the default M3 likelihood.
+        the default M3 likelihood, ``blq="M4"`` takes the measurements as positive.
     description : str
     iov : IOV or list of IOV
         Inter-occasion variability.
@@ -1026,6 +1032,16 @@ class ModelSpec:
 
     def _check_errors(self):
         err = self.error
+        if self.observations.blq == "M4":
+            errors = err.values() if isinstance(err, dict) else [err]
+            if any(
+                isinstance(e, ResidualError) and (e.distribution != "normal" or e.kind == "exponential")
+                for e in errors
+            ):
+                raise ValueError(
+                    f"model {self.name}: observations.blq = 'M4' needs normal, not exponential, "
+                    f"errors (log-scale data are positive already: M3 is M4 there)"
+                )
         outputs = list(self.structural.outputs) if isinstance(self.structural, ODE | ClosedForm) else [None]
         if isinstance(err, dict):
             err = {

@@ -61,7 +61,8 @@ def report(result, ci: float = 0.95) -> str:
         f"IIV on {', '.join(spec.iiv_parameters) or 'none'}, "
         + ", ".join(f"{e.kind}{f' ({o})' if o else ''}" for o, e in spec.errors.items())
         + (" outcome" if spec.outcomes and len(spec.outcomes) == len(spec.errors) else " residual error"),
-        f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, {data.n_doses} doses",
+        f"Data {data.source}: {data.n_subjects} subjects, {data.n_obs} observations, {data.n_doses} doses"
+        + _censored_text(spec, data),
         f"NUTS ({attrs.get('nlmebayes_sampler', '?')}): {d['chains']} chains x {d['draws']} draws"
         + (
             f" in {attrs['nlmebayes_sampling_seconds']:.1f} s"
@@ -206,3 +207,9 @@ def _marginal_lines(result) -> list[str]:
                 + "".join(f"{'' if not np.isfinite(v) else f'{v:.1f}':>18}" for v in row.values)
             )
     return lines
+
+
+def _censored_text(spec, data) -> str:
+    """``", 32 censored (M3)"``, or nothing without censored observations."""
+    n = 0 if data.obs_cens is None else int(np.count_nonzero(data.obs_cens))
+    return f", {n} censored ({spec.observations.blq})" if n else ""
