@@ -360,7 +360,10 @@ def test_single_event_frailty_is_warned_about():
 def test_joint_pk_and_binary_response_likelihood():
     """A joint model: concentrations (cp, proportional error) and a yes/no response whose logit is
     an Emax of the same concentration (resp). Each row's log-likelihood is its own family's:
-    normal for cp, Bernoulli for resp (scipy, 1e-8)."""
+    normal for cp, Bernoulli for resp (scipy, 1e-8). Concentrations below 1 are BLQ (CENS = 1,
+    DV = LLOQ 1): their term is the normal's log-CDF at the LLOQ (M3), as in a model without the
+    response (they used to be taken as measured values of 1). PyMC's normal log-CDF is good to
+    ~1e-8 relative."""
     from nlmebayes import ResidualError, datasets
 
     theo = datasets.theophylline()
@@ -368,7 +371,9 @@ def test_joint_pk_and_binary_response_likelihood():
     rng = np.random.default_rng(4)
     resp = rows[rows["EVID"] == 0].assign(DVID="resp")
     resp["DV"] = rng.integers(0, 2, len(resp)).astype(float)
-    df = pd.concat([rows.assign(DVID="cp"), resp]).sort_values(["ID", "TIME", "EVID"], kind="stable")
+    cp_rows = rows.assign(DVID="cp", CENS=((rows["EVID"] == 0) & (rows["DV"] < 1.0)).astype(int))
+    cp_rows.loc[cp_rows["CENS"] == 1, "DV"] = 1.0
+    df = pd.concat([cp_rows, resp.assign(CENS=0)]).sort_values(["ID", "TIME", "EVID"], kind="stable")
     data = read_nonmem(df.drop(columns="EVID").reset_index(drop=True))
     spec = ModelSpec(
         "joint",
@@ -390,13 +395,16 @@ def test_joint_pk_and_binary_response_likelihood():
     conc = dose[data.obs_subject] * 1.5 / (31.5 * (1.5 - k)) * (np.exp(-k * t) - np.exp(-1.5 * t))
     cp = data.obs_output == "cp"
     p = 1 / (1 + np.exp(-(-2.0 + 4.0 * conc / (5.0 + conc))))
-    expected = np.where(
-        cp,
-        stats.norm.logpdf(data.obs_dv, conc, np.maximum(0.2 * conc, 1e-8)),
+    normal = stats.norm(conc, np.maximum(0.2 * conc, 1e-8))
+    blq = data.obs_cens == 1
+    assert cp[blq].all() and blq.sum() > 5
+    expected = np.select(
+        [cp & ~blq, blq],
+        [normal.logpdf(data.obs_dv), normal.logcdf(data.obs_dv)],
         stats.bernoulli.logpmf(data.obs_dv, p),
     )
     finite = conc > 0  # the pre-dose sample (C = 0) has a floored SD in the model
-    np.testing.assert_allclose(ll[finite | ~cp], expected[finite | ~cp], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(ll[finite | ~cp], expected[finite | ~cp], rtol=1e-7, atol=1e-8)
 
 
 def test_hazard_driven_by_a_pk_model():

@@ -17,7 +17,14 @@ from nlmebayes.data import EventData
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec
 
-__all__ = ["add_likelihood", "residual_sd", "observation_params", "censoring_interval", "m4_rows"]
+__all__ = [
+    "add_likelihood",
+    "residual_sd",
+    "observation_params",
+    "censoring_interval",
+    "censored_logp",
+    "m4_rows",
+]
 
 
 def residual_sd(kind: str, sig: dict, ipred):
@@ -147,22 +154,10 @@ def _observed(mu, sd, nu, dv, cens, limit, m4):
             return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
         return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
     lo_end, hi_end = censoring_interval(cens, dv, limit, m4)
-    rows = np.flatnonzero(cens == 0), np.flatnonzero(cens != 0)
-    back = np.argsort(np.concatenate(rows))  # the two parts, concatenated, back in data order
     m4_idx = np.flatnonzero(m4)
 
     def logp(value, mu, sd, *nu_):
-        # Each part on its own rows: the log-CDFs (and their gradients) on every row, selected by
-        # a switch, cost 40% of a 2-cpt density with 5% of its samples censored.
-        nu = nu_[0] if nu_ else None
-        unc, cen = (_residual_dist(_rows_of(mu, i), _rows_of(sd, i), nu) for i in rows)
-        dens = pm.logp(unc, value[rows[0]]) if rows[0].size else pt.zeros(0)
-        interval = _log_interval(cen, lo_end[rows[1]], hi_end[rows[1]]) if rows[1].size else pt.zeros(0)
-        out = pt.concatenate([dens, interval * pt.ones(rows[1].size)])[back]
-        if m4_idx.size:  # M4: conditional on y > 0, P(y > 0) = P(-y < 0)
-            positive = pm.logcdf(_residual_dist(-_rows_of(mu, m4_idx), _rows_of(sd, m4_idx), nu), 0.0)
-            out = pt.inc_subtensor(out[m4_idx], -positive)
-        return out
+        return censored_logp(value, mu, sd, nu_[0] if nu_ else None, cens, lo_end, hi_end, m4)
 
     def random(mu, sd, *nu_, rng=None, size=None):
         # Replicates before censoring: what the assay would have measured (positive under M4).
@@ -179,6 +174,31 @@ def _observed(mu, sd, nu, dv, cens, limit, m4):
 
     args = (mu, sd) if nu is None else (mu, sd, nu)
     return pm.CustomDist("DV", *args, logp=logp, random=random, observed=dv, dims="obs")
+
+
+def censored_logp(value, mu, sd, nu, cens, lo_end, hi_end, m4):
+    """Each observation's log-likelihood, censored or under M4.
+
+    The normal (Student-t with ``nu``) density; for censored rows (``cens`` != 0) the log
+    probability of ``(lo_end, hi_end)``; under M4 (``m4``) less ``log P(y > 0)``. ``value``,
+    ``mu`` and ``sd`` are tensors over the observations (``sd`` may be one value); the rest are
+    arrays fixed by the data.
+    """
+    if not np.any(cens != 0) and not np.any(m4):
+        return pm.logp(_residual_dist(mu, sd, nu), value)
+    # Each part on its own rows: the log-CDFs (and their gradients) on every row, selected by a
+    # switch, cost 40% of a 2-cpt density with 5% of its samples censored.
+    rows = np.flatnonzero(cens == 0), np.flatnonzero(cens != 0)
+    back = np.argsort(np.concatenate(rows))  # the two parts, concatenated, back in data order
+    unc, cen = (_residual_dist(_rows_of(mu, i), _rows_of(sd, i), nu) for i in rows)
+    dens = pm.logp(unc, value[rows[0]]) if rows[0].size else pt.zeros(0)
+    interval = _log_interval(cen, lo_end[rows[1]], hi_end[rows[1]]) if rows[1].size else pt.zeros(0)
+    out = pt.concatenate([dens, interval])[back]
+    m4_idx = np.flatnonzero(m4)
+    if m4_idx.size:  # M4: conditional on y > 0, and P(y > 0) = P(-y < 0)
+        positive = pm.logcdf(_residual_dist(-_rows_of(mu, m4_idx), _rows_of(sd, m4_idx), nu), 0.0)
+        out = pt.inc_subtensor(out[m4_idx], -positive)
+    return out
 
 
 def _rows_of(x, idx):

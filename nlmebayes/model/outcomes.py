@@ -15,6 +15,7 @@ import pytensor.tensor as pt
 from pymc.distributions.dist_math import normal_lcdf
 
 from nlmebayes.data import DataError, EventData
+from nlmebayes.model.likelihood import censored_logp, censoring_interval, m4_rows
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec, Outcome, Prior
 
@@ -136,6 +137,11 @@ def outcome_likelihood(spec: ModelSpec, data: EventData, ipred, gaussian_sd, cum
                 _family_parameters(out, e) if isinstance(e, Outcome) else [],
             )
         )
+    # the Gaussian outputs' censored rows (BLQ concentrations beside a response) keep M3/M4
+    cens = np.zeros(data.n_obs, dtype=int) if data.obs_cens is None else np.asarray(data.obs_cens)
+    limit = np.full(data.n_obs, np.nan) if data.obs_limit is None else data.obs_limit
+    m4 = m4_rows(spec, data)
+    lo_end, hi_end = censoring_interval(cens, data.obs_dv, limit, m4)
     params = [ipred, gaussian_sd if gaussian_sd is not None else pt.zeros(data.n_obs)]
     params += [cumhaz if cumhaz is not None else pt.zeros(data.n_obs)]
     params += [p for _, _, ps in families for p in ps]
@@ -147,7 +153,8 @@ def outcome_likelihood(spec: ModelSpec, data: EventData, ipred, gaussian_sd, cum
             own = list(extra[j : j + len(ps)])
             j += len(ps)
             if o is None:
-                lp = pm.logp(pm.Normal.dist(f[rows], sd[rows]), value[rows])
+                args = (cens[rows], lo_end[rows], hi_end[rows], m4[rows])
+                lp = censored_logp(value[rows], f[rows], sd[rows], None, *args)
             else:
                 lp = _family_logp(o, value[rows], f[rows], own, dh[rows])
             out = pt.set_subtensor(out[rows], lp)
