@@ -347,6 +347,17 @@ def test_binary_posterior_is_the_exact_posterior_by_quadrature():
         assert np.all(np.abs(exact - sampled) < 0.15 * d.std()), (axis, exact, sampled)
 
 
+def test_replicates_of_an_outcome_are_refused_by_name():
+    """Posterior predictive replicates (VPC, simulation with residuals) of a count model used to
+    fail with numpy's "df <= 0" (the time-to-event slot read as Student-t's nu); they are not
+    drawn yet, and the error says so and points to the Kaplan-Meier VPC."""
+    from nlmebayes.simulation.predictive import Predictor
+
+    spec, data, _ = simulated_outcomes(0)["poisson"]
+    with pytest.raises(NotImplementedError, match="replicates of a poisson outcome are not drawn yet"):
+        Predictor(spec, data).replicate({}, np.random.default_rng(0))
+
+
 def test_single_event_frailty_is_warned_about():
     """IIV on a hazard with one event (or censoring) per subject: the frailty's variance is told
     from the hazard's shape only by the distribution's form (Weibull: omega^2 + (pi^2 / 6) /
