@@ -241,6 +241,12 @@ def vpc(
     """
     from nlmebayes.simulation.predictive import Predictor, population_prediction, posterior_predictive
 
+    categorical = [o.kind for o in result.spec.outcomes.values() if o.kind in ("binary", "ordinal", "tte")]
+    if categorical:
+        raise NotImplementedError(
+            f"model {result.spec.name}: a VPC of percentiles does not fit a {categorical[0]} outcome "
+            f"(proportions per category are not implemented; for time to event: diagnostics.km_vpc)"
+        )
     data = result.data
     # compiled only when needed: given replicates and no prediction correction need no graph
     predictor = Predictor(result.spec, data) if sims is None or pred_corr else None

@@ -160,7 +160,65 @@ def outcome_likelihood(spec: ModelSpec, data: EventData, ipred, gaussian_sd, cum
             out = pt.set_subtensor(out[rows], lp)
         return out
 
+    names = [p.name for _, _, ps in families for p in ps]
+
+    def random(f, sd, dh, *extra, rng=None, size=None):
+        return draw_observations(spec, data, f, sd, dict(zip(names, extra, strict=True)), rng)
+
     # one vector-valued draw over all observations: cut points (k) and alpha () do not broadcast with (obs)
     extras = [f"(k{i})" if p.ndim else "()" for i, p in enumerate(params[3:])]
     signature = ",".join(["(obs)"] * 3 + extras) + "->(obs)"
-    return pm.CustomDist("DV", *params, logp=logp, signature=signature, observed=data.obs_dv, dims="obs")
+    return pm.CustomDist(
+        "DV", *params, logp=logp, random=random, signature=signature, observed=data.obs_dv, dims="obs"
+    )
+
+
+def draw_observations(spec: ModelSpec, data: EventData, f, sd, parameters: dict, rng) -> np.ndarray:
+    """One replicate of each observation of a model with outcomes (numpy).
+
+    ``f`` and ``sd`` are the prediction and the Gaussian outputs' residual SD, shaped (..., n_obs);
+    ``parameters`` holds the outcomes' own (``cutpoints``, shaped (..., K-1), and ``alpha``,
+    (...), with the output's suffix in a joint model). Binary and ordinal outcomes draw a category,
+    counts a count, Gaussian outputs ``f + sd e`` (before censoring). Event times are drawn by
+    :func:`nlmebayes.diagnostics.km_vpc.km_vpc`, not here.
+
+    Examples
+    --------
+    >>> from nlmebayes import ClosedForm, ModelSpec, Outcome, read_nonmem
+    >>> import pandas as pd
+    >>> spec = ModelSpec("n", ClosedForm("f", "BASE"), {"BASE": 3.0}, error=Outcome("poisson"))
+    >>> data = read_nonmem(pd.DataFrame({"ID": [1, 1], "TIME": [1.0, 2.0], "DV": [2.0, 4.0]}))
+    >>> draw_observations(spec, data, np.full(2, 3.0), np.zeros(2), {}, np.random.default_rng(1))
+    array([4., 4.])
+    """
+    f, sd = np.asarray(f, dtype=float), np.asarray(sd, dtype=float)
+    y = np.empty(f.shape)
+    for out, e in spec.errors.items():
+        rows = np.arange(data.n_obs) if out is None else np.flatnonzero(data.obs_output == out)
+        fr = f[..., rows]
+        if not isinstance(e, Outcome):
+            y[..., rows] = fr + sd[..., rows] * rng.standard_normal(fr.shape)
+        elif e.kind in ("binary", "ordinal"):
+            cdf = _link_cdf(e.link)
+            if e.kind == "binary":
+                y[..., rows] = rng.random(fr.shape) < cdf(fr)
+            else:  # P(Y <= k) = F(c_k - f): the category is the number of cut points below u
+                cuts = np.asarray(parameters[f"cutpoints{_suffix(out)}"], dtype=float)[..., None, :]
+                y[..., rows] = (rng.random(fr.shape)[..., None] > cdf(cuts - fr[..., None])).sum(axis=-1)
+        elif e.kind == "poisson":
+            y[..., rows] = rng.poisson(np.maximum(fr, 0.0))
+        elif e.kind == "negbin":
+            alpha = np.asarray(parameters[f"alpha{_suffix(out)}"], dtype=float)[..., None]
+            y[..., rows] = rng.negative_binomial(alpha, alpha / (alpha + np.maximum(fr, 1e-300)))
+        else:
+            raise NotImplementedError(
+                f"model {spec.name}: event times are not drawn per row; the Kaplan-Meier VPC "
+                f"(diagnostics.km_vpc) simulates them from the hazard"
+            )
+    return y
+
+
+def _link_cdf(link: str):
+    from scipy import special
+
+    return special.expit if link == "logit" else special.ndtr

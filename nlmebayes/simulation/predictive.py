@@ -98,14 +98,12 @@ class Predictor:
 
     def replicate(self, values: dict, rng: np.random.Generator) -> dict:
         """As :meth:`__call__`, plus ``dv``: one replicated observation per record, on the DV scale."""
-        if self.spec.outcomes:
-            kinds = ", ".join(sorted({o.kind for o in self.spec.outcomes.values()}))
-            raise NotImplementedError(
-                f"model {self.spec.name}: replicates of a {kinds} outcome are not drawn yet (posterior "
-                f"predictive, VPC, simulation with residuals); the Kaplan-Meier VPC "
-                f"(diagnostics.km_vpc) checks a time-to-event outcome"
-            )
         out = self(values)
+        if self.spec.outcomes:
+            from nlmebayes.model.outcomes import draw_observations
+
+            out["dv"] = draw_observations(self.spec, self.data, out["mu"], out["sd"], values, rng)
+            return out
         e = rng.standard_t(out["nu"]) if self.has_nu else rng.standard_normal(out["mu"].shape)
         y = out["mu"] + out["sd"] * e
         out["dv"] = np.exp(y) if self.spec.log_scale_error else y
