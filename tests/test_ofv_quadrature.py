@@ -176,13 +176,19 @@ def test_m4_likelihood_is_the_normal_truncated_at_zero(censored):
 def test_m4_ofv_against_adaptive_quadrature(censored):
     """The M3 test's data and model under M4: Laplace and importance sampling (5,000 points)
     against scipy's adaptive quadrature of the M4 likelihood, within the same 0.05 (measured
-    0.019 and 0.021); FOCE-I gives Laplace. The conditional log-likelihood the OFV integrates is
-    M4's to 1e-12 (on these data M4's exact -2LL is 0.064 below M3's)."""
+    0.019 and 0.021); FOCE-I gives Laplace. The conditional log-likelihood the OFV integrates, and
+    the forecast's, are M4's to 1e-12 (on these data M4's exact -2LL is 0.064 below M3's)."""
     data, _ = censored
     cm = ConditionalModel(M4, data)
     f = 100.0 / 20.0 * np.exp(-0.1 * data.obs_time)
     expected = _m4_gaussian_or_blq(data.obs_dv, f, data.obs_cens)
     np.testing.assert_allclose(cm.loglik(f, np.full_like(f, 0.09)), expected, rtol=0, atol=1e-12)
+    # the forecast's importance weights use the same likelihood (scipy's log-CDF: to 1e-12 too)
+    from nlmebayes.simulation.forecast import observation_loglik
+    from nlmebayes.simulation.predictive import Predictor
+
+    own = observation_loglik(Predictor(M4, data), {"mu": f[None], "sd": np.full((1, f.size), 0.3)})
+    np.testing.assert_allclose(own[0], expected, rtol=0, atol=1e-12)
     _assert_ofvs_match_quadrature(M4, data, cm, _m4_gaussian_or_blq)
 
 

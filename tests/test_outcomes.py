@@ -352,8 +352,7 @@ def test_replicates_follow_each_family():
     draws each, against the families' own moments and probabilities within 5 Monte Carlo SEs:
     Bernoulli P(1) = expit(0.5) (probit: Phi(0.5)); ordinal category frequencies from the
     proportional odds model; Poisson mean and variance 3; negative binomial mean 3 and variance
-    3 + 9 / alpha. Event times are refused with a pointer to the Kaplan-Meier VPC, and a VPC of
-    percentiles refuses a binary outcome."""
+    3 + 9 / alpha. Event times are refused with a pointer to the Kaplan-Meier VPC."""
     from scipy.special import expit, ndtr
 
     from nlmebayes.model.outcomes import draw_observations

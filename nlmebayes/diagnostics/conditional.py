@@ -18,7 +18,7 @@ from nlmebayes.data import EventData
 from nlmebayes.diagnostics.population import LOG_2PI, unsupported
 from nlmebayes.model.builder import build_model, occasions
 from nlmebayes.model.compile import batched_function, compile_settings
-from nlmebayes.model.likelihood import censoring_interval, m4_rows, observation_params
+from nlmebayes.model.likelihood import censoring, observation_params
 from nlmebayes.model.spec import ModelSpec
 
 __all__ = ["ConditionalModel", "log_interval"]
@@ -140,17 +140,9 @@ class ConditionalModel:
 
     def _censoring(self, spec: ModelSpec) -> None:
         """Censored observations (M3, M4) and their interval ``(lo, hi)`` on the modelling scale."""
-        cens = self.data.obs_cens if self.data.obs_cens is not None else np.zeros(self.data.n_obs)
-        self.censored = np.flatnonzero(cens != 0)
-        limit = self.data.obs_limit if self.data.obs_limit is not None else np.full(self.data.n_obs, np.nan)
-        if spec.log_scale_error:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                limit = np.log(limit)
-        # M4 (Beal): rows known positive, P(y > 0) divides their likelihood (see loglik)
-        self.m4 = np.flatnonzero(m4_rows(spec, self.data))
-        self.lo, self.hi = censoring_interval(
-            cens, self.y, limit, m4_rows(spec, self.data)
-        )  # as the builder's
+        # as the builder's likelihood; M4 (Beal): P(y > 0) divides these rows' likelihood (loglik)
+        _, cens, self.lo, self.hi, m4 = censoring(spec, self.data)
+        self.censored, self.m4 = np.flatnonzero(cens != 0), np.flatnonzero(m4)
 
     def nu(self, pop: dict):
         """Student-t degrees of freedom at ``pop`` (shaped to broadcast over observations), or None."""

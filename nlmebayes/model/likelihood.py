@@ -23,6 +23,7 @@ __all__ = [
     "observation_params",
     "censoring_interval",
     "censored_logp",
+    "censoring",
     "m4_rows",
 ]
 
@@ -67,7 +68,6 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred, cumhaz=None):
     """
     sig = {name: random_variable(f"sigma_{name}", e.prior(kind)) for name, _, kind, e in spec.sigma_terms}
     nu = None
-    dv, limit = data.obs_dv, data.obs_limit
     if spec.outcomes:
         from nlmebayes.model.outcomes import outcome_likelihood
 
@@ -87,15 +87,31 @@ def add_likelihood(spec: ModelSpec, data: EventData, ipred, cumhaz=None):
         if err.kind == "exponential":
             # log-transform both sides: log(DV) ~ N(log(IPRED), sigma_exp)
             mu, sd = pt.log(pt.maximum(ipred, 1e-300)), sig["exp"]
-            with np.errstate(divide="ignore"):
-                dv, limit = np.log(dv), np.log(limit)
         elif err.kind == "additive":
             mu, sd = ipred, sig["add"]  # scalar SD
         else:
             # A zero prediction (before the first dose) with proportional error has no
             # spread: floor it so the density stays finite.
             mu, sd = ipred, pt.maximum(residual_sd(err.kind, sig, ipred), 1e-8)
-    return _observed(mu, sd, nu, dv, data.obs_cens, limit, m4_rows(spec, data))
+    return _observed(mu, sd, nu, *censoring(spec, data))
+
+
+def censoring(spec: ModelSpec, data: EventData) -> tuple:
+    """``(y, cens, lo, hi, m4)`` of the observations, on the modelling scale.
+
+    DV (its log for exponential error, and so LIMIT), CENS (0 without the column), the ends of
+    each censoring interval (:func:`censoring_interval`) and the rows under M4 (:func:`m4_rows`).
+    The sampler's likelihood, the conditional model behind the OFV and the forecast's weights all
+    start here.
+    """
+    y = data.obs_dv.astype(float)
+    limit = np.full(data.n_obs, np.nan) if data.obs_limit is None else data.obs_limit
+    if spec.log_scale_error:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y, limit = np.log(y), np.log(limit)
+    cens = np.zeros(data.n_obs, dtype=int) if data.obs_cens is None else np.asarray(data.obs_cens)
+    m4 = m4_rows(spec, data)
+    return (y, cens, *censoring_interval(cens, y, limit, m4), m4)
 
 
 def m4_rows(spec: ModelSpec, data: EventData) -> np.ndarray:
@@ -141,19 +157,17 @@ def censoring_interval(cens, dv, limit, m4=False):
     return np.where(cens == 1, other, dv), np.where(cens == 1, dv, other)
 
 
-def _observed(mu, sd, nu, dv, cens, limit, m4):
+def _observed(mu, sd, nu, dv, cens, lo_end, hi_end, m4):
     """``DV`` per observation.
 
     Normal or Student-t, and for censored observations (M3) the probability of the censoring interval: ``P(y <
     DV)`` for CENS = 1 (BLQ, DV = LLOQ), ``P(y > DV)`` for CENS = -1, ``P(LIMIT < y < DV)`` (or ``DV < y <
     LIMIT``) when LIMIT is given. Rows under M4 (``m4``) start a BLQ interval at 0 and divide by ``P(y > 0)``.
     """
-    cens = np.zeros(len(dv), dtype=int) if cens is None else np.asarray(cens)
     if not np.any(cens != 0) and not np.any(m4):
         if nu is None:
             return pm.Normal("DV", mu, sd, observed=dv, dims="obs")
         return pm.StudentT("DV", nu=nu, mu=mu, sigma=sd, observed=dv, dims="obs")
-    lo_end, hi_end = censoring_interval(cens, dv, limit, m4)
     m4_idx = np.flatnonzero(m4)
 
     def logp(value, mu, sd, *nu_):

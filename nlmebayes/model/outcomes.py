@@ -15,7 +15,7 @@ import pytensor.tensor as pt
 from pymc.distributions.dist_math import normal_lcdf
 
 from nlmebayes.data import DataError, EventData
-from nlmebayes.model.likelihood import censored_logp, censoring_interval, m4_rows
+from nlmebayes.model.likelihood import censored_logp, censoring
 from nlmebayes.model.priors import random_variable
 from nlmebayes.model.spec import ModelSpec, Outcome, Prior
 
@@ -138,10 +138,7 @@ def outcome_likelihood(spec: ModelSpec, data: EventData, ipred, gaussian_sd, cum
             )
         )
     # the Gaussian outputs' censored rows (BLQ concentrations beside a response) keep M3/M4
-    cens = np.zeros(data.n_obs, dtype=int) if data.obs_cens is None else np.asarray(data.obs_cens)
-    limit = np.full(data.n_obs, np.nan) if data.obs_limit is None else data.obs_limit
-    m4 = m4_rows(spec, data)
-    lo_end, hi_end = censoring_interval(cens, data.obs_dv, limit, m4)
+    _, cens, lo_end, hi_end, m4 = censoring(spec, data)
     params = [ipred, gaussian_sd if gaussian_sd is not None else pt.zeros(data.n_obs)]
     params += [cumhaz if cumhaz is not None else pt.zeros(data.n_obs)]
     params += [p for _, _, ps in families for p in ps]

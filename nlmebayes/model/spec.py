@@ -1032,16 +1032,12 @@ class ModelSpec:
 
     def _check_errors(self):
         err = self.error
-        if self.observations.blq == "M4":
-            errors = err.values() if isinstance(err, dict) else [err]
-            if any(
-                isinstance(e, ResidualError) and (e.distribution != "normal" or e.kind == "exponential")
-                for e in errors
-            ):
-                raise ValueError(
-                    f"model {self.name}: observations.blq = 'M4' needs normal, not exponential, "
-                    f"errors (log-scale data are positive already: M3 is M4 there)"
-                )
+        # several outputs are normal on the data scale already (checked below)
+        if self.observations.blq == "M4" and not isinstance(err, dict) and not _normal_on_data_scale(err):
+            raise ValueError(
+                f"model {self.name}: observations.blq = 'M4' needs normal, not exponential, "
+                f"errors (log-scale data are positive already: M3 is M4 there)"
+            )
         outputs = list(self.structural.outputs) if isinstance(self.structural, ODE | ClosedForm) else [None]
         if isinstance(err, dict):
             err = {
@@ -1058,7 +1054,7 @@ class ModelSpec:
             for k, e in err.items():
                 # One Gaussian likelihood over all outputs keeps the marginal likelihood,
                 # residuals and simulation as they are for one output.
-                if isinstance(e, ResidualError) and (e.distribution != "normal" or e.kind == "exponential"):
+                if not _normal_on_data_scale(e):
                     raise ValueError(
                         f"model {self.name}: output {k}: several outputs support "
                         f"normal additive/proportional/combined errors only"
@@ -1272,6 +1268,11 @@ class ModelSpec:
 
             raise ModelFileError(f"{name}: not valid TOML: {e}") from None
         return cls.from_dict(d, source=name)
+
+
+def _normal_on_data_scale(e) -> bool:
+    """An outcome, or a residual error that is normal on the DV scale (not Student-t, not log)."""
+    return not isinstance(e, ResidualError) or (e.distribution == "normal" and e.kind != "exponential")
 
 
 def _error_from_dict(d: dict):

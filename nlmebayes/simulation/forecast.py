@@ -33,6 +33,7 @@ import xarray as xr
 from scipy import special, stats
 
 from nlmebayes.data import EventData
+from nlmebayes.model.likelihood import censoring
 from nlmebayes.simulation.exposure import _evaluate, exposure
 from nlmebayes.simulation.predict import to_grid
 from nlmebayes.simulation.predictive import Z_PREFIX, Predictor, _stacked, n_samples, posterior_median
@@ -123,27 +124,22 @@ def observation_loglik(pred: Predictor, out: dict) -> np.ndarray:
     """Log-likelihood of each of ``pred``'s observations (batch, n_obs), as the model's ``DV``.
 
     Normal or Student-t on the modelling scale (log for exponential error); censored records (M3)
-    contribute the probability of their censoring interval.
+    contribute the probability of their censoring interval, and under M4 each record's term is
+    divided by ``P(y > 0)``. Models with a non-continuous outcome are refused.
     """
-    d = pred.data
-    y = d.obs_dv.astype(float)
-    limit = d.obs_limit if d.obs_limit is not None else np.full(d.n_obs, np.nan)
-    if pred.spec.log_scale_error:
-        with np.errstate(divide="ignore"):
-            y, limit = np.log(y), np.log(limit)
+    if pred.spec.outcomes:
+        raise NotImplementedError(f"model {pred.spec.name}: forecasts weight Gaussian observations only")
+    y, cens, lo, hi, m4 = censoring(pred.spec, pred.data)
     dist = stats.t(df=out["nu"]) if pred.has_nu else stats.norm
-    zed = (y - out["mu"]) / out["sd"]
-    ll = dist.logpdf(zed) - np.log(out["sd"])
-    cens = d.obs_cens if d.obs_cens is not None else np.zeros(d.n_obs)
+    ll = dist.logpdf((y - out["mu"]) / out["sd"]) - np.log(out["sd"])
     if np.any(cens != 0):
-        other = np.where(np.isnan(limit), np.where(cens == 1, -np.inf, np.inf), limit)
-        lo = np.where(cens == 1, other, y)
-        hi = np.where(cens == 1, y, other)
         l_hi = dist.logcdf((hi - out["mu"]) / out["sd"])
         l_lo = dist.logcdf((lo - out["mu"]) / out["sd"])
         with np.errstate(divide="ignore", invalid="ignore"):
             interval = l_hi + np.log1p(-np.exp(l_lo - l_hi))
         ll = np.where(cens == 0, ll, interval)
+    if np.any(m4):
+        ll = ll - np.where(m4, dist.logcdf(out["mu"] / out["sd"]), 0.0)
     return ll
 
 
